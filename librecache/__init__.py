@@ -1,0 +1,31 @@
+"""librecache: one dogpile.cache region per cache namespace, backed by process
+memory, a Redis server or a Redis Cluster as the environment says."""
+
+from __future__ import annotations
+
+from .config import CacheConfig
+from .errors import (
+    ConfigurationError,
+    LibrecacheError,
+    SerializationError,
+    UnknownNamespaceError,
+)
+from .keys import CacheKeys
+from .registry import Caches, LibreRegion, configure, get_caches, get_region, redis_client
+
+__all__ = [
+    "CacheConfig",
+    "CacheKeys",
+    "Caches",
+    "ConfigurationError",
+    "LibreRegion",
+    "LibrecacheError",
+    "SerializationError",
+    "UnknownNamespaceError",
+    "configure",
+    "get_caches",
+    "get_region",
+    "redis_client",
+]
+
+__version__ = "0.1.0"

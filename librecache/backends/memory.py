@@ -1,0 +1,112 @@
+"""A bounded, thread-safe in-memory dogpile backend."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from dogpile.cache.api import NO_VALUE, CacheBackend, CachedValue
+
+from ..errors import SerializationError
+from . import take_arguments
+
+__all__ = ["MemoryBackend", "check_picklable"]
+
+
+def check_picklable(value: Any, where: str) -> bytes:
+    """Pickle ``value``; raise :class:`SerializationError` naming ``where``
+    and the value's type if it cannot be pickled."""
+    try:
+        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # pickle raises PicklingError, TypeError, AttributeError...
+        raise SerializationError(
+            f"{where}: a value of type {type(value).__qualname__} cannot be pickled "
+            f"({type(exc).__name__}: {exc}); nothing was cached"
+        ) from exc
+
+
+class MemoryBackend(CacheBackend):
+    """Process memory, bounded in time and size.
+
+    Entries expire ``expires_after`` seconds after they were stored (never,
+    when ``None``), and at most ``max_entries`` are kept: storing one more
+    evicts the least recently used. Every operation is thread-safe.
+
+    Values are stored as they are (no copy), as dogpile's memory backend
+    does, but a value that could not be stored in Redis (one that cannot be
+    pickled) is refused here too, so that the same code behaves the same
+    with memory and with Redis.
+
+    Arguments: ``name`` (for messages), ``max_entries`` (required),
+    ``expires_after`` (seconds or ``None``).
+    """
+
+    def __init__(self, arguments: Mapping[str, Any]) -> None:
+        args = take_arguments("librecache.memory", arguments, {"name", "max_entries"}, {"expires_after"})
+        self.name: str = args["name"]
+        self.max_entries: int = int(args["max_entries"])
+        if self.max_entries < 1:
+            raise ValueError("librecache.memory backend: max_entries must be at least 1")
+        self.expires_after: float | None = args.get("expires_after") or None
+        self._data: OrderedDict[str, tuple[CachedValue, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                return NO_VALUE
+            if entry[1] and entry[1] < time.monotonic():
+                del self._data[key]
+                return NO_VALUE
+            self._data.move_to_end(key)
+            return entry[0]
+
+    def get_multi(self, keys: Iterable[str]) -> Sequence[Any]:
+        return [self.get(key) for key in keys]
+
+    def set(self, key: str, value: Any) -> None:
+        check_picklable(value.payload, f"namespace {self.name}, key {key!r}")
+        self._store(key, value)
+
+    def _store(self, key: str, value: Any) -> None:
+        deadline = time.monotonic() + self.expires_after if self.expires_after else 0.0
+        with self._lock:
+            self._data[key] = (value, deadline)
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def set_multi(self, mapping: Mapping[str, Any]) -> None:
+        for value in mapping.values():  # all or nothing
+            check_picklable(value.payload, f"namespace {self.name}")
+        for key, value in mapping.items():
+            self._store(key, value)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def delete_multi(self, keys: Iterable[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._data.pop(key, None)
+
+    def clear(self) -> int:
+        """Remove every entry; return how many there were."""
+        with self._lock:
+            count = len(self._data)
+            self._data.clear()
+            return count
+
+    def keys(self) -> list[str]:
+        """The keys currently held (expired ones included until touched)."""
+        with self._lock:
+            return list(self._data)

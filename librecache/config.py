@@ -1,0 +1,581 @@
+"""The configuration: every variable declared once, parsed by environs into
+one frozen :class:`CacheConfig`.
+
+:data:`VARIABLES` is the single declaration of each variable (name, kind,
+default, help text, example); :meth:`CacheConfig.from_env` reads them through
+:mod:`environs` with one parser per kind, then checks the combinations. Every
+check happens there, so a bad environment fails at startup with one message
+that names the variable, the bad value (never a secret) and what is allowed.
+The documentation's variable table is generated from :data:`VARIABLES`.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import os
+import re
+import ssl
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import environs
+
+from .errors import ConfigurationError
+from .keys import DEFAULT_TTLS, CacheKeys, parse_namespace
+from .uris import RedisURI, parse_redis_uris
+
+__all__ = ["CacheConfig", "Variable", "VARIABLES"]
+
+
+# --------------------------------------------------------------------------
+# Parsers, one per kind of variable. Each takes the raw text (None when the
+# variable is unset and has no default) and raises environs.EnvError with a
+# message that says what is allowed.
+# --------------------------------------------------------------------------
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+_ARITHMETIC = re.compile(r"^[0-9.\s+\-*/()]+$")
+_BINARY: dict[type, Callable[[float, float], float]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+_UNARY: dict[type, Callable[[float], float]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+
+
+def _fail(raw: str, allowed: str) -> environs.EnvError:
+    return environs.EnvError(f"{raw!r} is not {allowed}")
+
+
+def parse_flag(raw: str | None) -> bool | None:
+    """``true/false/1/0/yes/no/on/off`` in any case; anything else is an error."""
+    if raw is None:
+        return None
+    text = raw.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise _fail(raw, "a boolean (true/false, 1/0, yes/no, on/off)")
+
+
+def parse_number(raw: str | None) -> float | None:
+    """A plain number, or arithmetic of numbers with ``+ - * / ( )``
+    (``1000 * 60 * 60 * 2``). Must be finite and not negative."""
+    if raw is None:
+        return None
+    allowed = "a non-negative number or arithmetic like 1000 * 60 * 2"
+    if not _ARITHMETIC.match(raw):
+        raise _fail(raw, allowed)
+
+    def evaluate(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return evaluate(node.body)
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return float(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            return _BINARY[type(node.op)](evaluate(node.left), evaluate(node.right))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            return _UNARY[type(node.op)](evaluate(node.operand))
+        raise ValueError(node)
+
+    try:
+        value = evaluate(ast.parse(raw.strip(), mode="eval"))
+    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError):
+        raise _fail(raw, allowed) from None
+    if not math.isfinite(value) or value < 0:
+        raise _fail(raw, allowed)
+    return value
+
+
+def parse_count(raw: str | None) -> int | None:
+    """A whole, non-negative number (arithmetic allowed)."""
+    value = parse_number(raw)
+    if value is None:
+        return None
+    if value != int(value):
+        raise _fail(str(raw), "a whole number")
+    return int(value)
+
+
+def parse_milliseconds(raw: str | None) -> float | None:
+    """A duration in milliseconds (arithmetic allowed), returned in seconds."""
+    value = parse_number(raw)
+    return None if value is None else value / 1000.0
+
+
+def parse_text(raw: str | None) -> str | None:
+    """Any text; surrounding blanks are removed."""
+    return None if raw is None else raw.strip()
+
+
+def parse_uris(raw: str | None) -> tuple[RedisURI, ...] | None:
+    """One ``redis://`` or ``rediss://`` URI, or several separated by commas."""
+    if raw is None:
+        return None
+    try:
+        return parse_redis_uris(raw)
+    except ValueError as exc:
+        raise environs.EnvError(str(exc)) from None
+
+
+def parse_namespaces(raw: str | None) -> frozenset[CacheKeys]:
+    """A comma-separated list of :class:`CacheKeys` names (blanks trimmed)."""
+    if raw is None:
+        return frozenset()
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    bad = [name for name in names if name not in CacheKeys.__members__]
+    if bad:
+        raise environs.EnvError(
+            f"Invalid cache keys in FORCED_IN_MEMORY_CACHE_NAMESPACES: {', '.join(bad)}. "
+            f"Valid keys: {', '.join(CacheKeys.__members__)}"
+        )
+    return frozenset(CacheKeys(name) for name in names)
+
+
+def parse_ttls(raw: str | None) -> tuple[tuple[CacheKeys, float | None], ...]:
+    """``NAMESPACE=seconds`` pairs separated by commas; ``none`` (or 0) means
+    no expiry. Example: ``ROLES=300,MESSAGES=none``."""
+    if raw is None:
+        return ()
+    pairs: dict[CacheKeys, float | None] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, value = (text.strip() for text in item.partition("="))
+        if not sep:
+            raise _fail(item, "NAMESPACE=seconds")
+        try:
+            namespace = parse_namespace(name)
+        except KeyError as exc:
+            raise environs.EnvError(str(exc)) from None
+        seconds = None if value.lower() == "none" else parse_number(value)
+        pairs[namespace] = seconds or None
+    return tuple(sorted(pairs.items()))
+
+
+def parse_cafile(raw: str | None) -> Path | None:
+    """A readable PEM file of one or more CA certificates."""
+    if raw is None:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise environs.EnvError(f"{raw!r} is not an existing file")
+    if not os.access(path, os.R_OK):
+        raise environs.EnvError(f"{raw!r} is not readable")
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, ValueError, OSError) as exc:
+        raise environs.EnvError(f"{raw!r} is not a PEM file of CA certificates ({exc})") from None
+    return path
+
+
+_PREFIX_FORBIDDEN = re.compile(r"[\s{}\x00-\x1f\x7f]")
+
+
+def parse_prefix(raw: str | None) -> str | None:
+    """A key prefix: at most 128 characters, no blanks, control characters or
+    braces (braces would change the cluster hash slot of every key)."""
+    text = parse_text(raw)
+    if text is None:
+        return None
+    if len(text) > 128 or _PREFIX_FORBIDDEN.search(text):
+        raise _fail(text, "a prefix of at most 128 characters without blanks or braces")
+    return text
+
+
+def parse_variable_name(raw: str | None) -> str | None:
+    """The name of another environment variable."""
+    text = parse_text(raw)
+    if text is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        raise _fail(text, "the name of an environment variable")
+    return text
+
+
+_PARSERS: dict[str, Callable[[str | None], Any]] = {
+    "flag": parse_flag,
+    "count": parse_count,
+    "seconds": parse_number,
+    "milliseconds": parse_milliseconds,
+    "text": parse_text,
+    "secret": parse_text,
+    "uris": parse_uris,
+    "namespaces": parse_namespaces,
+    "ttls": parse_ttls,
+    "cafile": parse_cafile,
+    "prefix": parse_prefix,
+    "varname": parse_variable_name,
+}
+
+#: What each kind accepts, for the documentation.
+KIND_DESCRIPTIONS: dict[str, str] = {
+    "flag": "boolean: true/false, 1/0, yes/no, on/off (any case)",
+    "count": "whole number (arithmetic allowed)",
+    "seconds": "seconds (number or arithmetic)",
+    "milliseconds": "milliseconds (number or arithmetic)",
+    "text": "text",
+    "secret": "text, never shown",
+    "uris": "redis:// or rediss:// URI, or a comma-separated list",
+    "namespaces": "comma-separated CacheKeys names",
+    "ttls": "NAMESPACE=seconds pairs, comma-separated; none = no expiry",
+    "cafile": "path of a PEM file",
+    "prefix": "text without blanks or braces, at most 128 characters",
+    "varname": "name of an environment variable",
+}
+
+
+@attrs.frozen
+class Variable:
+    """The declaration of one environment variable.
+
+    :ivar name: the variable's name.
+    :ivar kind: one of :data:`KIND_DESCRIPTIONS`' keys; selects the parser.
+    :ivar default: the default as text (as it would be written in ``.env``),
+        or ``None`` for none.
+    :ivar help: what it does.
+    :ivar example: a valid example value.
+    """
+
+    name: str
+    kind: str = attrs.field(validator=attrs.validators.in_(_PARSERS))
+    default: str | None
+    help: str
+    example: str
+
+    @property
+    def secret(self) -> bool:
+        """True when the value must never be shown."""
+        return self.kind == "secret"
+
+
+#: Every variable librecache reads, in documentation order.
+VARIABLES: tuple[Variable, ...] = (
+    Variable("USE_REDIS", "flag", "false",
+             "Back the cache namespaces with Redis instead of process memory. "
+             "Requires REDIS_URI.", "true"),
+    Variable("REDIS_URI", "uris", None,
+             "Redis to connect to. More than one URI (comma-separated) means a cluster.",
+             "redis://127.0.0.1:6379"),
+    Variable("USE_REDIS_CLUSTER", "flag", "false",
+             "Cluster mode with a single seed URI.", "true"),
+    Variable("USE_REDIS_STREAMS", "flag", None,
+             "Keep resumable streams in Redis (default: the value of USE_REDIS).", "true"),
+    Variable("REDIS_USERNAME", "text", None,
+             "ACL user name; overrides a user name written in REDIS_URI.", "librechat_user"),
+    Variable("REDIS_PASSWORD", "secret", None,
+             "Password; overrides a password written in REDIS_URI. Never shown.", "s3cret"),
+    Variable("REDIS_CA", "cafile", None,
+             "PEM file of the CA that signed the server's certificate; requires rediss://.",
+             "/etc/ssl/redis-ca.pem"),
+    Variable("REDIS_USE_ALTERNATIVE_DNS_LOOKUP", "flag", "false",
+             "TLS clusters behind a configuration endpoint (managed services): connect to "
+             "nodes by the host names given or announced, never by resolved IPs, so that "
+             "certificate host names match.", "true"),
+    Variable("REDIS_KEY_PREFIX_VAR", "varname", None,
+             "Name of another variable whose value is the key prefix (blue/green deploys).",
+             "K_REVISION"),
+    Variable("REDIS_KEY_PREFIX", "prefix", None,
+             "Static key prefix; every key is written under '{prefix}::'.", "librechat-prod"),
+    Variable("REDIS_MAX_LISTENERS", "count", "40",
+             "Concurrent subscribers of one stream before a warning is logged.", "100"),
+    Variable("REDIS_PING_INTERVAL", "seconds", "0",
+             "Keep-alive PING of every connection at this interval; 0 turns it off.", "300"),
+    Variable("REDIS_RETRY_MAX_DELAY", "milliseconds", "3000",
+             "Cap of the reconnect back-off.", "3000"),
+    Variable("REDIS_RETRY_MAX_ATTEMPTS", "count", "10",
+             "Reconnect attempts before giving up; 0 = keep trying forever.", "10"),
+    Variable("REDIS_CONNECT_TIMEOUT", "milliseconds", "10000",
+             "Time allowed to open one connection.", "10000"),
+    Variable("FORCED_IN_MEMORY_CACHE_NAMESPACES", "namespaces", None,
+             "Namespaces kept in process memory even when USE_REDIS is true.",
+             "ROLES,MESSAGES"),
+    Variable("BAN_DURATION", "milliseconds", "7200000",
+             "Time-to-live of the BANS namespace.", "1000 * 60 * 60 * 2"),
+    Variable("LIBRECACHE_NAMESPACE_TTLS", "ttls", None,
+             "Per-namespace time-to-live overrides in seconds; none = no expiry.",
+             "ROLES=300,MESSAGES=none"),
+    Variable("LIBRECACHE_MEMORY_MAX_ENTRIES", "count", "10000",
+             "Most entries one in-memory namespace holds; the least recently used go first.",
+             "50000"),
+    Variable("LIBRECACHE_LOCK_TIMEOUT", "seconds", "30",
+             "Lifetime of the Redis lock that lets one process compute a missing value "
+             "while the others wait; a crashed holder releases it after this time.", "30"),
+    Variable("LIBRECACHE_REDIS_RETENTION", "seconds", "604800",
+             "Server-side expiry of Redis keys of namespaces that have no TTL, so that "
+             "an abandoned prefix does not stay in Redis forever; 0 = never expire.",
+             "86400"),
+    Variable("LIBRECACHE_SOCKET_TIMEOUT", "seconds", "5",
+             "Time allowed for one Redis command's reply.", "2"),
+)
+
+_BY_NAME = {variable.name: variable for variable in VARIABLES}
+
+
+class _MappingEnv(environs.Env):
+    """An :class:`environs.Env` that reads a given mapping instead of
+    :data:`os.environ` (values read from an env file come second)."""
+
+    def __init__(self, source: Mapping[str, str]) -> None:
+        super().__init__(eager=True)
+        self._source = source
+
+    def _get_value(self, env_key: str, default: Any) -> Any:
+        value = self._source.get(env_key)
+        if value is None or not str(value).strip():
+            value = self._environ.get(env_key)
+        if value is None or not str(value).strip():
+            return default
+        return value
+
+
+def _secret_free(message: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return message
+
+
+# --------------------------------------------------------------------------
+# The configuration object
+# --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class CacheConfig:
+    """A deployment's cache configuration: immutable, checked when built.
+
+    Build it with :meth:`from_env`; use :func:`attrs.evolve` to derive a
+    variant (for instance with other ``ttl_overrides``): the checks run again.
+    Durations are in seconds. The password is never part of ``repr``.
+    """
+
+    use_redis: bool = False
+    redis_uris: tuple[RedisURI, ...] = ()
+    use_redis_cluster: bool = False
+    use_redis_streams: bool = False
+    redis_username: str | None = None
+    redis_password: str | None = attrs.field(default=None, repr=False)
+    redis_ca: Path | None = None
+    alternative_dns_lookup: bool = False
+    key_prefix: str = ""
+    key_prefix_source: str | None = None
+    max_listeners: int = 40
+    ping_interval: float = 0.0
+    retry_max_delay: float = 3.0
+    retry_max_attempts: int = 10
+    connect_timeout: float = 10.0
+    forced_in_memory: frozenset[CacheKeys] = frozenset()
+    ban_duration: float = 7200.0
+    ttl_overrides: tuple[tuple[CacheKeys, float | None], ...] = ()
+    memory_max_entries: int = 10000
+    lock_timeout: float = 30.0
+    redis_retention: float = 604800.0
+    socket_timeout: float = 5.0
+
+    def __attrs_post_init__(self) -> None:
+        self._check()
+
+    # -- construction -----------------------------------------------------
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        env_file: str | os.PathLike[str] | None = None,
+    ) -> CacheConfig:
+        """Build the configuration from environment variables.
+
+        :param environ: the variables; :data:`os.environ` when ``None``.
+        :param env_file: a ``.env`` file read as well; a variable set in
+            ``environ`` wins over the file. Blank values count as unset.
+        :raises ConfigurationError: on the first problem, naming the variable.
+        """
+        source: Mapping[str, str] = os.environ if environ is None else environ
+        env = _MappingEnv(source)
+        if env_file is not None:
+            if not Path(env_file).is_file():
+                raise ConfigurationError(f"env file {os.fspath(env_file)!r} does not exist")
+            env.read_env(env_file, recurse=False)
+        for kind, parser in _PARSERS.items():
+            env.add_parser(kind, parser)
+
+        values: dict[str, Any] = {}
+        secrets = [source.get("REDIS_PASSWORD") or "", env._environ.get("REDIS_PASSWORD") or ""]
+        for variable in VARIABLES:
+            try:
+                values[variable.name] = getattr(env, variable.kind)(variable.name, variable.default)
+            except environs.EnvError as exc:
+                detail = str(exc.args[0]) if exc.args else str(exc)
+                detail = detail.split(" invalid: ", 1)[-1]
+                if variable.secret:
+                    detail = "the value is not valid"
+                if variable.name not in detail:
+                    detail = f"{variable.name}: {detail}"
+                message = _secret_free(detail, secrets)
+                raise ConfigurationError(message, variable.name) from None
+
+        prefix, prefix_source = cls._resolve_prefix(env, values)
+        use_redis = bool(values["USE_REDIS"])
+        streams = values["USE_REDIS_STREAMS"]
+        return cls(
+            use_redis=use_redis,
+            redis_uris=values["REDIS_URI"] or (),
+            use_redis_cluster=bool(values["USE_REDIS_CLUSTER"]),
+            use_redis_streams=use_redis if streams is None else streams,
+            redis_username=values["REDIS_USERNAME"],
+            redis_password=values["REDIS_PASSWORD"],
+            redis_ca=values["REDIS_CA"],
+            alternative_dns_lookup=bool(values["REDIS_USE_ALTERNATIVE_DNS_LOOKUP"]),
+            key_prefix=prefix,
+            key_prefix_source=prefix_source,
+            max_listeners=values["REDIS_MAX_LISTENERS"],
+            ping_interval=values["REDIS_PING_INTERVAL"],
+            retry_max_delay=values["REDIS_RETRY_MAX_DELAY"],
+            retry_max_attempts=values["REDIS_RETRY_MAX_ATTEMPTS"],
+            connect_timeout=values["REDIS_CONNECT_TIMEOUT"],
+            forced_in_memory=values["FORCED_IN_MEMORY_CACHE_NAMESPACES"],
+            ban_duration=values["BAN_DURATION"],
+            ttl_overrides=values["LIBRECACHE_NAMESPACE_TTLS"],
+            memory_max_entries=values["LIBRECACHE_MEMORY_MAX_ENTRIES"],
+            lock_timeout=values["LIBRECACHE_LOCK_TIMEOUT"],
+            redis_retention=values["LIBRECACHE_REDIS_RETENTION"],
+            socket_timeout=values["LIBRECACHE_SOCKET_TIMEOUT"],
+        )
+
+    @staticmethod
+    def _resolve_prefix(env: _MappingEnv, values: dict[str, Any]) -> tuple[str, str | None]:
+        var, static = values["REDIS_KEY_PREFIX_VAR"], values["REDIS_KEY_PREFIX"]
+        if var and static:
+            raise ConfigurationError(
+                "Only either REDIS_KEY_PREFIX_VAR or REDIS_KEY_PREFIX can be set.",
+                "REDIS_KEY_PREFIX_VAR",
+            )
+        if static:
+            return static, "REDIS_KEY_PREFIX"
+        if not var:
+            return "", None
+        raw = env._get_value(var, None)
+        if raw is None:
+            raise ConfigurationError(
+                f"REDIS_KEY_PREFIX_VAR names {var}, which is not set (or is blank); "
+                "set it or unset REDIS_KEY_PREFIX_VAR",
+                "REDIS_KEY_PREFIX_VAR",
+            )
+        try:
+            prefix = parse_prefix(raw)
+        except environs.EnvError as exc:
+            raise ConfigurationError(
+                f"REDIS_KEY_PREFIX_VAR: the value of {var}, {exc}", "REDIS_KEY_PREFIX_VAR"
+            ) from None
+        return prefix or "", var
+
+    def _check(self) -> None:
+        """The checks that involve several variables."""
+        if self.use_redis and not self.redis_uris:
+            raise ConfigurationError("USE_REDIS is enabled but REDIS_URI is not set.", "REDIS_URI")
+        if self.use_redis_streams and not self.redis_uris:
+            raise ConfigurationError(
+                "USE_REDIS_STREAMS is enabled but REDIS_URI is not set.", "REDIS_URI"
+            )
+        if self.redis_ca is not None and self.redis_uris and not self.tls:
+            raise ConfigurationError("REDIS_CA requires REDIS_URI to use rediss://", "REDIS_CA")
+        if self.cluster and any(uri.db for uri in self.redis_uris):
+            raise ConfigurationError(
+                "REDIS_URI: a cluster has only database 0; remove the /<db> path", "REDIS_URI"
+            )
+        for name in ("connect_timeout", "socket_timeout", "lock_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name} must be greater than 0")
+        if self.memory_max_entries < 1:
+            raise ConfigurationError(
+                "LIBRECACHE_MEMORY_MAX_ENTRIES: must be at least 1", "LIBRECACHE_MEMORY_MAX_ENTRIES"
+            )
+
+    # -- derived facts ----------------------------------------------------
+
+    @property
+    def cluster(self) -> bool:
+        """True when Redis is a cluster: several URIs, or USE_REDIS_CLUSTER."""
+        return len(self.redis_uris) > 1 or (self.use_redis_cluster and bool(self.redis_uris))
+
+    @property
+    def tls(self) -> bool:
+        """True when the URIs use ``rediss://``."""
+        return bool(self.redis_uris) and self.redis_uris[0].tls
+
+    @property
+    def username(self) -> str | None:
+        """The effective user name: REDIS_USERNAME, else the URI's."""
+        if self.redis_username:
+            return self.redis_username
+        return self.redis_uris[0].username if self.redis_uris else None
+
+    @property
+    def password(self) -> str | None:
+        """The effective password: REDIS_PASSWORD, else the URI's."""
+        if self.redis_password:
+            return self.redis_password
+        return self.redis_uris[0].password if self.redis_uris else None
+
+    def uses_redis(self, namespace: CacheKeys | str) -> bool:
+        """True when ``namespace`` is backed by Redis in this configuration."""
+        return self.use_redis and parse_namespace(namespace) not in self.forced_in_memory
+
+    def ttl(self, namespace: CacheKeys | str) -> float | None:
+        """The time-to-live of ``namespace`` in seconds, or ``None``."""
+        member = parse_namespace(namespace)
+        overrides = dict(self.ttl_overrides)
+        if member in overrides:
+            return overrides[member]
+        if member is CacheKeys.BANS:
+            return self.ban_duration or None
+        return DEFAULT_TTLS.get(member)
+
+    def storage_expiry(self, namespace: CacheKeys | str) -> float | None:
+        """When a stored entry of ``namespace`` is dropped, in seconds.
+
+        The TTL plus a grace of a tenth of it (at least 1 s, at most 60 s):
+        dogpile regards the value as expired at the TTL, and during the grace
+        one caller regenerates it while the others are still served the old
+        value instead of all waiting. ``None`` for namespaces without TTL.
+        """
+        ttl = self.ttl(namespace)
+        if ttl is None:
+            return None
+        return ttl + min(max(ttl / 10.0, 1.0), 60.0)
+
+    def redis_expiry(self, namespace: CacheKeys | str) -> float | None:
+        """The server-side expiry of ``namespace``'s Redis keys, in seconds:
+        :meth:`storage_expiry`, or LIBRECACHE_REDIS_RETENTION for namespaces
+        without TTL (``None`` when that is 0)."""
+        return self.storage_expiry(namespace) or (self.redis_retention or None)
+
+    def with_ttls(self, ttls: Mapping[CacheKeys | str, float | None]) -> CacheConfig:
+        """A copy of this configuration with some namespaces' TTLs replaced
+        (seconds; ``None`` or 0 for no expiry)."""
+        merged = dict(self.ttl_overrides)
+        merged.update({parse_namespace(name): (ttl or None) for name, ttl in ttls.items()})
+        return attrs.evolve(self, ttl_overrides=tuple(sorted(merged.items())))
+
+    def describe(self) -> Iterator[tuple[str, str]]:
+        """(setting, value) pairs for people, secrets masked."""
+        yield "redis", ("on" if self.use_redis else "off")
+        if self.redis_uris:
+            yield "uris", ", ".join(uri.display() for uri in self.redis_uris)
+            yield "topology", "cluster" if self.cluster else "single"
+            yield "tls", ("on" + (f" (CA {self.redis_ca})" if self.redis_ca else "")) if self.tls else "off"
+            yield "user", self.username or "-"
+            yield "password", "***" if self.password else "-"
+        yield "streams", "redis" if self.use_redis_streams else "memory"
+        source = f" (from {self.key_prefix_source})" if self.key_prefix_source else ""
+        yield "key prefix", (self.key_prefix or "-") + source
+
+
+def variable(name: str) -> Variable:
+    """The declaration of the variable called ``name``."""
+    return _BY_NAME[name]

@@ -1,0 +1,51 @@
+"""The exceptions librecache raises."""
+
+from __future__ import annotations
+
+__all__ = [
+    "LibrecacheError",
+    "ConfigurationError",
+    "UnknownNamespaceError",
+    "SerializationError",
+]
+
+
+class LibrecacheError(Exception):
+    """Base class of every error librecache raises on its own account."""
+
+
+class ConfigurationError(LibrecacheError, ValueError):
+    """The environment (or a mapping given instead) is not a valid
+    configuration.
+
+    Raised when a :class:`~librecache.CacheConfig` is built, never later.
+    The message names the variable, the offending value (passwords are never
+    shown) and what is allowed.
+
+    :ivar variable: the name of the offending variable, or ``None`` when the
+        problem is a combination of several.
+    """
+
+    def __init__(self, message: str, variable: str | None = None) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+
+class UnknownNamespaceError(LibrecacheError, KeyError):
+    """A namespace name that is not a member of :class:`~librecache.CacheKeys`.
+
+    A :class:`KeyError`, so ``except KeyError`` catches it; unlike a plain
+    ``KeyError`` its message is readable and lists the valid names.
+    """
+
+    def __init__(self, name: object, valid: str) -> None:
+        super().__init__(name)
+        self.name = name
+        self.message = f"Unknown cache namespace {str(name)!r}. Valid namespaces: {valid}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SerializationError(LibrecacheError, TypeError):
+    """A value could not be pickled for the cache; nothing was stored."""

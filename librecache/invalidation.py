@@ -1,0 +1,192 @@
+"""Region invalidation shared by every process that uses one Redis and prefix.
+
+dogpile's :meth:`~dogpile.cache.region.CacheRegion.invalidate` only marks the
+calling process's region. Here an invalidation is a time stamp per
+namespace and kind (hard or soft), stored in the hash
+``{prefix}::librecache:invalidations`` and announced on the channel of the
+same name. Each registry keeps the marks in memory, so checking a value
+(which dogpile does on every read) costs no round trip: a listener thread
+applies announcements as they arrive, and reloads the hash whenever it
+(re)subscribes, so an announcement missed while disconnected is not lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from dogpile.cache.region import RegionInvalidationStrategy
+
+from .keying import KeySpace
+from .keys import CacheKeys
+
+__all__ = ["InvalidationBus", "SharedInvalidation"]
+
+log = logging.getLogger(__name__)
+
+# Keep the larger of the stored and the new time stamp.
+_RAISE_MARK = """
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
+
+#: Longest pause between two attempts to reach Redis from the listener.
+MAX_LISTENER_BACKOFF = 2.0
+
+
+class SharedInvalidation(RegionInvalidationStrategy):
+    """The invalidation strategy of one Redis region; see the module."""
+
+    def __init__(self, bus: InvalidationBus, namespace: CacheKeys) -> None:
+        self._bus = bus
+        self.namespace = namespace
+        #: Time stamps of the latest hard and soft invalidation (0: none).
+        self.hard = 0.0
+        self.soft = 0.0
+
+    def invalidate(self, hard: bool = True) -> None:
+        self._bus.invalidate(self.namespace, hard)
+
+    def is_invalidated(self, timestamp: float) -> bool:
+        if not self._bus.loaded:
+            self._bus.load()
+        return timestamp < self.hard or timestamp < self.soft
+
+    def is_hard_invalidated(self, timestamp: float) -> bool:
+        if not self._bus.loaded:
+            self._bus.load()
+        return timestamp < self.hard
+
+    def is_soft_invalidated(self, timestamp: float) -> bool:
+        if not self._bus.loaded:
+            self._bus.load()
+        return timestamp < self.soft and self.soft > self.hard
+
+    def was_hard_invalidated(self) -> bool:
+        return self.hard > 0 and self.hard >= self.soft
+
+    def was_soft_invalidated(self) -> bool:
+        return self.soft > self.hard
+
+
+class InvalidationBus:
+    """The invalidation marks of one registry, kept current from Redis.
+
+    :param client: the registry's Redis client.
+    :param keyspace: the deployment's key names.
+    """
+
+    def __init__(self, client: Any, keyspace: KeySpace) -> None:
+        self._client = client
+        self.key = self.channel = keyspace.internal("invalidations")
+        self._strategies: dict[str, SharedInvalidation] = {}
+        self._raise = client.register_script(_RAISE_MARK)
+        self.loaded = False
+        self._next_load = 0.0
+        self._stop = threading.Event()
+        self._subscribed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def strategy(self, namespace: CacheKeys) -> SharedInvalidation:
+        """The strategy of ``namespace``'s region (one per namespace)."""
+        strategy = self._strategies.get(namespace.value)
+        if strategy is None:
+            strategy = self._strategies[namespace.value] = SharedInvalidation(self, namespace)
+        return strategy
+
+    def start(self) -> None:
+        """Start the listener thread (once)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._listen, name=f"librecache-invalidations[{self.channel}]", daemon=True
+                )
+                self._thread.start()
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Wait until the listener is subscribed; True if it is."""
+        return self._subscribed.wait(timeout)
+
+    def close(self) -> None:
+        """Stop the listener thread."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+    # -- marks ------------------------------------------------------------
+
+    def _note(self, field: str, stamp: float) -> None:
+        namespace, _, kind = field.rpartition(":")
+        strategy = self._strategies.get(namespace)
+        if strategy is None or kind not in ("hard", "soft"):
+            return
+        if stamp > getattr(strategy, kind):
+            setattr(strategy, kind, stamp)
+
+    def invalidate(self, namespace: CacheKeys, hard: bool) -> None:
+        """Invalidate ``namespace`` everywhere: here at once, in the other
+        processes when the announcement reaches them (milliseconds), and in
+        processes started later through the stored marks."""
+        field = f"{namespace.value}:{'hard' if hard else 'soft'}"
+        stamp = time.time()
+        self._note(field, stamp)
+        self._raise(keys=[self.key], args=[field, repr(stamp)])
+        self._client.publish(self.channel, f"{field}={stamp!r}")
+
+    def load(self) -> None:
+        """Read the stored marks (at most once a second while Redis fails)."""
+        now = time.monotonic()
+        if now < self._next_load:
+            return
+        self._next_load = now + 1.0
+        try:
+            stored = self._client.hgetall(self.key)
+        except Exception as exc:
+            log.warning("cannot read invalidation marks from Redis: %s", exc)
+            return
+        for field, value in stored.items():
+            self._note(_text(field), float(value))
+        self.loaded = True
+
+    # -- the listener -----------------------------------------------------
+
+    def _listen(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                pubsub = self._client.pubsub()
+                pubsub.subscribe(self.channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.2)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        self._next_load = 0.0
+                        self.load()
+                        self._subscribed.set()
+                        backoff = 0.05
+                    elif message["type"] == "message":
+                        field, _, stamp = _text(message["data"]).partition("=")
+                        self._note(field, float(stamp))
+            except Exception as exc:
+                self._subscribed.clear()
+                if not self._stop.is_set():
+                    log.warning("invalidation channel lost (%s); reconnecting", exc)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, MAX_LISTENER_BACKOFF)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:
+                        pass
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,293 @@
+"""Registries of regions: :class:`Caches`, and the process default.
+
+A :class:`Caches` builds one :class:`dogpile.cache.region.CacheRegion` per
+:class:`~librecache.CacheKeys` namespace from a configuration. The process
+default registry's regions are created once, unconfigured, so that
+``@get_region("ROLES").cache_on_arguments()`` works at import time; the
+first use of any of them configures the default from the environment, and
+:func:`configure` re-points them all at a new configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+from dogpile.cache.api import NO_VALUE
+from dogpile.cache.region import CacheRegion, DefaultInvalidationStrategy
+from dogpile.util import memoized_property
+
+from . import backends as _backends  # noqa: F401  (registers the backends)
+from .config import CacheConfig
+from .connection import RedisConnection
+from .invalidation import InvalidationBus
+from .keying import KeySpace
+from .keys import CacheKeys, parse_namespace
+from .prefixing import PrefixedRedis, PrefixedRedisCluster
+
+__all__ = ["LibreRegion", "Caches", "configure", "get_region", "get_caches", "redis_client"]
+
+log = logging.getLogger(__name__)
+
+ConfigSource = CacheConfig | Mapping[str, str] | None
+
+
+class LibreRegion(CacheRegion):
+    """The :class:`~dogpile.cache.region.CacheRegion` of one namespace.
+
+    All of dogpile's API is here unchanged. Two additions: a region of the
+    process default registry configures that registry from the environment
+    on first use, and a value that cannot be read back (corrupt or foreign
+    bytes under a key) is a cache miss, logged, instead of an exception.
+
+    :ivar namespace: the :class:`~librecache.CacheKeys` member.
+    """
+
+    def __init__(self, namespace: CacheKeys, on_first_use: Callable[[], Any] | None = None) -> None:
+        self.namespace = namespace
+        self._on_first_use = on_first_use
+        super().__init__(name=namespace.value, key_mangler=self._mangle_on_first_use)
+
+    def __repr__(self) -> str:
+        state = "configured" if self.is_configured else "not configured"
+        return f"<LibreRegion {self.namespace.value} ({state})>"
+
+    def _first_use(self) -> None:
+        hook = self.__dict__.get("_on_first_use")
+        if hook is None:
+            from dogpile.cache.exception import RegionNotConfigured
+
+            raise RegionNotConfigured(f"the region of {self.namespace.value} is not configured")
+        hook()
+
+    def _mangle_on_first_use(self, key: str) -> str:
+        self._first_use()
+        mangler = self.key_mangler
+        return mangler(key) if mangler is not None else key
+
+    @memoized_property
+    def backend(self) -> Any:  # noqa: D102  (dogpile's attribute)
+        self._first_use()
+        return self.__dict__["backend"]
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for attributes that configure() sets.
+        if name in ("expiration_time", "_lock_registry") and self.__dict__.get("_on_first_use"):
+            self._first_use()
+            return self.__dict__[name]
+        raise AttributeError(name)
+
+    def invalidate(self, hard: bool = True) -> None:
+        if not self.is_configured:
+            self._first_use()
+        super().invalidate(hard)
+
+    def _parse_serialized_from_backend(self, value: Any) -> Any:
+        try:
+            parsed = super()._parse_serialized_from_backend(value)
+            if parsed is not NO_VALUE and not isinstance(parsed.metadata.get("ct"), (int, float)):
+                raise ValueError("no creation time in the metadata")
+        except Exception as exc:
+            log.warning(
+                "namespace %s: a cached value cannot be read (%s: %s); treated as a miss",
+                self.namespace.value, type(exc).__name__, exc,
+            )
+            return NO_VALUE
+        return parsed
+
+    def _adopt(self, mangler: Callable[[str], str] | None) -> None:
+        self.key_mangler = self._user_defined_key_mangler = mangler
+
+
+class Caches:
+    """A registry: one region per namespace, built from one configuration.
+
+    :param config: a :class:`CacheConfig`, a mapping of environment
+        variables, or ``None`` to read :data:`os.environ`.
+
+    Iterating yields ``(name, region)`` pairs. Close it (or use it as a
+    context manager) to release its connections and its listener thread.
+    """
+
+    def __init__(self, config: ConfigSource = None, *, _regions: Mapping[CacheKeys, LibreRegion] | None = None) -> None:
+        self.config = config if isinstance(config, CacheConfig) else CacheConfig.from_env(config)
+        self.keyspace = KeySpace(self.config.key_prefix)
+        self._connection = RedisConnection(self.config) if self.config.use_redis else None
+        self._bus = InvalidationBus(self._connection.client, self.keyspace) if self._connection else None
+        self._regions: dict[CacheKeys, LibreRegion] = dict(_regions or {ns: LibreRegion(ns) for ns in CacheKeys})
+        for namespace, region in self._regions.items():
+            self._configure(region, namespace)
+        if self._bus is not None and any(self.config.uses_redis(ns) for ns in CacheKeys):
+            self._bus.start()
+        self.closed = False
+
+    def _configure(self, region: LibreRegion, namespace: CacheKeys) -> None:
+        config = self.config
+        ttl = config.ttl(namespace)
+        if config.uses_redis(namespace):
+            assert self._connection is not None and self._bus is not None
+            arguments: dict[str, Any] = {
+                "client": self._connection.client,
+                "keyspace": self.keyspace,
+                "namespace": namespace,
+                "expires_after": config.redis_expiry(namespace),
+                "lock_timeout": config.lock_timeout,
+            }
+            region.configure(
+                "librecache.redis", expiration_time=ttl, arguments=arguments,
+                replace_existing_backend=True, region_invalidator=self._bus.strategy(namespace),
+            )
+            region._adopt(region.backend.key_mangler)
+        else:
+            arguments = {
+                "name": namespace.value,
+                "max_entries": config.memory_max_entries,
+                "expires_after": config.storage_expiry(namespace),
+            }
+            region.configure(
+                "librecache.memory", expiration_time=ttl, arguments=arguments,
+                replace_existing_backend=True, region_invalidator=DefaultInvalidationStrategy(),
+            )
+            region._adopt(None)
+
+    # -- lookup -----------------------------------------------------------
+
+    def region(self, name: CacheKeys | str) -> LibreRegion:
+        """The region of a namespace, by :class:`CacheKeys` member or name.
+
+        :raises UnknownNamespaceError: (a :class:`KeyError`) for an unknown
+            name; the message lists the valid ones.
+        """
+        return self._regions[parse_namespace(name)]
+
+    __getitem__ = region
+
+    def __iter__(self) -> Iterator[tuple[str, LibreRegion]]:
+        return ((namespace.value, region) for namespace, region in self._regions.items())
+
+    def __len__(self) -> int:
+        return len(self._regions)
+
+    def backend_name(self, name: CacheKeys | str) -> str:
+        """``"redis"`` or ``"memory"``: what backs the namespace."""
+        return "redis" if self.config.uses_redis(name) else "memory"
+
+    @property
+    def redis(self) -> PrefixedRedis | PrefixedRedisCluster | None:
+        """The shared raw redis-py client whose commands prefix every key
+        with ``{prefix}::``; ``None`` when Redis is off."""
+        return self._connection.prefixed if self._connection else None
+
+    @property
+    def invalidations(self) -> InvalidationBus | None:
+        """The invalidation channel of this registry (``None`` without Redis)."""
+        return self._bus
+
+    # -- whole namespaces -------------------------------------------------
+
+    def keys(self, name: CacheKeys | str, limit: int | None = None) -> list[str]:
+        """The keys stored in a namespace (full Redis key names for Redis
+        namespaces), at most ``limit``."""
+        backend = self.region(name).backend
+        if hasattr(backend, "scan_keys"):
+            return list(backend.scan_keys(limit))
+        return backend.keys()[:limit]
+
+    def clear(self, name: CacheKeys | str) -> int:
+        """Remove every entry of a namespace in this deployment (this prefix
+        only); return how many were removed."""
+        return int(self.region(name).backend.clear())
+
+    # -- lifetime ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the listener and close the Redis connections."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._bus is not None:
+            self._bus.close()
+        if self._connection is not None:
+            self._connection.close()
+
+    def __enter__(self) -> Caches:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        redis_count = sum(self.config.uses_redis(ns) for ns in self._regions)
+        prefix = self.config.key_prefix or "-"
+        return f"<Caches prefix={prefix} redis={redis_count} memory={len(self._regions) - redis_count}>"
+
+
+# --------------------------------------------------------------------------
+# The process default
+# --------------------------------------------------------------------------
+
+_lock = threading.RLock()
+_default: Caches | None = None
+
+
+def _ensure_default() -> None:
+    if _default is None:
+        with _lock:
+            if _default is None:
+                configure()
+
+
+_default_regions: dict[CacheKeys, LibreRegion] = {
+    namespace: LibreRegion(namespace, on_first_use=_ensure_default) for namespace in CacheKeys
+}
+
+
+def configure(config: ConfigSource = None) -> Caches:
+    """Build the process default registry and return it.
+
+    :param config: a :class:`CacheConfig`, a mapping of variables, or
+        ``None`` to read :data:`os.environ`.
+    :raises ConfigurationError: the configuration is not valid; the
+        previous default, if any, stays in place.
+
+    The regions returned by :func:`get_region` (before or after) follow the
+    new configuration; the previous default's connections are closed.
+    """
+    global _default
+    built = config if isinstance(config, CacheConfig) else CacheConfig.from_env(config)
+    with _lock:
+        caches = Caches(built, _regions=_default_regions)
+        previous, _default = _default, caches
+    if previous is not None:
+        previous.close()
+    return caches
+
+
+def get_caches() -> Caches:
+    """The process default registry, configured from the environment if
+    :func:`configure` was not called yet."""
+    _ensure_default()
+    assert _default is not None
+    return _default
+
+
+def get_region(name: CacheKeys | str) -> LibreRegion:
+    """The region of a namespace in the process default registry.
+
+    The region can be used (``@get_region("ROLES").cache_on_arguments()``)
+    before anything is configured: the default registry is configured from
+    the environment when the region is first used.
+
+    :raises UnknownNamespaceError: (a :class:`KeyError`) for an unknown name.
+    """
+    return _default_regions[parse_namespace(name)]
+
+
+def redis_client() -> PrefixedRedis | PrefixedRedisCluster | None:
+    """The default registry's raw, prefixing Redis client (``None`` when
+    Redis is off)."""
+    return get_caches().redis
+

@@ -1,0 +1,44 @@
+"""The conformance suite over every backend and topology."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conformance import RegionConformance
+from tests.servers import RedisServer
+
+
+class TestMemoryRegions(RegionConformance):
+    expected_backend = "memory"
+
+    @pytest.fixture
+    def environment(self) -> dict[str, str]:
+        return {}
+
+
+class TestForcedMemoryRegionsWithRedisOn(RegionConformance):
+    """USE_REDIS=true, but every namespace forced into memory."""
+
+    expected_backend = "memory"
+
+    @pytest.fixture
+    def environment(self, redis_env: dict[str, str]) -> dict[str, str]:
+        from librecache import CacheKeys
+
+        return {**redis_env, "FORCED_IN_MEMORY_CACHE_NAMESPACES": ",".join(CacheKeys.__members__)}
+
+
+class TestSingleRedisRegions(RegionConformance):
+    expected_backend = "redis"
+
+    @pytest.fixture
+    def environment(self, redis_env: dict[str, str]) -> dict[str, str]:
+        return redis_env
+
+
+class TestSingleRedisRegionsWithoutPrefix(RegionConformance):
+    expected_backend = "redis"
+
+    @pytest.fixture
+    def environment(self, bare_redis_server: RedisServer) -> dict[str, str]:
+        return {"USE_REDIS": "true", "REDIS_URI": bare_redis_server.url}
