@@ -59,7 +59,7 @@ def _show_config(config: CacheConfig, as_json: bool) -> int:
         table.append((row["namespace"], backend, row["key_prefix"], _duration(row["ttl_seconds"])))
     widths = [max(len(line[column]) for line in table) for column in range(4)]
     for line in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
     return 0
 
 

@@ -28,7 +28,7 @@ from .errors import ConfigurationError
 from .keys import DEFAULT_TTLS, CacheKeys, parse_namespace
 from .uris import RedisURI, parse_redis_uris
 
-__all__ = ["CacheConfig", "Variable", "VARIABLES"]
+__all__ = ["VARIABLES", "CacheConfig", "Variable"]
 
 
 # --------------------------------------------------------------------------
@@ -77,7 +77,9 @@ def parse_number(raw: str | None) -> float | None:
     def evaluate(node: ast.AST) -> float:
         if isinstance(node, ast.Expression):
             return evaluate(node.body)
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(
+            node.value, bool
+        ):
             return float(node.value)
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             return _BINARY[type(node.op)](evaluate(node.left), evaluate(node.right))
@@ -400,7 +402,7 @@ class CacheConfig:
         if env_file is not None:
             if not Path(env_file).is_file():
                 raise ConfigurationError(f"env file {os.fspath(env_file)!r} does not exist")
-            env.read_env(env_file, recurse=False)
+            env.read_env(Path(env_file), recurse=False)
         for kind, parser in _PARSERS.items():
             env.add_parser(kind, parser)
 
@@ -488,9 +490,13 @@ class CacheConfig:
             raise ConfigurationError(
                 "REDIS_URI: a cluster has only database 0; remove the /<db> path", "REDIS_URI"
             )
-        for name in ("connect_timeout", "socket_timeout", "lock_timeout"):
+        for name, variable in (
+            ("connect_timeout", "REDIS_CONNECT_TIMEOUT"),
+            ("socket_timeout", "LIBRECACHE_SOCKET_TIMEOUT"),
+            ("lock_timeout", "LIBRECACHE_LOCK_TIMEOUT"),
+        ):
             if getattr(self, name) <= 0:
-                raise ConfigurationError(f"{name} must be greater than 0")
+                raise ConfigurationError(f"{variable}: must be greater than 0", variable)
         if self.memory_max_entries < 1:
             raise ConfigurationError(
                 "LIBRECACHE_MEMORY_MAX_ENTRIES: must be at least 1", "LIBRECACHE_MEMORY_MAX_ENTRIES"

@@ -21,7 +21,7 @@ from redis.retry import Retry
 from .config import CacheConfig
 from .prefixing import KeySpecs, PrefixedRedis, PrefixedRedisCluster, _adopt
 
-__all__ = ["RedisConnection", "AnyRedis"]
+__all__ = ["AnyRedis", "RedisConnection"]
 
 log = logging.getLogger(__name__)
 

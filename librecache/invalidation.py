@@ -85,7 +85,8 @@ class InvalidationBus:
         self._strategies: dict[str, SharedInvalidation] = {}
         self._raise = client.register_script(_RAISE_MARK)
         self.loaded = False
-        self._next_load = 0.0
+        self._retry_at = 0.0
+        self._load_lock = threading.Lock()
         self._stop = threading.Event()
         self._subscribed = threading.Event()
         self._thread: threading.Thread | None = None
@@ -138,20 +139,23 @@ class InvalidationBus:
         self._raise(keys=[self.key], args=[field, repr(stamp)])
         self._client.publish(self.channel, f"{field}={stamp!r}")
 
-    def load(self) -> None:
-        """Read the stored marks (at most once a second while Redis fails)."""
-        now = time.monotonic()
-        if now < self._next_load:
-            return
-        self._next_load = now + 1.0
-        try:
-            stored = self._client.hgetall(self.key)
-        except Exception as exc:
-            log.warning("cannot read invalidation marks from Redis: %s", exc)
-            return
-        for field, value in stored.items():
-            self._note(_text(field), float(value))
-        self.loaded = True
+    def load(self, force: bool = False) -> None:
+        """Read the stored marks, once (again when ``force``). While Redis
+        fails, readers try again at most once a second."""
+        with self._load_lock:
+            if self.loaded and not force:
+                return
+            if not force and time.monotonic() < self._retry_at:
+                return
+            try:
+                stored = self._client.hgetall(self.key)
+            except Exception as exc:
+                self._retry_at = time.monotonic() + 1.0
+                log.warning("cannot read invalidation marks from Redis: %s", exc)
+                return
+            for field, value in stored.items():
+                self._note(_text(field), float(value))
+            self.loaded = True
 
     # -- the listener -----------------------------------------------------
 
@@ -167,8 +171,7 @@ class InvalidationBus:
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
-                        self._next_load = 0.0
-                        self.load()
+                        self.load(force=True)
                         self._subscribed.set()
                         backoff = 0.05
                     elif message["type"] == "message":

@@ -12,7 +12,7 @@ import hashlib
 
 from .keys import CacheKeys
 
-__all__ = ["KeySpace", "MAX_KEY_LENGTH"]
+__all__ = ["MAX_KEY_LENGTH", "KeySpace"]
 
 #: Keys longer than this many characters keep their readable head and hash
 #: the rest (memcached's limit, and a sensible bound for Redis memory).

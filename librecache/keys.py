@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["CacheKeys", "DEFAULT_TTLS", "parse_namespace"]
+__all__ = ["DEFAULT_TTLS", "CacheKeys", "parse_namespace"]
 
 
 class CacheKeys(str, enum.Enum):

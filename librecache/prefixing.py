@@ -142,11 +142,11 @@ class KeySpecs:
         else:  # a server without key specifications: first, last, step
             first, last, step = int(info[3]), int(info[4]), int(info[5])
             if first > 0:
-                locators.append(
-                    lambda argv, f=first, la=last, s=step: list(
-                        range(f, (len(argv) + la if la < 0 else la) + 1, s)
-                    )
-                )
+
+                def classic(argv: list[Any], f: int = first, la: int = last, s: int = step) -> list[int]:
+                    return list(range(f, (len(argv) + la if la < 0 else la) + 1, s))
+
+                locators.append(classic)
         return has_subcommands, locators
 
     def _entry(self, name: str) -> tuple[bool, list[_Locator]]:
@@ -197,10 +197,15 @@ class _Prefixing:
         return escaped + _text(pattern)
 
     def _prefix_args(self, args: Args, options: dict[str, Any]) -> tuple[list[Any], str]:
-        argv = list(args[0].split(" ") if isinstance(args[0], str) else [args[0]]) + list(args[1:])
-        name = _text(argv[0]).upper()
+        """The arguments with their keys prefixed, and the command's name.
+        A multi-word name (``"XINFO STREAM"``) is kept as one argument, as
+        redis-py gave it, so that its reply callback still applies."""
+        head = args[0]
+        words = head.split(" ") if isinstance(head, str) else [head]
+        name = _text(words[0]).upper()
         if not self._key_prefix:
-            return argv, name
+            return list(args), name
+        argv = words + list(args[1:])
         if name == "SCAN":
             argv = self._scan_args(argv)
         elif name == "KEYS":
@@ -208,9 +213,9 @@ class _Prefixing:
         else:
             for index in self._key_specs.positions(argv):
                 argv[index] = self._prefixed(argv[index])
-        if "keys" in options and options["keys"]:
+        if options.get("keys"):
             options["keys"] = [self._prefixed(key) for key in options["keys"]]
-        return argv, name
+        return [head, *argv[len(words):]], name
 
     def _scan_args(self, argv: list[Any]) -> list[Any]:
         for index in range(2, len(argv) - 1):
@@ -244,7 +249,8 @@ class PrefixedRedis(_Prefixing, redis.Redis):
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> redis.client.Pipeline:
         """A pipeline whose commands are prefixed too."""
-        return _adopt(super().pipeline(transaction, shard_hint), PrefixedPipeline, self)
+        pipe: redis.client.Pipeline = _adopt(super().pipeline(transaction, shard_hint), PrefixedPipeline, self)
+        return pipe
 
 
 class PrefixedPipeline(_Prefixing, redis.client.Pipeline):
@@ -273,7 +279,8 @@ class PrefixedRedisCluster(_Prefixing, RedisCluster):
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         """A cluster pipeline whose commands are prefixed too."""
-        return _adopt(super().pipeline(transaction, shard_hint), PrefixedClusterPipeline, self)
+        pipe: ClusterPipeline = _adopt(super().pipeline(transaction, shard_hint), PrefixedClusterPipeline, self)
+        return pipe
 
     def _partition_keys_by_slot(self, keys: Any) -> dict[int, list[Any]]:
         # Multi-key helpers (mget_nonatomic, delete, unlink, ...) group keys
@@ -294,8 +301,9 @@ class PrefixedClusterPipeline(_Prefixing, ClusterPipeline):
         return super().execute_command(*argv, **kwargs)
 
 
-def _adopt(pipe: Any, cls: type, owner: _Prefixing) -> Any:
-    """Turn a pipeline redis-py built into its prefixing subclass."""
+def _adopt(pipe: Any, cls: type, owner: Any) -> Any:
+    """Turn a client or pipeline redis-py built into its prefixing subclass,
+    taking the prefix and key specifications of ``owner``."""
     pipe.__class__ = cls
     pipe._key_prefix = owner._key_prefix
     pipe._key_specs = owner._key_specs

@@ -28,7 +28,7 @@ from .keying import KeySpace
 from .keys import CacheKeys, parse_namespace
 from .prefixing import PrefixedRedis, PrefixedRedisCluster
 
-__all__ = ["LibreRegion", "Caches", "configure", "get_region", "get_caches", "redis_client"]
+__all__ = ["Caches", "LibreRegion", "configure", "get_caches", "get_region", "redis_client"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class LibreRegion(CacheRegion):
         return mangler(key) if mangler is not None else key
 
     @memoized_property
-    def backend(self) -> Any:  # noqa: D102  (dogpile's attribute)
+    def backend(self) -> Any:
         self._first_use()
         return self.__dict__["backend"]
 
@@ -188,13 +188,13 @@ class Caches:
 
     # -- whole namespaces -------------------------------------------------
 
-    def keys(self, name: CacheKeys | str, limit: int | None = None) -> list[str]:
+    def stored_keys(self, name: CacheKeys | str, limit: int | None = None) -> list[str]:
         """The keys stored in a namespace (full Redis key names for Redis
         namespaces), at most ``limit``."""
         backend = self.region(name).backend
         if hasattr(backend, "scan_keys"):
             return list(backend.scan_keys(limit))
-        return backend.keys()[:limit]
+        return list(backend.keys()[:limit])
 
     def clear(self, name: CacheKeys | str) -> int:
         """Remove every entry of a namespace in this deployment (this prefix
@@ -216,7 +216,9 @@ class Caches:
     def __enter__(self) -> Caches:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:

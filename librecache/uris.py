@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 
-__all__ = ["RedisURI", "parse_redis_uris", "mask_uri"]
+__all__ = ["RedisURI", "mask_uri", "parse_redis_uris"]
 
 _SCHEMES = ("redis", "rediss")
 DEFAULT_PORT = 6379

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import pytest
 import redis
 
 import librecache
+from tests.certs import TestCA
 from tests.servers import RedisServer, ServerFarm
 
 
@@ -38,6 +40,17 @@ def bare_redis_server(_bare_server: RedisServer) -> RedisServer:
     client.flushall()
     client.close()
     return _bare_server
+
+
+@pytest.fixture(scope="session")
+def test_ca(farm: ServerFarm) -> TestCA:
+    """A CA the suite generates; its certificate is ``test_ca.path``."""
+    return TestCA(farm.root / "ca")
+
+
+@pytest.fixture
+def ca_file(test_ca: TestCA) -> Path:
+    return test_ca.path
 
 
 @pytest.fixture

@@ -1,0 +1,47 @@
+"""Run the worker processes of tests/workers.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _environment(env: Mapping[str, str]) -> dict[str, str]:
+    base = {key: value for key, value in os.environ.items() if not key.startswith(("REDIS_", "USE_REDIS"))}
+    base.pop("FORCED_IN_MEMORY_CACHE_NAMESPACES", None)
+    return {**base, **env, "PYTHONPATH": str(ROOT)}
+
+
+def start(role: str, env: Mapping[str, str]) -> subprocess.Popen[str]:
+    """Start a worker; read its JSON lines with :func:`read_line`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.workers", role],
+        cwd=ROOT, env=_environment(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def read_line(process: subprocess.Popen[str]) -> dict[str, Any]:
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        process.wait(10)
+        assert process.stderr is not None
+        raise AssertionError(f"worker ended without a report: {process.stderr.read()[-2000:]}")
+    return json.loads(line)  # type: ignore[no-any-return]
+
+
+def run(role: str, env: Mapping[str, str], timeout: float = 60) -> list[dict[str, Any]]:
+    """Run a worker to the end; return its reports."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.workers", role],
+        cwd=ROOT, env=_environment(env), capture_output=True, text=True, timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]

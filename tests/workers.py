@@ -1,0 +1,103 @@
+"""Worker processes for the cross-process tests: ``python -m tests.workers
+ROLE``, configured from the environment, reporting on stdout as JSON lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+from dogpile.cache.api import NO_VALUE
+
+import librecache
+
+
+def say(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def stampede() -> None:
+    """THREADS threads ask for one cold key at START_AT; the creator counts
+    its calls in Redis."""
+    caches = librecache.Caches()
+    region = caches.region(os.environ.get("NAMESPACE", "ROLES"))
+    client = caches.redis
+    assert client is not None
+    start_at = float(os.environ["START_AT"])
+
+    def creator() -> str:
+        client.incr("creator-calls")
+        time.sleep(float(os.environ.get("CREATE_SECONDS", "0.5")))
+        return "the value"
+
+    results: list[str] = []
+
+    def worker() -> None:
+        time.sleep(max(0.0, start_at - time.time()))
+        results.append(region.get_or_create(os.environ["KEY"], creator))
+
+    threads = [threading.Thread(target=worker) for _ in range(int(os.environ.get("THREADS", "16")))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    say(results=results)
+    caches.close()
+
+
+def watch() -> None:
+    """Wait for KEY to be invalidated by another process; report how long
+    after READY it took."""
+    caches = librecache.Caches()
+    region = caches.region(os.environ.get("NAMESPACE", "ROLES"))
+    assert caches.invalidations is not None
+    caches.invalidations.wait_subscribed(5)
+    first = region.get(os.environ["KEY"])
+    say(ready=True, value=first)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if region.get(os.environ["KEY"]) is NO_VALUE:
+            say(invalidated=True, at=time.time())
+            break
+        time.sleep(0.001)
+    else:
+        say(invalidated=False)
+    caches.close()
+
+
+def hold_lock() -> None:
+    """Start creating KEY and never finish (the test kills this process)."""
+    caches = librecache.Caches()
+    region = caches.region(os.environ.get("NAMESPACE", "ROLES"))
+
+    def creator() -> str:
+        say(creating=True)
+        time.sleep(3600)
+        return "never"
+
+    region.get_or_create(os.environ["KEY"], creator)
+
+
+def decorate_at_import() -> None:
+    """Decorate with the default registry before anything is configured."""
+    region = librecache.get_region("ROLES")
+
+    @region.cache_on_arguments()
+    def square(x: int) -> int:
+        square.calls += 1  # type: ignore[attr-defined]
+        return x * x
+
+    square.calls = 0  # type: ignore[attr-defined]
+    values = [square(3), square(3)]
+    caches = librecache.get_caches()
+    say(values=values, calls=square.calls, backend=caches.backend_name("ROLES"),  # type: ignore[attr-defined]
+        prefix=caches.config.key_prefix)
+    caches.close()
+
+
+if __name__ == "__main__":
+    {"stampede": stampede, "watch": watch, "hold_lock": hold_lock, "decorate_at_import": decorate_at_import}[
+        sys.argv[1]
+    ]()
