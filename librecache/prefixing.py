@@ -272,10 +272,24 @@ class PrefixedRedisCluster(_Prefixing, RedisCluster):
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         argv, name = self._prefix_args(args, options)
+        if name == "KEYS":
+            options.setdefault("target_nodes", RedisCluster.PRIMARIES)
         reply = super().execute_command(*argv, **options)
         if name == "KEYS" and isinstance(reply, dict):  # one reply per node
             return [self._unprefixed(key) for keys in reply.values() for key in keys]
         return self._unprefix_reply(name, reply)
+
+    def mget(self, keys: Any, *args: Any) -> list[Any]:
+        """``MGET`` of keys in any slots: one ``MGET`` per slot, pipelined
+        per node; the values come back in the order of the keys. Not atomic
+        across slots."""
+        result: list[Any] = self.mget_nonatomic(keys, *args)
+        return result
+
+    def mset(self, mapping: Any) -> bool:
+        """``MSET`` of keys in any slots: one ``MSET`` per slot, pipelined
+        per node. Not atomic across slots."""
+        return all(self.mset_nonatomic(mapping))
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         """A cluster pipeline whose commands are prefixed too."""

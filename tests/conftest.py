@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 import librecache
 from tests.certs import TestCA
-from tests.servers import RedisServer, ServerFarm
+from tests.servers import RedisClusterFarm, RedisServer, ServerFarm
 
 
 @pytest.fixture(scope="session")
@@ -21,10 +22,28 @@ def farm() -> Iterator[ServerFarm]:
     farm.stop()
 
 
+#: The ACL user every test server knows: restricted to the keys and
+#: channels of the prefix ``acltenant``.
+ACL_USER, ACL_PASSWORD, ACL_PREFIX = "tenant", "tenant-Pa55!word", "acltenant"
+ACL_LINES = (f"user {ACL_USER} on >{ACL_PASSWORD} ~{ACL_PREFIX}::* &{ACL_PREFIX}::* +@all",)
+
+
 @pytest.fixture(scope="session")
 def redis_server(farm: ServerFarm) -> RedisServer:
     """One plain Redis server for the whole session."""
-    return farm.server()
+    return farm.server(config_lines=ACL_LINES)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(farm: ServerFarm) -> RedisClusterFarm:
+    """A 6-node cluster (3 masters, 3 replicas) for the whole session."""
+    return farm.cluster(config_lines=ACL_LINES)
+
+
+@pytest.fixture
+def cluster_env(redis_cluster: RedisClusterFarm, prefix: str) -> dict[str, str]:
+    """Variables of a deployment on the session's cluster, with its own prefix."""
+    return {"USE_REDIS": "true", "REDIS_URI": redis_cluster.uri(3), "REDIS_KEY_PREFIX": prefix}
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +82,39 @@ def prefix() -> str:
 def redis_env(redis_server: RedisServer, prefix: str) -> dict[str, str]:
     """Variables of a deployment on the session's Redis, with its own prefix."""
     return {"USE_REDIS": "true", "REDIS_URI": redis_server.url, "REDIS_KEY_PREFIX": prefix}
+
+
+class Deployment:
+    """A deployment under test: its variables and a plain client of its
+    Redis (single or cluster) to look at what librecache wrote."""
+
+    def __init__(self, env: dict[str, str], raw: redis.Redis | RedisCluster) -> None:
+        self.env = env
+        self.raw = raw
+        self.cluster = isinstance(raw, RedisCluster)
+
+    def keys(self, pattern: str) -> list[bytes]:
+        """Every key matching ``pattern`` on every master, sorted."""
+        if isinstance(self.raw, RedisCluster):
+            nodes = [self.raw.get_redis_connection(node) for node in self.raw.get_primaries()]
+        else:
+            nodes = [self.raw]
+        return sorted(key for node in nodes for key in node.keys(pattern))
+
+
+@pytest.fixture(params=["single", "cluster"])
+def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """The same test on a single server and on the 6-node cluster."""
+    if request.param == "single":
+        server = request.getfixturevalue("redis_server")
+        env = request.getfixturevalue("redis_env")
+        raw: redis.Redis | RedisCluster = redis.Redis(host=server.host, port=server.port)
+    else:
+        cluster = request.getfixturevalue("redis_cluster")
+        env = request.getfixturevalue("cluster_env")
+        raw = RedisCluster(host=cluster.nodes[0].host, port=cluster.nodes[0].port)
+    yield Deployment(env, raw)
+    raw.close()
 
 
 @pytest.fixture

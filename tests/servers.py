@@ -6,6 +6,7 @@ its own directory under a temporary folder and is stopped by ``stop()``.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import signal
 import socket
@@ -34,6 +35,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 def _ping(port: int, timeout: float = 0.2) -> bool:
@@ -159,6 +175,129 @@ class RedisServer:
             self.process = None
 
 
+CLUSTER_OPTIONS = (
+    "--cluster-enabled", "yes",
+    "--cluster-node-timeout", "1000",
+    "--repl-diskless-sync-delay", "0",
+    "--cluster-replica-validity-factor", "0",
+    "--repl-ping-replica-period", "1",
+)
+
+
+class RedisClusterFarm:
+    """A cluster of ``masters`` masters with one replica each.
+
+    :param tls: ``(cert, key, ca)``: every node listens with TLS only and the
+        cluster bus and replication use TLS too.
+    :param announce_hostname: a host name every node announces and prefers
+        as its endpoint (managed services do this).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        masters: int = 3,
+        config_lines: Sequence[str] = (),
+        tls: tuple[Path, Path, Path] | None = None,
+        announce_hostname: str | None = None,
+    ) -> None:
+        self.tls = tls
+        self.nodes: list[RedisServer] = []
+        for _ in range(masters * 2):
+            port = free_cluster_port()
+            extra = [*CLUSTER_OPTIONS, "--cluster-config-file", str(root / f"redis-{port}" / "nodes.conf")]
+            if tls:
+                extra += ["--tls-cluster", "yes", "--tls-replication", "yes"]
+            if announce_hostname:
+                extra += ["--cluster-announce-hostname", announce_hostname,
+                          "--cluster-preferred-endpoint-type", "hostname"]
+            self.nodes.append(RedisServer(root, extra=extra, config_lines=config_lines, tls=tls, port=port))
+        self.masters = masters
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def uri(self, count: int = 3, host: str = LOOPBACK) -> str:
+        """A REDIS_URI value naming the first ``count`` nodes."""
+        scheme = "rediss" if self.tls else "redis"
+        return ",".join(f"{scheme}://{host}:{node.port}" for node in self.nodes[:count])
+
+    def client(self, node: RedisServer) -> "redis.Redis":
+        import redis
+
+        options: dict[str, object] = {"host": LOOPBACK, "port": node.port, "socket_timeout": 5}
+        if self.tls:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls[2]), ssl_check_hostname=False)
+        return redis.Redis(**options)  # type: ignore[arg-type]
+
+    def start(self, timeout: float = 60.0) -> RedisClusterFarm:
+        for node in self.nodes:
+            node.start()
+        command = ["redis-cli", "--cluster", "create", *[f"{LOOPBACK}:{n.port}" for n in self.nodes],
+                   "--cluster-replicas", "1", "--cluster-yes"]
+        if self.tls:
+            command += ["--tls", "--cacert", str(self.tls[2])]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Until every node reports cluster_state:ok and CLUSTER SLOTS lists
+        every master with its replica (a replica is hidden there until it
+        has replicated something)."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                if self._healthy():
+                    return
+            except Exception as exc:  # still starting
+                last = str(exc)
+            time.sleep(0.1)
+        raise RuntimeError(f"the cluster did not become healthy: {last}")
+
+    def _healthy(self) -> bool:
+        running = [node for node in self.nodes if node.process is not None]
+        for node in running:
+            client = self.client(node)
+            try:
+                if client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
+                    return False
+                if node is running[0]:
+                    slots = client.execute_command("CLUSTER SLOTS")
+                    replicas = sum(len(entry) - 3 for entry in slots)
+                    if replicas < len(running) - self.masters:
+                        self._touch_every_slot(client)
+                        return False
+            finally:
+                client.close()
+        return True
+
+    def _touch_every_slot(self, client: "redis.Redis") -> None:
+        """Write one key on each master, so that its replica has replicated
+        something and shows in CLUSTER SLOTS."""
+        from redis.crc import key_slot
+
+        for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):
+            key = next(
+                f"touch{i}" for i in itertools.count() if start <= key_slot(f"touch{i}".encode()) <= end
+            )
+            node = next(n for n in self.nodes if n.port == int(master[1]))
+            other = self.client(node)
+            try:
+                other.set(key, "x", ex=60)
+            finally:
+                other.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
 class ServerFarm:
     """Every server a test session started, stopped together."""
 
@@ -170,6 +309,11 @@ class ServerFarm:
         server = RedisServer(self.root, **kwargs).start()  # type: ignore[arg-type]
         self.servers.append(server)
         return server
+
+    def cluster(self, **kwargs: object) -> RedisClusterFarm:
+        cluster = RedisClusterFarm(self.root, **kwargs).start()  # type: ignore[arg-type]
+        self.servers.extend(cluster.nodes)
+        return cluster
 
     def stop(self) -> None:
         for server in self.servers:

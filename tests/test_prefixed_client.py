@@ -6,19 +6,45 @@ from collections.abc import Callable
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 import librecache
 
 
-@pytest.fixture
-def client(make_caches: Callable[..., librecache.Caches], redis_env: dict[str, str]):  # type: ignore[no-untyped-def]
-    caches = make_caches(redis_env)
+@pytest.fixture(params=["single", "cluster"])
+def pair(request: pytest.FixtureRequest, make_caches: Callable[..., librecache.Caches]):  # type: ignore[no-untyped-def]
+    """(the prefixed client, a plain client to look at the server)."""
+    if request.param == "single":
+        server = request.getfixturevalue("redis_server")
+        env = request.getfixturevalue("redis_env")
+        plain = redis.Redis(host=server.host, port=server.port)
+    else:
+        cluster = request.getfixturevalue("redis_cluster")
+        env = request.getfixturevalue("cluster_env")
+        plain = RedisCluster(host=cluster.nodes[0].host, port=cluster.nodes[0].port)
+    caches = make_caches(env)
     assert caches.redis is not None
-    return caches.redis
+    yield caches.redis, plain
+    plain.close()
 
 
-def stored(raw: redis.Redis, prefix: str) -> set[bytes]:
-    return set(raw.keys(f"{prefix}::*"))
+@pytest.fixture
+def client(pair):  # type: ignore[no-untyped-def]
+    return pair[0]
+
+
+@pytest.fixture
+def raw(pair):  # type: ignore[no-untyped-def]
+    return pair[1]
+
+
+def stored(raw: redis.Redis | RedisCluster, prefix: str) -> set[bytes]:
+    """Every key under the prefix, on every master."""
+    if isinstance(raw, RedisCluster):
+        nodes = [raw.get_redis_connection(node) for node in raw.get_primaries()]
+    else:
+        nodes = [raw]
+    return {key for node in nodes for key in node.keys(f"{prefix}::*")}
 
 
 def test_strings_and_multi_key_commands(client, raw: redis.Redis, prefix: str) -> None:  # type: ignore[no-untyped-def]
@@ -29,9 +55,10 @@ def test_strings_and_multi_key_commands(client, raw: redis.Redis, prefix: str) -
     assert client.exists("a", "b", "nope") == 2
     assert stored(raw, prefix) == {f"{prefix}::{k}".encode() for k in "abc"}
     assert 0 < raw.pttl(f"{prefix}::a") <= 60_000
-    client.rename("c", "c2")
-    assert client.get("c2") == b"3"
-    assert client.delete("a", "b", "c2") == 3
+    client.set("{r}c", "3")
+    client.rename("{r}c", "{r}c2")
+    assert client.get("{r}c2") == b"3"
+    assert client.delete("a", "b", "c", "{r}c2") == 4
     assert stored(raw, prefix) == set()
 
 
@@ -43,25 +70,25 @@ def test_bytes_and_int_keys(client, raw: redis.Redis, prefix: str) -> None:  # t
 
 def test_hashes_lists_sets_sorted_sets(client, raw: redis.Redis, prefix: str) -> None:  # type: ignore[no-untyped-def]
     client.hset("h", mapping={"f": "v"})
-    client.rpush("l", 1, 2)
-    client.lmove("l", "l2")
-    client.sadd("s1", "x", "y")
-    client.sadd("s2", "y")
-    assert client.sinter("s1", "s2") == {b"y"}
-    client.zadd("z1", {"m": 1})
-    client.zadd("z2", {"m": 2})
-    assert client.zunionstore("zu", ["z1", "z2"]) == 1
-    assert client.zscore("zu", "m") == 3
+    client.rpush("{t}l", 1, 2)
+    client.lmove("{t}l", "{t}l2")
+    client.sadd("{t}s1", "x", "y")
+    client.sadd("{t}s2", "y")
+    assert client.sinter("{t}s1", "{t}s2") == {b"y"}
+    client.zadd("{t}z1", {"m": 1})
+    client.zadd("{t}z2", {"m": 2})
+    assert client.zunionstore("{t}zu", ["{t}z1", "{t}z2"]) == 1
+    assert client.zscore("{t}zu", "m") == 3
     assert client.object("encoding", "h") is not None
     names = {key.decode().removeprefix(f"{prefix}::") for key in stored(raw, prefix)}
-    assert names == {"h", "l", "l2", "s1", "s2", "z1", "z2", "zu"}
+    assert names == {"h", "{t}l", "{t}l2", "{t}s1", "{t}s2", "{t}z1", "{t}z2", "{t}zu"}
 
 
 def test_scripts_get_their_keys_prefixed(client, raw: redis.Redis, prefix: str) -> None:  # type: ignore[no-untyped-def]
     script = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[2])"
-    client.set("other", "o")
-    assert client.eval(script, 2, "target", "other", "value") == b"o"
-    assert raw.get(f"{prefix}::target") == b"value"
+    client.set("{e}other", "o")
+    assert client.eval(script, 2, "{e}target", "{e}other", "value") == b"o"
+    assert raw.get(f"{prefix}::{{e}}target") == b"value"
     registered = client.register_script("return redis.call('INCR', KEYS[1])")
     assert registered(keys=["counter"]) == 1
     assert registered(keys=["counter"]) == 2  # EVALSHA this time
@@ -69,19 +96,21 @@ def test_scripts_get_their_keys_prefixed(client, raw: redis.Redis, prefix: str) 
 
 
 def test_streams(client, raw: redis.Redis, prefix: str) -> None:  # type: ignore[no-untyped-def]
-    first = client.xadd("events", {"n": "1"})
-    client.xadd("events", {"n": "2"})
-    client.xadd("more", {"n": "3"})
-    replies = client.xread({"events": first, "more": "0"})
+    first = client.xadd("{x}events", {"n": "1"})
+    client.xadd("{x}events", {"n": "2"})
+    client.xadd("{x}more", {"n": "3"})
+    replies = client.xread({"{x}events": first, "{x}more": "0"})
     # replies other than KEYS and SCAN come as the server sends them
     assert [(name, len(entries)) for name, entries in replies] == [
-        (f"{prefix}::events".encode(), 1), (f"{prefix}::more".encode(), 1)
+        (f"{prefix}::{{x}}events".encode(), 1), (f"{prefix}::{{x}}more".encode(), 1)
     ]
-    assert client.xinfo_stream("events")["length"] == 2
-    assert stored(raw, prefix) == {f"{prefix}::events".encode(), f"{prefix}::more".encode()}
+    assert client.xinfo_stream("{x}events")["length"] == 2
+    assert stored(raw, prefix) == {f"{prefix}::{{x}}events".encode(), f"{prefix}::{{x}}more".encode()}
 
 
 def test_sort_with_store(client, raw: redis.Redis, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    if isinstance(client, RedisCluster):
+        pytest.skip("SORT BY patterns are refused by Redis Cluster")
     client.rpush("nums", 3, 1, 2)
     client.mset({"w_1": 3, "w_2": 2, "w_3": 1})
     assert client.sort("nums", by="w_*", store="sorted") == 3
@@ -92,6 +121,7 @@ def test_sort_with_store(client, raw: redis.Redis, prefix: str) -> None:  # type
 def test_keys_and_scan_stay_inside_the_prefix(client, raw: redis.Redis, prefix: str) -> None:  # type: ignore[no-untyped-def]
     raw.set("outside-key", 1)
     raw.set(f"{prefix}x::inside-lookalike", 1)
+    # KEYS and SCAN cover every master of a cluster
     client.mset({"k1": 1, "k2": 2, "j": 3})
     assert sorted(client.keys("*")) == [b"j", b"k1", b"k2"]
     assert sorted(client.keys("k*")) == [b"k1", b"k2"]
@@ -104,13 +134,27 @@ def test_pipelines_and_transactions(client, raw: redis.Redis, prefix: str) -> No
     with client.pipeline(transaction=False) as pipe:
         pipe.set("p1", 1).incr("p1").get("p1")
         assert pipe.execute() == [True, 2, b"2"]
-    with client.pipeline() as pipe:
-        pipe.watch("p1")
-        assert pipe.get("p1") == b"2"
-        pipe.multi()
-        pipe.set("p2", 5)
-        pipe.execute()
+    if not isinstance(client, RedisCluster):
+        with client.pipeline() as pipe:
+            pipe.watch("p1")
+            assert pipe.get("p1") == b"2"
+            pipe.multi()
+            pipe.set("p2", 5)
+            pipe.execute()
+    else:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.set("p2", 5).execute()
     assert stored(raw, prefix) == {f"{prefix}::p1".encode(), f"{prefix}::p2".encode()}
+
+
+def test_multi_key_helpers_split_across_slots(client, raw: redis.Redis, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    mapping = {f"spread-{i}": str(i) for i in range(500)}
+    assert client.mset(mapping) is True
+    assert client.mget(list(mapping)) == [value.encode() for value in mapping.values()]
+    assert client.exists(*mapping) == 500
+    assert client.unlink(*list(mapping)[:250]) == 250
+    assert client.delete(*mapping) == 250
+    assert stored(raw, prefix) == set()
 
 
 def test_locks_are_prefixed(client, raw: redis.Redis, prefix: str) -> None:  # type: ignore[no-untyped-def]

@@ -14,21 +14,22 @@ from dogpile.cache.api import NO_VALUE
 
 import librecache
 from tests import processes
+from tests.conftest import Deployment
 
 Make = Callable[..., librecache.Caches]
 
 
-def test_value_keys_are_prefix_namespace_key(make_caches: Make, redis_env: dict[str, str], prefix: str, raw: redis.Redis) -> None:
-    caches = make_caches(redis_env)
+def test_value_keys_are_prefix_namespace_key(make_caches: Make, deployment: Deployment, prefix: str) -> None:
+    caches = make_caches(deployment.env)
     caches.region("ROLES").set("admin", {"can": "all"})
-    assert raw.exists(f"{prefix}::ROLES:admin") == 1
+    assert deployment.raw.exists(f"{prefix}::ROLES:admin") == 1
 
     @caches.region("CONFIG_STORE").cache_on_arguments()
     def load(name: str) -> str:
         return name.upper()
 
     load("x")
-    assert raw.keys(f"{prefix}::CONFIG_STORE:*") == [f"{prefix}::CONFIG_STORE:{__name__}:load|x".encode()]
+    assert deployment.keys(f"{prefix}::CONFIG_STORE:*") == [f"{prefix}::CONFIG_STORE:{__name__}:load|x".encode()]
 
 
 def test_without_prefix_keys_are_namespace_key(make_caches: Make, bare_redis_server, raw: redis.Redis) -> None:  # type: ignore[no-untyped-def]
@@ -39,45 +40,45 @@ def test_without_prefix_keys_are_namespace_key(make_caches: Make, bare_redis_ser
     plain.close()
 
 
-def test_long_keys_keep_a_readable_head_and_hash_the_rest(make_caches: Make, redis_env: dict[str, str], prefix: str, raw: redis.Redis) -> None:
-    region = make_caches(redis_env).region("TOOLS")
+def test_long_keys_keep_a_readable_head_and_hash_the_rest(make_caches: Make, deployment: Deployment, prefix: str) -> None:
+    region = make_caches(deployment.env).region("TOOLS")
     region.set("q" * 1000, "long")
-    (key,) = raw.keys(f"{prefix}::TOOLS:*")
+    (key,) = deployment.keys(f"{prefix}::TOOLS:*")
     assert key.startswith(f"{prefix}::TOOLS:{'q' * 64}~".encode())
     assert len(key) <= 250
     assert region.get("q" * 1000) == "long"
 
 
-def test_namespaces_with_a_ttl_expire_on_the_server(make_caches: Make, redis_env: dict[str, str], prefix: str, raw: redis.Redis) -> None:
-    caches = make_caches({**redis_env, "BAN_DURATION": "1000 * 60 * 60"})
+def test_namespaces_with_a_ttl_expire_on_the_server(make_caches: Make, deployment: Deployment, prefix: str) -> None:
+    caches = make_caches({**deployment.env, "BAN_DURATION": "1000 * 60 * 60"})
     caches.region("MESSAGES").set("m", 1)
     caches.region("BANS").set("ip", 1)
     caches.region("ROLES").set("r", 1)
-    assert 60_000 < raw.pttl(f"{prefix}::MESSAGES:m") <= 66_000
-    assert 3_600_000 < raw.pttl(f"{prefix}::BANS:ip") <= 3_660_000
-    assert 600_000 < raw.pttl(f"{prefix}::ROLES:r") / 1000 <= 604_800  # retention
+    assert 60_000 < deployment.raw.pttl(f"{prefix}::MESSAGES:m") <= 66_000
+    assert 3_600_000 < deployment.raw.pttl(f"{prefix}::BANS:ip") <= 3_660_000
+    assert 600_000 < deployment.raw.pttl(f"{prefix}::ROLES:r") / 1000 <= 604_800  # retention
     caches.region("MESSAGES").set_multi({"a": 1, "b": 2})
-    assert all(60_000 < raw.pttl(f"{prefix}::MESSAGES:{k}") <= 66_000 for k in "ab")
+    assert all(60_000 < deployment.raw.pttl(f"{prefix}::MESSAGES:{k}") <= 66_000 for k in "ab")
 
 
-def test_retention_zero_means_no_expiry_for_ttl_less_namespaces(make_caches: Make, redis_env: dict[str, str], prefix: str, raw: redis.Redis) -> None:
-    make_caches({**redis_env, "LIBRECACHE_REDIS_RETENTION": "0"}).region("ROLES").set("r", 1)
-    assert raw.pttl(f"{prefix}::ROLES:r") == -1
+def test_retention_zero_means_no_expiry_for_ttl_less_namespaces(make_caches: Make, deployment: Deployment, prefix: str) -> None:
+    make_caches({**deployment.env, "LIBRECACHE_REDIS_RETENTION": "0"}).region("ROLES").set("r", 1)
+    assert deployment.raw.pttl(f"{prefix}::ROLES:r") == -1
 
 
-def test_the_creation_lock_lives_under_the_prefix_and_expires(make_caches: Make, redis_env: dict[str, str], prefix: str, raw: redis.Redis) -> None:
-    region = make_caches(redis_env).region("ROLES")
+def test_the_creation_lock_lives_under_the_prefix_and_expires(make_caches: Make, deployment: Deployment, prefix: str) -> None:
+    region = make_caches(deployment.env).region("ROLES")
     seen: list[list[bytes]] = []
 
     def creator() -> str:
-        seen.append(raw.keys("*" + prefix + "*lock*"))
-        seen.append([raw.pttl(key) for key in seen[0]])  # type: ignore[misc]
+        seen.append(deployment.keys("*" + prefix + "*lock*"))
+        seen.append([deployment.raw.pttl(key) for key in seen[0]])  # type: ignore[misc]
         return "v"
 
     region.get_or_create("k", creator)
     assert seen[0] == [f"{prefix}::librecache:lock:ROLES:k".encode()]
     assert 0 < seen[1][0] <= 30_000  # type: ignore[operator]
-    assert raw.keys(f"{prefix}::librecache:lock:*") == []  # released
+    assert deployment.keys(f"{prefix}::librecache:lock:*") == []  # released
 
 
 def test_shared_connection_pool(make_caches: Make, redis_env: dict[str, str]) -> None:
@@ -88,12 +89,12 @@ def test_shared_connection_pool(make_caches: Make, redis_env: dict[str, str]) ->
     assert caches.redis.connection_pool is caches.region("ROLES").backend.client.connection_pool
 
 
-def test_forced_namespaces_stay_in_memory(make_caches: Make, redis_env: dict[str, str], prefix: str, raw: redis.Redis) -> None:
-    caches = make_caches({**redis_env, "FORCED_IN_MEMORY_CACHE_NAMESPACES": "ROLES,MESSAGES"})
+def test_forced_namespaces_stay_in_memory(make_caches: Make, deployment: Deployment, prefix: str) -> None:
+    caches = make_caches({**deployment.env, "FORCED_IN_MEMORY_CACHE_NAMESPACES": "ROLES,MESSAGES"})
     assert caches.backend_name("ROLES") == "memory" and caches.backend_name("TOOLS") == "redis"
     caches.region("ROLES").set("r", 1)
     caches.region("TOOLS").set("t", 1)
-    assert raw.keys(f"{prefix}::*") == [f"{prefix}::TOOLS:t".encode()]
+    assert deployment.keys(f"{prefix}::*") == [f"{prefix}::TOOLS:t".encode()]
 
 
 # -- isolation -----------------------------------------------------------------
@@ -122,24 +123,24 @@ def test_prefixes_isolate_deployments(make_caches: Make, redis_server, raw: redi
 
 
 @pytest.mark.slow
-def test_stampede_across_processes_runs_the_creator_once(redis_env: dict[str, str], make_caches: Make) -> None:
-    env = {**redis_env, "KEY": "cold", "START_AT": repr(time.time() + 2.5), "THREADS": "16"}
+def test_stampede_across_processes_runs_the_creator_once(deployment: Deployment, make_caches: Make) -> None:
+    env = {**deployment.env, "KEY": "cold", "START_AT": repr(time.time() + 2.5), "THREADS": "16"}
     workers = [processes.start("stampede", env) for _ in range(4)]
     reports = [processes.read_line(worker) for worker in workers]
     for worker in workers:
         assert worker.wait(30) == 0
     assert [report["results"] for report in reports] == [["the value"] * 16] * 4
-    caches = make_caches(redis_env)
+    caches = make_caches(deployment.env)
     assert caches.redis is not None
     assert int(caches.redis.get("creator-calls")) == 1
 
 
 @pytest.mark.slow
-def test_invalidation_reaches_other_processes(redis_env: dict[str, str], make_caches: Make) -> None:
-    caches = make_caches(redis_env)
+def test_invalidation_reaches_other_processes(deployment: Deployment, make_caches: Make) -> None:
+    caches = make_caches(deployment.env)
     region = caches.region("ROLES")
     region.set("k", "before")
-    watcher = processes.start("watch", {**redis_env, "KEY": "k"})
+    watcher = processes.start("watch", {**deployment.env, "KEY": "k"})
     assert processes.read_line(watcher) == {"ready": True, "value": "before"}
     time.sleep(0.05)
     invalidated_at = time.time()
@@ -149,13 +150,13 @@ def test_invalidation_reaches_other_processes(redis_env: dict[str, str], make_ca
     assert report["invalidated"] is True
     assert report["at"] - invalidated_at < 1.0
     # a registry started afterwards sees the invalidation too
-    assert make_caches(redis_env).region("ROLES").get("k") is NO_VALUE
+    assert make_caches(deployment.env).region("ROLES").get("k") is NO_VALUE
     # and so does this process, at once
     assert region.get("k") is NO_VALUE
 
 
-def test_invalidation_applies_to_its_namespace_only(make_caches: Make, redis_env: dict[str, str]) -> None:
-    one, two = make_caches(redis_env), make_caches(redis_env)
+def test_invalidation_applies_to_its_namespace_only(make_caches: Make, deployment: Deployment) -> None:
+    one, two = make_caches(deployment.env), make_caches(deployment.env)
     one.region("ROLES").set("k", 1)
     one.region("TOOLS").set("k", 2)
     time.sleep(0.01)
@@ -169,8 +170,8 @@ def test_invalidation_applies_to_its_namespace_only(make_caches: Make, redis_env
 
 
 @pytest.mark.slow
-def test_a_killed_lock_holder_does_not_block_the_key_for_ever(redis_env: dict[str, str], make_caches: Make) -> None:
-    env = {**redis_env, "LIBRECACHE_LOCK_TIMEOUT": "1.5", "KEY": "stuck"}
+def test_a_killed_lock_holder_does_not_block_the_key_for_ever(deployment: Deployment, make_caches: Make) -> None:
+    env = {**deployment.env, "LIBRECACHE_LOCK_TIMEOUT": "1.5", "KEY": "stuck"}
     holder = processes.start("hold_lock", env)
     assert processes.read_line(holder) == {"creating": True}
     holder.kill()
@@ -188,9 +189,9 @@ def test_a_killed_lock_holder_does_not_block_the_key_for_ever(redis_env: dict[st
     "payload",
     [b"garbage", b"{not json|x", b'{"ct": 1}|\x80\x04not a pickle', b'{"v": 2}|' + b"\x80\x04K\x01.", b""],
 )
-def test_corrupt_values_are_misses(make_caches: Make, redis_env: dict[str, str], prefix: str, raw: redis.Redis, payload: bytes, caplog: pytest.LogCaptureFixture) -> None:
-    region = make_caches(redis_env).region("ROLES")
-    raw.set(f"{prefix}::ROLES:bad", payload)
+def test_corrupt_values_are_misses(make_caches: Make, deployment: Deployment, prefix: str, payload: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    region = make_caches(deployment.env).region("ROLES")
+    deployment.raw.set(f"{prefix}::ROLES:bad", payload)
     with caplog.at_level(logging.WARNING, logger="librecache"):
         assert region.get("bad") is NO_VALUE
         assert region.get_multi(["bad"]) == [NO_VALUE]
@@ -202,8 +203,8 @@ def test_corrupt_values_are_misses(make_caches: Make, redis_env: dict[str, str],
 # -- the shared registry under threads ---------------------------------------------
 
 
-def test_many_threads_many_keys(make_caches: Make, redis_env: dict[str, str]) -> None:
-    region = make_caches(redis_env).region("TOOLS")
+def test_many_threads_many_keys(make_caches: Make, deployment: Deployment) -> None:
+    region = make_caches(deployment.env).region("TOOLS")
     errors: list[BaseException] = []
 
     def worker(n: int) -> None:
@@ -220,3 +221,30 @@ def test_many_threads_many_keys(make_caches: Make, redis_env: dict[str, str]) ->
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_multi_key_operations_span_every_master(make_caches: Make, deployment: Deployment, prefix: str) -> None:
+    region = make_caches(deployment.env).region("TOOLS")
+    mapping = {f"k{i}": i for i in range(1000)}
+    region.set_multi(mapping)
+    if deployment.cluster:
+        raw = deployment.raw
+        per_master = [
+            len(raw.get_redis_connection(node).keys(f"{prefix}::TOOLS:*")) for node in raw.get_primaries()
+        ]
+        assert len(per_master) == 3 and all(count > 200 for count in per_master), per_master
+    assert region.get_multi(list(mapping)) == list(mapping.values())
+    assert region.get_or_create_multi(["k1", "new"], lambda *keys: [f"made {k}" for k in keys]) == [1, "made new"]
+    region.delete_multi(list(mapping))
+    assert deployment.keys(f"{prefix}::TOOLS:k*") == []
+
+
+def test_clear_removes_its_namespace_only_on_every_master(make_caches: Make, deployment: Deployment, prefix: str) -> None:
+    caches = make_caches(deployment.env)
+    caches.region("TOOLS").set_multi({f"t{i}": i for i in range(2500)})
+    caches.region("ROLES").set("keep", 1)
+    assert len(caches.stored_keys("TOOLS")) == 2500
+    assert len(caches.stored_keys("TOOLS", limit=10)) == 10
+    assert caches.clear("TOOLS") == 2500
+    assert deployment.keys(f"{prefix}::TOOLS:*") == []
+    assert caches.region("ROLES").get("keep") == 1

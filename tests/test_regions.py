@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conformance import RegionConformance
-from tests.servers import RedisServer
+from tests.servers import RedisClusterFarm, RedisServer
 
 
 class TestMemoryRegions(RegionConformance):
@@ -42,3 +42,23 @@ class TestSingleRedisRegionsWithoutPrefix(RegionConformance):
     @pytest.fixture
     def environment(self, bare_redis_server: RedisServer) -> dict[str, str]:
         return {"USE_REDIS": "true", "REDIS_URI": bare_redis_server.url}
+
+
+class TestClusterRegions(RegionConformance):
+    """Three seed URIs of a 6-node cluster."""
+
+    expected_backend = "redis"
+
+    @pytest.fixture
+    def environment(self, cluster_env: dict[str, str]) -> dict[str, str]:
+        return cluster_env
+
+
+class TestClusterRegionsFromOneSeed(RegionConformance):
+    """One seed URI and USE_REDIS_CLUSTER=true."""
+
+    expected_backend = "redis"
+
+    @pytest.fixture
+    def environment(self, cluster_env: dict[str, str], redis_cluster: RedisClusterFarm) -> dict[str, str]:
+        return {**cluster_env, "REDIS_URI": redis_cluster.uri(1), "USE_REDIS_CLUSTER": "true"}
