@@ -16,6 +16,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import redis
+from redis.crc import key_slot
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -224,9 +227,7 @@ class RedisClusterFarm:
         scheme = "rediss" if self.tls else "redis"
         return ",".join(f"{scheme}://{host}:{node.port}" for node in self.nodes[:count])
 
-    def client(self, node: RedisServer) -> "redis.Redis":
-        import redis
-
+    def client(self, node: RedisServer) -> redis.Redis:
         options: dict[str, object] = {"host": LOOPBACK, "port": node.port, "socket_timeout": 5}
         if self.tls:
             options.update(ssl=True, ssl_ca_certs=str(self.tls[2]), ssl_check_hostname=False)
@@ -277,11 +278,9 @@ class RedisClusterFarm:
                 client.close()
         return True
 
-    def _touch_every_slot(self, client: "redis.Redis") -> None:
+    def _touch_every_slot(self, client: redis.Redis) -> None:
         """Write one key on each master, so that its replica has replicated
         something and shows in CLUSTER SLOTS."""
-        from redis.crc import key_slot
-
         for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):
             key = next(
                 f"touch{i}" for i in itertools.count() if start <= key_slot(f"touch{i}".encode()) <= end
