@@ -9,13 +9,20 @@ which shares the same connections.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import logging
+import socket
 import ssl
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import Connection, ConnectionPool, SSLConnection
+from redis.exceptions import AuthenticationError, AuthorizationError
 from redis.retry import Retry
 
 from .config import CacheConfig
@@ -33,10 +40,188 @@ AnyRedis = redis.Redis | RedisCluster
 MAX_COMMAND_RETRIES = 2
 
 
+def is_transient(error: BaseException) -> bool:
+    """False for failures that trying again cannot mend: a rejected user or
+    password, a refused certificate, a TLS protocol mismatch."""
+    if isinstance(error, (AuthenticationError, AuthorizationError)):
+        return False
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLError):
+            return False
+        seen = seen.__cause__ or seen.__context__
+    text = str(error)
+    return "CERTIFICATE_VERIFY_FAILED" not in text and "WRONG_VERSION_NUMBER" not in text
+
+
+class FailFastRetry(Retry):
+    """redis-py's :class:`~redis.retry.Retry` that does not retry permanent
+    failures (:func:`is_transient`): they are reported at once, with the
+    reason, instead of after the whole back-off schedule."""
+
+    def call_with_retry(  # type: ignore[override]
+        self,
+        do: Callable[[], Any],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Any:
+        def retryable(error: Exception) -> bool:
+            return is_transient(error) and (is_retryable is None or is_retryable(error))
+
+        return super().call_with_retry(do, fail, is_retryable=retryable, with_failure_count=with_failure_count)
+
+
 def _retry(config: CacheConfig) -> Retry:
     attempts = config.retry_max_attempts
     retries = MAX_COMMAND_RETRIES if attempts == 0 else min(attempts, MAX_COMMAND_RETRIES)
-    return Retry(ExponentialWithJitterBackoff(base=0.01, cap=config.retry_max_delay), retries)
+    return FailFastRetry(ExponentialWithJitterBackoff(base=0.01, cap=config.retry_max_delay), retries)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _BoundedConnect:
+    """REDIS_CONNECT_TIMEOUT bounds the whole connect: TCP, the TLS
+    handshake and the AUTH/HELLO exchange (redis-py bounds only the TCP
+    connect by it and the rest by the reply time-out)."""
+
+    socket_connect_timeout: float | None
+    socket_timeout: float | None
+    _sock: Any
+
+    def on_connect_check_health(self, check_health: bool = True) -> None:
+        if self._sock is not None:
+            self._sock.settimeout(self.socket_connect_timeout)
+        try:
+            super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
+        finally:
+            if self._sock is not None:
+                self._sock.settimeout(self.socket_timeout)
+
+
+class BoundedConnection(_BoundedConnect, Connection):
+    """A plain connection whose connect is bounded as a whole."""
+
+
+class BoundedSSLConnection(_BoundedConnect, SSLConnection):
+    """A TLS connection whose connect, handshake included, is bounded."""
+
+    def _wrap_socket_with_ssl(self, sock: socket.socket) -> Any:
+        sock.settimeout(self.socket_connect_timeout)
+        return super()._wrap_socket_with_ssl(sock)
+
+
+def pool_class(connection_class: type[Connection]) -> type[ConnectionPool]:
+    """A connection pool class that always makes ``connection_class``
+    connections, whatever redis-py asks for."""
+
+    class Pool(ConnectionPool):
+        def __init__(self, connection_class: Any = None, **kwargs: Any) -> None:
+            super().__init__(connection_class=fixed, **kwargs)
+
+    fixed = connection_class
+    return Pool
+
+
+class HostnameBook:
+    """The host name each cluster node was given or announced as, by the
+    address redis-py knows it by (REDIS_USE_ALTERNATIVE_DNS_LOOKUP).
+
+    redis-py names nodes by address: it swaps ``localhost`` for its IP, and
+    takes the IP a node announces even when the node also announces a host
+    name. A certificate that names host names only then fails. With this
+    book, every connection is opened to the host name instead, so that the
+    operating system resolves it at each connect and TLS checks that name.
+    Unknown addresses are looked up by asking the configured endpoint for
+    ``CLUSTER SLOTS`` (which carries the announced host names).
+    """
+
+    def __init__(self, config: CacheConfig, connection_options: dict[str, Any]) -> None:
+        self._seeds = [(uri.host, uri.port) for uri in config.redis_uris]
+        self._options = connection_options
+        self._tls = config.tls
+        self._names: dict[tuple[str, int], str] = {}
+        self._lock = threading.Lock()
+        self._next_refresh = 0.0
+        for host, port in self._seeds:
+            self._remember(host, port)
+
+    def _remember(self, host: str, port: int, address: str | None = None) -> None:
+        if _is_ip(host):
+            return
+        addresses = [address] if address else []
+        if not addresses:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                addresses = [str(info[4][0]) for info in infos]
+            except OSError:
+                return
+        for ip in addresses:
+            self._names.setdefault((str(ip), port), host)
+
+    def name_for(self, host: str, port: int) -> str:
+        """The host name to connect to for the node redis-py calls
+        ``host:port``; ``host`` itself when no name is known."""
+        if not _is_ip(host):
+            return host
+        name = self._names.get((host, port))
+        if name is None:
+            self.refresh()
+            name = self._names.get((host, port))
+        return name or host
+
+    def refresh(self) -> None:
+        """Learn the announced host names from the configured endpoint (at
+        most once a second)."""
+        with self._lock:
+            if time.monotonic() < self._next_refresh:
+                return
+            self._next_refresh = time.monotonic() + 1.0
+            for host, port in self._seeds:
+                connection_class = SSLConnection if self._tls else Connection
+                connection = connection_class(host=host, port=port, **self._options)
+                try:
+                    connection.send_command("CLUSTER", "SLOTS")
+                    reply = connection.read_response()
+                except Exception as exc:
+                    log.warning("cannot read the cluster's host names from %s:%s: %s", host, port, exc)
+                    continue
+                finally:
+                    connection.disconnect()
+                for entry in reply:
+                    for node in entry[2:]:
+                        announced, node_port = _text(node[0]), int(node[1])
+                        meta = node[3] if len(node) > 3 else {}
+                        if isinstance(meta, list):
+                            meta = dict(zip(meta[::2], meta[1::2], strict=False))
+                        meta = {_text(k): _text(v) for k, v in (meta or {}).items()}
+                        if _is_ip(announced) and meta.get("hostname"):
+                            self._names[(announced, node_port)] = meta["hostname"]
+                        else:
+                            self._remember(announced, node_port, meta.get("ip"))
+                return
+
+    def connection_class(self, base: type[Connection]) -> type[Connection]:
+        """``base``, connecting to the host name the book knows."""
+        book = self
+
+        class HostnameConnection(base):  # type: ignore[valid-type,misc]
+            def __init__(self, host: str = "localhost", port: int = 6379, **kwargs: Any) -> None:
+                super().__init__(host=book.name_for(host, int(port)), port=port, **kwargs)
+
+        return HostnameConnection
 
 
 def client_options(config: CacheConfig) -> dict[str, Any]:
@@ -49,13 +234,17 @@ def client_options(config: CacheConfig) -> dict[str, Any]:
         "retry": _retry(config),
     }
     if config.tls:
-        options.update(
-            ssl=True,
-            ssl_cert_reqs=ssl.CERT_REQUIRED,
-            ssl_check_hostname=True,
-            ssl_ca_certs=str(config.redis_ca) if config.redis_ca else None,
-        )
+        options.update(tls_options(config))
     return options
+
+
+def tls_options(config: CacheConfig) -> dict[str, Any]:
+    """Certificate and host name verification, with REDIS_CA if given."""
+    return {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_check_hostname": True,
+        "ssl_ca_certs": str(config.redis_ca) if config.redis_ca else None,
+    }
 
 
 class RedisConnection:
@@ -72,15 +261,30 @@ class RedisConnection:
         self.cluster = config.cluster
         root = f"{config.key_prefix}::" if config.key_prefix else ""
         options = client_options(config)
+        connection_class: type[Connection] = BoundedSSLConnection if config.tls else BoundedConnection
         self.client: AnyRedis
         if self.cluster:
+            dynamic = True
+            if config.alternative_dns_lookup:
+                connection_options = {
+                    key: options[key] for key in ("username", "password", "socket_connect_timeout", "socket_timeout")
+                }
+                if config.tls:
+                    connection_options.update(tls_options(config))
+                connection_class = HostnameBook(config, connection_options).connection_class(connection_class)
+                dynamic = False  # topology refreshes keep using the configured endpoint
+            first, *others = config.redis_uris
             self.client = RedisCluster(
-                startup_nodes=[ClusterNode(uri.host, uri.port) for uri in config.redis_uris],
+                url=f"{first.scheme}://{first.address}",
+                startup_nodes=[ClusterNode(uri.host, uri.port) for uri in others] or None,
+                connection_pool_class=pool_class(connection_class),
+                dynamic_startup_nodes=dynamic,
                 **options,
             )
         else:
             uri = config.redis_uris[0]
-            self.client = redis.Redis(host=uri.host, port=uri.port, db=uri.db, **options)
+            pool = ConnectionPool(connection_class=connection_class, host=uri.host, port=uri.port, db=uri.db, **options)
+            self.client = redis.Redis(connection_pool=pool)
         self.key_specs = KeySpecs(self._command_info)
         prefixed = copy.copy(self.client)
         self.prefixed: PrefixedRedis | PrefixedRedisCluster = _adopt(

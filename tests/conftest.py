@@ -72,6 +72,28 @@ def ca_file(test_ca: TestCA) -> Path:
     return test_ca.path
 
 
+@pytest.fixture(scope="session")
+def tls_server(farm: ServerFarm, test_ca: TestCA) -> RedisServer:
+    """A TLS-only server whose certificate names 127.0.0.1 and localhost."""
+    cert, key = test_ca.issue("redis-single", dns=("localhost",), ips=("127.0.0.1",))
+    return farm.server(tls=(cert, key, test_ca.path), config_lines=ACL_LINES)
+
+
+@pytest.fixture(scope="session")
+def tls_cluster(farm: ServerFarm, test_ca: TestCA) -> RedisClusterFarm:
+    """A TLS 6-node cluster (bus and replication over TLS too)."""
+    cert, key = test_ca.issue("redis-cluster", dns=("localhost",), ips=("127.0.0.1",))
+    return farm.cluster(tls=(cert, key, test_ca.path), config_lines=ACL_LINES)
+
+
+@pytest.fixture(scope="session")
+def hostname_tls_cluster(farm: ServerFarm, test_ca: TestCA) -> RedisClusterFarm:
+    """A TLS cluster as managed services run them: the certificate names a
+    host name only (no IP), and the nodes announce that host name."""
+    cert, key = test_ca.issue("redis-hostname-cluster", dns=("localhost",))
+    return farm.cluster(tls=(cert, key, test_ca.path), announce_hostname="localhost")
+
+
 @pytest.fixture
 def prefix() -> str:
     """A key prefix no other test uses."""

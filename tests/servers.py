@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -209,7 +210,11 @@ class RedisClusterFarm:
         self.nodes: list[RedisServer] = []
         for _ in range(masters * 2):
             port = free_cluster_port()
-            extra = [*CLUSTER_OPTIONS, "--cluster-config-file", str(root / f"redis-{port}" / "nodes.conf")]
+            extra = [
+                *CLUSTER_OPTIONS,
+                "--cluster-config-file", str(root / f"redis-{port}" / "nodes.conf"),
+                "--cluster-port", str(port + 10000),  # not derived from --tls-port when --port is 0
+            ]
             if tls:
                 extra += ["--tls-cluster", "yes", "--tls-replication", "yes"]
             if announce_hostname:
@@ -240,8 +245,13 @@ class RedisClusterFarm:
                    "--cluster-replicas", "1", "--cluster-yes"]
         if self.tls:
             command += ["--tls", "--cacert", str(self.tls[2])]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            self.stop()
+            raise RuntimeError(f"redis-cli --cluster create hung: {exc.stdout!r}") from None
         if done.returncode != 0:
+            self.stop()
             raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
         self.wait_healthy(timeout)
         return self
@@ -318,3 +328,40 @@ class ServerFarm:
         for server in self.servers:
             server.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class SilentPeer:
+    """A TCP listener on 127.0.0.1 that accepts connections and never
+    answers (a hung server, or a firewall that swallows packets)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                continue
+            self._held.append(connection)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for connection in self._held:
+            connection.close()
+        self.sock.close()
+
+    def __enter__(self) -> SilentPeer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
