@@ -196,10 +196,14 @@ class Caches:
             return list(backend.scan_keys(limit))
         return list(backend.keys()[:limit])
 
-    def clear(self, name: CacheKeys | str) -> int:
+    def clear(self, name: CacheKeys | str, progress: Callable[[int], None] | None = None) -> int:
         """Remove every entry of a namespace in this deployment (this prefix
-        only); return how many were removed."""
-        return int(self.region(name).backend.clear())
+        only; on a cluster, ``SCAN`` + ``UNLINK`` on every master, never a
+        multi-key command across slots); return how many were removed.
+
+        :param progress: called with the running count on large clears.
+        """
+        return int(self.region(name).backend.clear(progress))
 
     # -- lifetime ---------------------------------------------------------
 

@@ -81,3 +81,83 @@ def test_the_console_script_runs() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["namespaces"]) == 22
+
+
+# -- check, keys, clear, stats against real servers -------------------------------------
+
+
+@pytest.fixture
+def env_file(deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:  # type: ignore[no-untyped-def]
+    clean_env(monkeypatch)
+    path = tmp_path / ".env"
+    path.write_text("".join(f"{key}={value}\n" for key, value in deployment.env.items()))
+    return path
+
+
+def test_check_reports_a_healthy_deployment(capsys: pytest.CaptureFixture[str], env_file: Path, deployment) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run(capsys, "check", "--env-file", str(env_file), "-v")
+    assert code == 0, out
+    assert "ok    ping" in out and "ok    authenticated as default" in out
+    assert "ok    22 of 22 Redis namespaces round-trip a key" in out
+    assert ("cluster: state ok on 3 masters, 3 replicas" in out) == deployment.cluster
+    assert deployment.keys("*__librecache_check__*") == []
+
+
+def test_check_lists_each_problem_and_fails(capsys: pytest.CaptureFixture[str], redis_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import ACL_PASSWORD, ACL_USER
+
+    clean_env(monkeypatch)
+    path = tmp_path / ".env"
+    path.write_text(f"USE_REDIS=true\nREDIS_URI={redis_server.url}\nREDIS_USERNAME={ACL_USER}\n"
+                    f"REDIS_PASSWORD={ACL_PASSWORD}\nREDIS_KEY_PREFIX=not-its-prefix\n"
+                    "FORCED_IN_MEMORY_CACHE_NAMESPACES=ROLES\n")
+    code, out, _ = run(capsys, "check", "--env-file", str(path))
+    assert code == 1
+    failures = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert len(failures) == 21 and all("no permissions" in line for line in failures)
+    assert ACL_PASSWORD not in out
+
+
+def test_check_of_an_unreachable_server(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.servers import free_port
+
+    clean_env(monkeypatch)
+    path = tmp_path / ".env"
+    path.write_text(f"USE_REDIS=true\nREDIS_URI=redis://127.0.0.1:{free_port()}\nREDIS_CONNECT_TIMEOUT=300\n")
+    code, out, err = run(capsys, "check", "--env-file", str(path))
+    assert code == 1 and out.startswith("FAIL  connect:") and "Connection refused" in out
+
+
+def test_keys_clear_and_stats(capsys: pytest.CaptureFixture[str], env_file: Path, deployment, make_caches) -> None:  # type: ignore[no-untyped-def]
+    caches = make_caches(deployment.env)
+    caches.region("TOOLS").set_multi({f"t{i}": "x" * 100 for i in range(1500)})
+    caches.region("ROLES").set("admin", 1)
+    prefix = deployment.env["REDIS_KEY_PREFIX"]
+
+    code, out, err = run(capsys, "keys", "TOOLS", "--env-file", str(env_file), "--limit", "10")
+    assert code == 0 and len(out.splitlines()) == 10 and "more than 10 keys" in err
+    assert all(line.startswith(f"{prefix}::TOOLS:t") for line in out.splitlines())
+
+    code, out, _ = run(capsys, "stats", "--env-file", str(env_file), "--json")
+    stats = {row["namespace"]: row for row in json.loads(out)}
+    assert stats["TOOLS"]["keys"] == 1500 and stats["TOOLS"]["bytes"] > 1500 * 100
+    assert stats["ROLES"]["keys"] == 1 and stats["MESSAGES"]["keys"] == 0
+
+    code, out, err = run(capsys, "clear", "TOOLS", "--env-file", str(env_file))
+    assert code == 2 and "--yes" in err  # no terminal here to confirm on
+    code, out, err = run(capsys, "clear", "TOOLS", "--yes", "--env-file", str(env_file))
+    assert code == 0 and out.strip() == "TOOLS: 1500 keys removed" and "1,500 keys removed..." in err
+    assert deployment.keys(f"{prefix}::TOOLS:*") == []
+    assert caches.region("ROLES").get("admin") == 1
+    code, out, _ = run(capsys, "clear", "--all", "--yes", "--env-file", str(env_file))
+    assert code == 0 and "ROLES: 1 keys removed" in out and out.strip().endswith("total: 1 keys removed")
+
+
+def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    clean_env(monkeypatch)
+    code, _, err = run(capsys, "keys", "NOPE")
+    assert code == 2 and err.startswith("librecache: Unknown cache namespace 'NOPE'") and len(err.splitlines()) == 1
+    code, _, err = run(capsys, "clear")
+    assert code == 2 and "NAMESPACE, or --all" in err
+    code, _, err = run(capsys, "keys", "ROLES")
+    assert code == 0 and "lives in each process's memory" in err

@@ -99,7 +99,7 @@ class MemoryBackend(CacheBackend):
             for key in keys:
                 self._data.pop(key, None)
 
-    def clear(self) -> int:
+    def clear(self, progress: Any = None) -> int:
         """Remove every entry; return how many there were."""
         with self._lock:
             count = len(self._data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE, BytesBackend, CacheMutex, SerializedReturnType
@@ -171,9 +171,12 @@ class RedisBackend(BytesBackend):
                 if limit is not None and count >= limit:
                     return
 
-    def clear(self) -> int:
+    def clear(self, progress: Callable[[int], None] | None = None) -> int:
         """Remove every key of this namespace (``SCAN`` + ``UNLINK``, one
-        key per command, on every master); return how many were removed."""
+        key per command, on every master); return how many were removed.
+
+        :param progress: called with the running count after each batch.
+        """
         pattern = self.keyspace.pattern(self.namespace)
         removed = 0
         for node in self._node_clients():
@@ -183,8 +186,21 @@ class RedisBackend(BytesBackend):
                 if len(batch) >= SCAN_BATCH:
                     removed += _unlink(node, batch)
                     batch = []
+                    if progress is not None:
+                        progress(removed)
             removed += _unlink(node, batch)
+            if progress is not None:
+                progress(removed)
         return removed
+
+    def memory_usage(self, keys: list[str]) -> int:
+        """Bytes Redis reports for ``keys`` (``MEMORY USAGE``, pipelined)."""
+        if not keys:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=0)
+        return sum(size or 0 for size in pipe.execute())
 
 
 def _unlink(node: Any, keys: list[bytes]) -> int:
