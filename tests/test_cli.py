@@ -124,7 +124,7 @@ def test_check_of_an_unreachable_server(capsys: pytest.CaptureFixture[str], tmp_
     clean_env(monkeypatch)
     path = tmp_path / ".env"
     path.write_text(f"USE_REDIS=true\nREDIS_URI=redis://127.0.0.1:{free_port()}\nREDIS_CONNECT_TIMEOUT=300\n")
-    code, out, err = run(capsys, "check", "--env-file", str(path))
+    code, out, _ = run(capsys, "check", "--env-file", str(path))
     assert code == 1 and out.startswith("FAIL  connect:") and "Connection refused" in out
 
 
