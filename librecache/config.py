@@ -230,6 +230,23 @@ KIND_DESCRIPTIONS: dict[str, str] = {
 }
 
 
+#: A value each kind refuses, for the documentation's "error" column.
+KIND_BAD_EXAMPLES: dict[str, str | None] = {
+    "flag": "maybe",
+    "count": "ten",
+    "seconds": "soon",
+    "milliseconds": "2h",
+    "text": None,
+    "secret": None,
+    "uris": "http://127.0.0.1:6379",
+    "namespaces": "STATIC_CONFIG",
+    "ttls": "ROLES",
+    "cafile": "/missing/ca.pem",
+    "prefix": "has space",
+    "varname": "1ST",
+}
+
+
 @attrs.frozen
 class Variable:
     """The declaration of one environment variable.
@@ -537,10 +554,12 @@ class CacheConfig:
         member = parse_namespace(namespace)
         overrides = dict(self.ttl_overrides)
         if member in overrides:
-            return overrides[member]
-        if member is CacheKeys.BANS:
-            return self.ban_duration or None
-        return DEFAULT_TTLS.get(member)
+            ttl = overrides[member]
+        elif member is CacheKeys.BANS:
+            ttl = self.ban_duration
+        else:
+            ttl = DEFAULT_TTLS.get(member)
+        return float(ttl) if ttl else None
 
     def storage_expiry(self, namespace: CacheKeys | str) -> float | None:
         """When a stored entry of ``namespace`` is dropped, in seconds.

@@ -21,10 +21,12 @@ from dogpile.cache.region import RegionInvalidationStrategy
 
 from .keying import KeySpace
 from .keys import CacheKeys
+from .logs import RateLimitedLog
 
 __all__ = ["InvalidationBus", "SharedInvalidation"]
 
 log = logging.getLogger(__name__)
+limited = RateLimitedLog(log)
 
 # Keep the larger of the stored and the new time stamp.
 _RAISE_MARK = """
@@ -151,7 +153,7 @@ class InvalidationBus:
                 stored = self._client.hgetall(self.key)
             except Exception as exc:
                 self._retry_at = time.monotonic() + 1.0
-                log.warning("cannot read invalidation marks from Redis: %s", exc)
+                limited.warning("load", "cannot read invalidation marks from Redis: %s", exc)
                 return
             for field, value in stored.items():
                 self._note(_text(field), float(value))
@@ -180,7 +182,7 @@ class InvalidationBus:
             except Exception as exc:
                 self._subscribed.clear()
                 if not self._stop.is_set():
-                    log.warning("invalidation channel lost (%s); reconnecting", exc)
+                    limited.warning("listen", "invalidation channel lost (%s); reconnecting", exc)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, MAX_LISTENER_BACKOFF)
             finally:

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Install what the tests need (redis-server from Debian's packages, .venv with
-# librecache and its test tools) and run the whole suite: lint, types, tests
-# against real Redis servers the suite starts on 127.0.0.1.
+# librecache and its test and docs tools) and run the whole suite: lint,
+# types, the documentation and its examples, and the tests, against real
+# Redis servers started on 127.0.0.1.
 source "$(dirname "$0")/venv.sh"
 if ! command -v redis-server >/dev/null 2>&1; then
     apt_install redis-server redis-tools
 fi
-.venv/bin/python -m pip install -q -e '.[test,lint]'
-.venv/bin/ruff check librecache tests benchmarks
+.venv/bin/python -m pip install -q -e '.[test,lint,docs]'
+.venv/bin/ruff check librecache tests benchmarks docs
 .venv/bin/mypy
+# the documentation builds with warnings as errors, and its examples run
+# against real servers started for the build
+rm -rf docs/_build
+.venv/bin/sphinx-build -q -W --keep-going -b html docs docs/_build/html
+.venv/bin/sphinx-build -q -W --keep-going -b doctest docs docs/_build/doctest
 exec .venv/bin/python -m pytest "$@"
