@@ -329,6 +329,12 @@ VARIABLES: tuple[Variable, ...] = (
              "86400"),
     Variable("LIBRECACHE_SOCKET_TIMEOUT", "seconds", "5",
              "Time allowed for one Redis command's reply.", "2"),
+    Variable("LIBRECACHE_STREAM_FINISHED_TTL", "seconds", "300",
+             "How long a finished resumable stream is kept for late subscribers.", "300"),
+    Variable("LIBRECACHE_STREAM_IDLE_TTL", "seconds", "1200",
+             "A running stream with no activity for this long expires.", "1200"),
+    Variable("LIBRECACHE_STREAM_MEMORY_MAX", "count", "1000",
+             "Most streams the in-memory stream store keeps (finished ones go first).", "5000"),
 )
 
 _BY_NAME = {variable.name: variable for variable in VARIABLES}
@@ -394,6 +400,9 @@ class CacheConfig:
     lock_timeout: float = 30.0
     redis_retention: float = 604800.0
     socket_timeout: float = 5.0
+    stream_finished_ttl: float = 300.0
+    stream_idle_ttl: float = 1200.0
+    stream_memory_max: int = 1000
 
     def __attrs_post_init__(self) -> None:
         self._check()
@@ -464,6 +473,9 @@ class CacheConfig:
             lock_timeout=values["LIBRECACHE_LOCK_TIMEOUT"],
             redis_retention=values["LIBRECACHE_REDIS_RETENTION"],
             socket_timeout=values["LIBRECACHE_SOCKET_TIMEOUT"],
+            stream_finished_ttl=values["LIBRECACHE_STREAM_FINISHED_TTL"],
+            stream_idle_ttl=values["LIBRECACHE_STREAM_IDLE_TTL"],
+            stream_memory_max=values["LIBRECACHE_STREAM_MEMORY_MAX"],
         )
 
     @staticmethod
@@ -511,9 +523,15 @@ class CacheConfig:
             ("connect_timeout", "REDIS_CONNECT_TIMEOUT"),
             ("socket_timeout", "LIBRECACHE_SOCKET_TIMEOUT"),
             ("lock_timeout", "LIBRECACHE_LOCK_TIMEOUT"),
+            ("stream_finished_ttl", "LIBRECACHE_STREAM_FINISHED_TTL"),
+            ("stream_idle_ttl", "LIBRECACHE_STREAM_IDLE_TTL"),
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{variable}: must be greater than 0", variable)
+        if self.stream_memory_max < 1:
+            raise ConfigurationError(
+                "LIBRECACHE_STREAM_MEMORY_MAX: must be at least 1", "LIBRECACHE_STREAM_MEMORY_MAX"
+            )
         if self.memory_max_entries < 1:
             raise ConfigurationError(
                 "LIBRECACHE_MEMORY_MAX_ENTRIES: must be at least 1", "LIBRECACHE_MEMORY_MAX_ENTRIES"

@@ -19,6 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import Connection, ConnectionPool, SSLConnection
@@ -323,3 +327,42 @@ class _Owner:
     def __init__(self, key_prefix: str, key_specs: KeySpecs) -> None:
         self._key_prefix = key_prefix
         self._key_specs = key_specs
+
+
+class AsyncFailFastRetry(AsyncRetry):
+    """The asyncio twin of :class:`FailFastRetry`."""
+
+    async def call_with_retry(  # type: ignore[override]
+        self,
+        do: Callable[[], Any],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Any:
+        def retryable(error: Exception) -> bool:
+            return is_transient(error) and (is_retryable is None or is_retryable(error))
+
+        return await super().call_with_retry(do, fail, is_retryable=retryable, with_failure_count=with_failure_count)
+
+
+#: Connections per node of an asyncio client (stream subscribers block on one each).
+ASYNC_MAX_CONNECTIONS = 10_000
+
+
+def async_client(config: CacheConfig) -> AsyncRedis | AsyncRedisCluster:
+    """A :mod:`redis.asyncio` client of the configured Redis, with the same
+    credentials, TLS verification, time-outs and retry rules as the
+    registry's client (keys given in full: no prefixing)."""
+    options = client_options(config)
+    retry = options.pop("retry")
+    options["retry"] = AsyncFailFastRetry(retry._backoff, retry.get_retries())
+    if config.tls:
+        options["ssl"] = True
+    if config.cluster:
+        # every blocked stream subscriber holds a connection to its node
+        return AsyncRedisCluster(
+            startup_nodes=[AsyncClusterNode(uri.host, uri.port) for uri in config.redis_uris],
+            max_connections=ASYNC_MAX_CONNECTIONS, **options,
+        )
+    uri = config.redis_uris[0]
+    return AsyncRedis(host=uri.host, port=uri.port, db=uri.db, **options)

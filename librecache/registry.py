@@ -186,6 +186,13 @@ class Caches:
         """The invalidation channel of this registry (``None`` without Redis)."""
         return self._bus
 
+    def open_streams(self, asynchronous: bool = True) -> Any:
+        """A resumable stream store of this registry's configuration: the
+        asyncio one, or its sync twin (:mod:`librecache.streams`)."""
+        from .streams import open_streams, open_streams_sync
+
+        return open_streams(self.config) if asynchronous else open_streams_sync(self.config)
+
     # -- whole namespaces -------------------------------------------------
 
     def stored_keys(self, name: CacheKeys | str, limit: int | None = None) -> list[str]:

@@ -80,6 +80,29 @@ def hold_lock() -> None:
     region.get_or_create(os.environ["KEY"], creator)
 
 
+def produce() -> None:
+    """Produce EVENTS events on STREAM with the sync store; with
+    UNTIL_ABORTED, stop as soon as an abort is requested."""
+    from librecache.streams import open_streams_sync
+
+    stream, count = os.environ["STREAM"], int(os.environ["EVENTS"])
+    until_aborted = bool(os.environ.get("UNTIL_ABORTED"))
+    with open_streams_sync() as store:
+        store.create(stream, meta={"owner": "worker"})
+        say(created=True)
+        appended = 0
+        for n in range(count):
+            if until_aborted and store.is_aborted(stream):
+                store.finish(stream, "aborted", final={"after": appended})
+                say(aborted=True, appended=appended)
+                return
+            store.append(stream, {"n": n})
+            appended += 1
+            time.sleep(0.002)
+        store.finish(stream, "done")
+        say(aborted=False, appended=appended)
+
+
 def decorate_at_import() -> None:
     """Decorate with the default registry before anything is configured."""
     region = librecache.get_region("ROLES")
@@ -98,6 +121,6 @@ def decorate_at_import() -> None:
 
 
 if __name__ == "__main__":
-    {"stampede": stampede, "watch": watch, "hold_lock": hold_lock, "decorate_at_import": decorate_at_import}[
-        sys.argv[1]
-    ]()
+    roles = {"stampede": stampede, "watch": watch, "hold_lock": hold_lock, "produce": produce,
+             "decorate_at_import": decorate_at_import}
+    roles[sys.argv[1]]()
