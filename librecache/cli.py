@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -293,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json = False
     try:
         config = CacheConfig.from_env(env_file=getattr(args, "env_file", None))
+        if command != "config":  # operators' commands report failures, never fall through quietly
+            config = attrs.evolve(config, strict=True)
         return COMMANDS[command](config, args)
     except (LibrecacheError, KeyError) as exc:
         print(f"librecache: {exc}", file=sys.stderr)

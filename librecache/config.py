@@ -329,6 +329,14 @@ VARIABLES: tuple[Variable, ...] = (
              "86400"),
     Variable("LIBRECACHE_SOCKET_TIMEOUT", "seconds", "5",
              "Time allowed for one Redis command's reply.", "2"),
+    Variable("LIBRECACHE_STRICT", "flag", "false",
+             "Raise Redis errors to callers instead of degrading (reads as misses, writes dropped, "
+             "memoised functions called through) while Redis is unavailable.", "true"),
+    Variable("LIBRECACHE_SIGNING_KEY", "secret", None,
+             "Sign cached values with HMAC-SHA256 and never unpickle a value whose signature does not "
+             "verify, so that write access to Redis is not code execution in every instance. Several "
+             "keys, comma-separated, for rotation: the first signs, any verifies. Each at least 16 "
+             "characters. Never shown.", "a-long-random-secret,the-previous-secret"),
     Variable("LIBRECACHE_STREAM_FINISHED_TTL", "seconds", "300",
              "How long a finished resumable stream is kept for late subscribers.", "300"),
     Variable("LIBRECACHE_STREAM_IDLE_TTL", "seconds", "1200",
@@ -403,6 +411,8 @@ class CacheConfig:
     stream_finished_ttl: float = 300.0
     stream_idle_ttl: float = 1200.0
     stream_memory_max: int = 1000
+    strict: bool = False
+    signing_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._check()
@@ -476,6 +486,9 @@ class CacheConfig:
             stream_finished_ttl=values["LIBRECACHE_STREAM_FINISHED_TTL"],
             stream_idle_ttl=values["LIBRECACHE_STREAM_IDLE_TTL"],
             stream_memory_max=values["LIBRECACHE_STREAM_MEMORY_MAX"],
+            strict=bool(values["LIBRECACHE_STRICT"]),
+            signing_keys=tuple(key.strip() for key in (values["LIBRECACHE_SIGNING_KEY"] or "").split(",")
+                               if key.strip()),
         )
 
     @staticmethod
@@ -528,6 +541,10 @@ class CacheConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{variable}: must be greater than 0", variable)
+        if any(len(key) < 16 for key in self.signing_keys):
+            raise ConfigurationError(
+                "LIBRECACHE_SIGNING_KEY: every key must be at least 16 characters long", "LIBRECACHE_SIGNING_KEY"
+            )
         if self.stream_memory_max < 1:
             raise ConfigurationError(
                 "LIBRECACHE_STREAM_MEMORY_MAX: must be at least 1", "LIBRECACHE_STREAM_MEMORY_MAX"
@@ -615,6 +632,10 @@ class CacheConfig:
             yield "user", self.username or "-"
             yield "password", "***" if self.password else "-"
         yield "streams", "redis" if self.use_redis_streams else "memory"
+        if self.signing_keys:
+            yield "signing", f"on ({len(self.signing_keys)} key{'s' if len(self.signing_keys) > 1 else ''})"
+        if self.strict:
+            yield "on failure", "raise (LIBRECACHE_STRICT)"
         source = f" (from {self.key_prefix_source})" if self.key_prefix_source else ""
         yield "key prefix", (self.key_prefix or "-") + source
 

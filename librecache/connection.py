@@ -26,38 +26,32 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import Connection, ConnectionPool, SSLConnection
-from redis.exceptions import AuthenticationError, AuthorizationError
+from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
 
 from .config import CacheConfig
+from .health import UNAVAILABLE, Breaker, is_transient, ping_idle_connections, run_maintenance
+from .logs import RateLimitedLog
 from .prefixing import KeySpecs, PrefixedRedis, PrefixedRedisCluster, _adopt
 
 __all__ = ["AnyRedis", "RedisConnection"]
 
 log = logging.getLogger(__name__)
+limited = RateLimitedLog(log, interval=30.0)
+
+#: Deletes remembered while Redis is away, at most.
+MAX_PENDING_DELETES = 100_000
 
 AnyRedis = redis.Redis | RedisCluster
 
-#: Retries of one command after a connection error or time-out. The whole
-#: retry schedule of REDIS_RETRY_MAX_ATTEMPTS is never waited out by one
-#: call: a cache call must fail fast and let the caller fall through.
-MAX_COMMAND_RETRIES = 2
-
-
-def is_transient(error: BaseException) -> bool:
-    """False for failures that trying again cannot mend: a rejected user or
-    password, a refused certificate, a TLS protocol mismatch."""
-    if isinstance(error, (AuthenticationError, AuthorizationError)):
-        return False
-    seen: BaseException | None = error
-    for _ in range(5):
-        if seen is None:
-            break
-        if isinstance(seen, ssl.SSLError):
-            return False
-        seen = seen.__cause__ or seen.__context__
-    text = str(error)
-    return "CERTIFICATE_VERIFY_FAILED" not in text and "WRONG_VERSION_NUMBER" not in text
+#: Retries of one command after a connection error or time-out: one, to
+#: replace a pooled connection that the server or a provider dropped. The
+#: whole schedule of REDIS_RETRY_MAX_ATTEMPTS is never waited out by a call:
+#: it governs the background reconnects (see librecache.health). So a cache
+#: call waits at most two attempts, each bounded by REDIS_CONNECT_TIMEOUT
+#: (connect, TLS, AUTH) and LIBRECACHE_SOCKET_TIMEOUT (the reply); once one
+#: call has failed, the breaker is open and calls fall through at once.
+MAX_COMMAND_RETRIES = 1
 
 
 class FailFastRetry(Retry):
@@ -252,21 +246,53 @@ def tls_options(config: CacheConfig) -> dict[str, Any]:
 
 
 class RedisConnection:
-    """The clients of one registry.
+    """The Redis side of one registry: its clients, their health, and the
+    maintenance thread (reconnects, keep-alive).
 
     :param config: the configuration; must have ``redis_uris``.
-    :ivar client: the client the backends use (keys given in full).
+    :ivar client: the client the backends use (keys given in full), or
+        ``None`` while a cluster could not be reached yet.
     :ivar prefixed: the users' client, which prefixes every key with
         ``{prefix}::``; shares ``client``'s connections.
+    :ivar breaker: the :class:`~librecache.health.Breaker` of this Redis.
     """
 
     def __init__(self, config: CacheConfig) -> None:
         self.config = config
         self.cluster = config.cluster
-        root = f"{config.key_prefix}::" if config.key_prefix else ""
+        self.strict = config.strict
+        self.root = f"{config.key_prefix}::" if config.key_prefix else ""
+        self.breaker = Breaker(config.retry_max_delay, config.retry_max_attempts)
+        self.key_specs = KeySpecs(self._command_info)
+        self.client: AnyRedis | None = None
+        self.prefixed: PrefixedRedis | PrefixedRedisCluster | None = None
+        #: Called (in the maintenance thread) when Redis is back.
+        self.on_recovery: list[Callable[[], None]] = []
+        self._pending_deletes: dict[str, None] = {}
+        self._pending_lock = threading.Lock()
+        try:
+            self._connect()
+        except UNAVAILABLE as exc:
+            if self.strict:
+                raise
+            self.breaker.failure(exc, "connect")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=run_maintenance,
+            args=(self.breaker, self._stop, self._probe, self._recover,
+                  self._keepalive if config.ping_interval > 0 else None, config.ping_interval),
+            name=f"librecache-maintenance[{self.root or 'no prefix'}]", daemon=True,
+        )
+        self._thread.start()
+
+    # -- clients ----------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        """Build the clients (a cluster client connects at once)."""
+        config = self.config
         options = client_options(config)
         connection_class: type[Connection] = BoundedSSLConnection if config.tls else BoundedConnection
-        self.client: AnyRedis
+        client: AnyRedis
         if self.cluster:
             dynamic = True
             if config.alternative_dns_lookup:
@@ -278,7 +304,7 @@ class RedisConnection:
                 connection_class = HostnameBook(config, connection_options).connection_class(connection_class)
                 dynamic = False  # topology refreshes keep using the configured endpoint
             first, *others = config.redis_uris
-            self.client = RedisCluster(
+            client = RedisCluster(
                 url=f"{first.scheme}://{first.address}",
                 startup_nodes=[ClusterNode(uri.host, uri.port) for uri in others] or None,
                 connection_pool_class=pool_class(connection_class),
@@ -288,21 +314,119 @@ class RedisConnection:
         else:
             uri = config.redis_uris[0]
             pool = ConnectionPool(connection_class=connection_class, host=uri.host, port=uri.port, db=uri.db, **options)
-            self.client = redis.Redis(connection_pool=pool)
-        self.key_specs = KeySpecs(self._command_info)
-        prefixed = copy.copy(self.client)
-        self.prefixed: PrefixedRedis | PrefixedRedisCluster = _adopt(
-            prefixed,
-            PrefixedRedisCluster if self.cluster else PrefixedRedis,
-            _Owner(root, self.key_specs),
+            client = redis.Redis(connection_pool=pool)
+        self.prefixed = _adopt(
+            copy.copy(client), PrefixedRedisCluster if self.cluster else PrefixedRedis,
+            _Owner(self.root, self.key_specs),
         )
+        self.client = client
+
+    def pools(self) -> list[ConnectionPool]:
+        """Every connection pool of the client (one per node of a cluster)."""
+        client = self.client
+        if client is None:
+            return []
+        if isinstance(client, RedisCluster):
+            return [node.redis_connection.connection_pool
+                    for node in client.get_nodes() if node.redis_connection is not None]
+        return [client.connection_pool]
+
+    def reset(self) -> None:
+        """Forget every connection and the cluster's map, so that the next
+        command reaches the current master (after a READONLY reply: a
+        failover moved the master, or DNS now names another host)."""
+        client = self.client
+        if isinstance(client, RedisCluster):
+            client.nodes_manager.initialize()
+        for pool in self.pools():
+            pool.disconnect()
+
+    # -- the guard every library operation goes through --------------------------------
+
+    def guard(self, operation: str, action: Callable[[Any], Any], fallback: Callable[[], Any],
+              write: bool = False) -> Any:
+        """Run ``action(client)``; when Redis is unavailable, count it and
+        return ``fallback()`` instead (or raise, in strict mode). A READONLY
+        reply resets the connections and runs ``action`` once more."""
+        breaker = self.breaker
+        client = self.client
+        if not self.strict and (not breaker.up or client is None):
+            breaker.fallthrough(write)
+            return fallback()
+        try:
+            try:
+                return action(client)
+            except ReadOnlyError:
+                limited.warning("readonly", "READONLY reply during %s: reconnecting to the current master", operation)
+                self.reset()
+                return action(self.client)
+        except UNAVAILABLE as exc:
+            if self.strict:
+                raise
+            breaker.failure(exc, operation)
+            breaker.fallthrough(write)
+            return fallback()
+
+    def defer_delete(self, keys: list[str]) -> None:
+        """Remember deletes that could not reach Redis; they are replayed when
+        it is back, so no stale value survives the outage."""
+        with self._pending_lock:
+            for key in keys:
+                self._pending_deletes[key] = None
+            overflow = len(self._pending_deletes) - MAX_PENDING_DELETES
+            if overflow > 0:
+                for key in list(self._pending_deletes)[:overflow]:
+                    del self._pending_deletes[key]
+                log.error("more than %d deletes wait for Redis; the oldest %d are forgotten",
+                          MAX_PENDING_DELETES, overflow)
+
+    @property
+    def pending_deletes(self) -> int:
+        return len(self._pending_deletes)
+
+    # -- maintenance (in the maintenance thread) --------------------------------------
+
+    def _probe(self) -> None:
+        if self.client is None:
+            self._connect()
+        client = self.client
+        assert client is not None
+        if isinstance(client, RedisCluster):
+            client.nodes_manager.initialize()
+            for node in client.get_primaries():
+                client.get_redis_connection(node).ping()
+        else:
+            client.connection_pool.disconnect()
+            client.ping()
+
+    def _recover(self) -> None:
+        with self._pending_lock:
+            keys = list(self._pending_deletes)
+            self._pending_deletes.clear()
+        if keys and self.client is not None:
+            for start in range(0, len(keys), 1000):
+                self.client.delete(*keys[start:start + 1000])
+            log.warning("replayed %d deletes made while Redis was away", len(keys))
+        for hook in self.on_recovery:
+            hook()
+
+    def _keepalive(self) -> None:
+        timeout = min(self.config.socket_timeout, max(0.5, self.config.ping_interval / 2))
+        for pool in self.pools():
+            ping_idle_connections(pool, timeout, self.breaker)
+
+    def reconnect(self) -> None:
+        """Start the reconnect schedule again after it gave up."""
+        self.breaker.gave_up = False
+        self.breaker.wake.set()
 
     def _command_info(self, name: str) -> Any:
-        if isinstance(self.client, RedisCluster):
-            node = self.client.get_default_node()
-            pool = self.client.get_redis_connection(node).connection_pool
+        client = self.client
+        if isinstance(client, RedisCluster):
+            pool = client.get_redis_connection(client.get_default_node()).connection_pool
         else:
-            pool = self.client.connection_pool
+            assert client is not None
+            pool = client.connection_pool
         connection = pool.get_connection()
         try:
             connection.send_command("COMMAND", "INFO", name)
@@ -311,11 +435,15 @@ class RedisConnection:
             pool.release(connection)
 
     def close(self) -> None:
-        """Close every connection; the clients reconnect if used again."""
+        """Stop the maintenance thread and close every connection."""
+        self._stop.set()
+        self.breaker.wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
         try:
             if isinstance(self.client, RedisCluster):
                 self.client.close()
-            else:
+            elif self.client is not None:
                 self.client.connection_pool.disconnect()
         except Exception:  # closing must not raise on a dead server
             log.debug("error while closing Redis connections", exc_info=True)

@@ -77,15 +77,19 @@ class SharedInvalidation(RegionInvalidationStrategy):
 class InvalidationBus:
     """The invalidation marks of one registry, kept current from Redis.
 
-    :param client: the registry's Redis client.
+    :param connection: the registry's :class:`~librecache.connection.RedisConnection`.
     :param keyspace: the deployment's key names.
+
+    While Redis is unavailable an invalidation takes effect here at once and
+    is announced when Redis is back.
     """
 
-    def __init__(self, client: Any, keyspace: KeySpace) -> None:
-        self._client = client
+    def __init__(self, connection: Any, keyspace: KeySpace) -> None:
+        self._connection = connection
         self.key = self.channel = keyspace.internal("invalidations")
         self._strategies: dict[str, SharedInvalidation] = {}
-        self._raise = client.register_script(_RAISE_MARK)
+        self._pending: dict[str, float] = {}
+        connection.on_recovery.append(self._announce_pending)
         self.loaded = False
         self._retry_at = 0.0
         self._load_lock = threading.Lock()
@@ -93,6 +97,7 @@ class InvalidationBus:
         self._subscribed = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._ping_sent = False
 
     def strategy(self, namespace: CacheKeys) -> SharedInvalidation:
         """The strategy of ``namespace``'s region (one per namespace)."""
@@ -138,8 +143,20 @@ class InvalidationBus:
         field = f"{namespace.value}:{'hard' if hard else 'soft'}"
         stamp = time.time()
         self._note(field, stamp)
-        self._raise(keys=[self.key], args=[field, repr(stamp)])
-        self._client.publish(self.channel, f"{field}={stamp!r}")
+        self._pending[field] = stamp
+        self._connection.guard("invalidate", lambda client: self._announce(client), lambda: None)
+
+    def _announce(self, client: Any) -> None:
+        """Store and publish the marks not announced yet."""
+        for field, stamp in list(self._pending.items()):
+            client.eval(_RAISE_MARK, 1, self.key, field, repr(stamp))
+            client.publish(self.channel, f"{field}={stamp!r}")
+            if self._pending.get(field) == stamp:
+                del self._pending[field]
+
+    def _announce_pending(self) -> None:
+        if self._pending and self._connection.client is not None:
+            self._announce(self._connection.client)
 
     def load(self, force: bool = False) -> None:
         """Read the stored marks, once (again when ``force``). While Redis
@@ -150,7 +167,10 @@ class InvalidationBus:
             if not force and time.monotonic() < self._retry_at:
                 return
             try:
-                stored = self._client.hgetall(self.key)
+                client = self._connection.client
+                if client is None:
+                    raise ConnectionError("Redis is not reachable")
+                stored = client.hgetall(self.key)
             except Exception as exc:
                 self._retry_at = time.monotonic() + 1.0
                 limited.warning("load", "cannot read invalidation marks from Redis: %s", exc)
@@ -166,12 +186,19 @@ class InvalidationBus:
         while not self._stop.is_set():
             pubsub = None
             try:
-                pubsub = self._client.pubsub()
+                client = self._connection.client
+                if client is None:
+                    raise ConnectionError("Redis is not reachable")
+                pubsub = client.pubsub()
                 pubsub.subscribe(self.channel)
+                last_heard = time.monotonic()
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.2)
                     if message is None:
+                        self._keep_alive(pubsub, last_heard)
                         continue
+                    last_heard = time.monotonic()
+                    self._ping_sent = False
                     if message["type"] == "subscribe":
                         self.load(force=True)
                         self._subscribed.set()
@@ -191,6 +218,23 @@ class InvalidationBus:
                         pubsub.close()
                     except Exception:
                         pass
+
+
+    def _keep_alive(self, pubsub: Any, last_heard: float) -> None:
+        """With REDIS_PING_INTERVAL, PING the subscription when it has been
+        quiet that long; no answer within the reply time-out drops it (the
+        listener then reconnects and reloads the marks)."""
+        config = self._connection.config
+        interval = config.ping_interval
+        if interval <= 0:
+            return
+        quiet = time.monotonic() - last_heard
+        if quiet >= interval + config.socket_timeout and self._ping_sent:
+            self._ping_sent = False
+            raise TimeoutError(f"no answer to a keep-alive PING within {config.socket_timeout:g} s")
+        if quiet >= interval and not self._ping_sent:
+            pubsub.ping()
+            self._ping_sent = True
 
 
 def _text(value: Any) -> str:

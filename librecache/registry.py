@@ -19,14 +19,17 @@ from typing import Any
 from dogpile.cache.api import NO_VALUE
 from dogpile.cache.region import CacheRegion, DefaultInvalidationStrategy
 from dogpile.util import memoized_property
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import backends as _backends  # noqa: F401  (registers the backends)
 from .config import CacheConfig
 from .connection import RedisConnection
+from .health import HealthReport
 from .invalidation import InvalidationBus
 from .keying import KeySpace
 from .keys import CacheKeys, parse_namespace
 from .prefixing import PrefixedRedis, PrefixedRedisCluster
+from .signing import Signer
 
 __all__ = ["Caches", "LibreRegion", "configure", "get_caches", "get_region", "redis_client"]
 
@@ -116,7 +119,8 @@ class Caches:
         self.config = config if isinstance(config, CacheConfig) else CacheConfig.from_env(config)
         self.keyspace = KeySpace(self.config.key_prefix)
         self._connection = RedisConnection(self.config) if self.config.use_redis else None
-        self._bus = InvalidationBus(self._connection.client, self.keyspace) if self._connection else None
+        self._bus = InvalidationBus(self._connection, self.keyspace) if self._connection else None
+        self._signer = Signer(self.config.signing_keys) if self.config.signing_keys else None
         self._regions: dict[CacheKeys, LibreRegion] = dict(_regions or {ns: LibreRegion(ns) for ns in CacheKeys})
         for namespace, region in self._regions.items():
             self._configure(region, namespace)
@@ -130,7 +134,8 @@ class Caches:
         if config.uses_redis(namespace):
             assert self._connection is not None and self._bus is not None
             arguments: dict[str, Any] = {
-                "client": self._connection.client,
+                "connection": self._connection,
+                "signer": self._signer,
                 "keyspace": self.keyspace,
                 "namespace": namespace,
                 "expires_after": config.redis_expiry(namespace),
@@ -178,8 +183,29 @@ class Caches:
     @property
     def redis(self) -> PrefixedRedis | PrefixedRedisCluster | None:
         """The shared raw redis-py client whose commands prefix every key
-        with ``{prefix}::``; ``None`` when Redis is off."""
-        return self._connection.prefixed if self._connection else None
+        with ``{prefix}::``; ``None`` when Redis is off. Unlike the regions,
+        it raises redis-py's errors when Redis is unavailable.
+
+        :raises redis.ConnectionError: a cluster that has not been reached yet.
+        """
+        if self._connection is None:
+            return None
+        if self._connection.prefixed is None:
+            raise RedisConnectionError("the Redis cluster has not been reached yet (reconnecting)")
+        return self._connection.prefixed
+
+    def health(self) -> HealthReport | None:
+        """Counters of the Redis side (``None`` when Redis is off): whether it
+        is up, failures met, calls that fell through, writes dropped,
+        deletes waiting, recoveries, keep-alive pings and drops."""
+        if self._connection is None:
+            return None
+        return self._connection.breaker.report(self._connection.pending_deletes)
+
+    def reconnect(self) -> None:
+        """Start reconnecting again after REDIS_RETRY_MAX_ATTEMPTS gave up."""
+        if self._connection is not None:
+            self._connection.reconnect()
 
     @property
     def invalidations(self) -> InvalidationBus | None:

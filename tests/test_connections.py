@@ -97,18 +97,36 @@ class TestACLUserClusterRegions(_ACLRegions):
 # -- TLS ---------------------------------------------------------------------------
 
 
+STRICT = {"LIBRECACHE_STRICT": "true"}
+
+
 def test_tls_without_the_ca_fails_at_once_with_the_reason(make_caches: Make, tls_server: RedisServer) -> None:
-    caches = make_caches(USE_REDIS="true", REDIS_URI=tls_server.url, REDIS_KEY_PREFIX="tls")
+    caches = make_caches(USE_REDIS="true", REDIS_URI=tls_server.url, REDIS_KEY_PREFIX="tls", **STRICT)
     started = time.monotonic()
     with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
         caches.region("ROLES").set("k", 1)
     assert time.monotonic() - started < 1.0  # not retried
 
 
+def test_tls_failure_by_default_is_logged_at_once_and_falls_through(
+    make_caches: Make, tls_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caches = make_caches(USE_REDIS="true", REDIS_URI=tls_server.url, REDIS_KEY_PREFIX="tls")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="librecache"):
+        assert caches.region("ROLES").get_or_create("k", lambda: "computed") == "computed"
+    assert time.monotonic() - started < 1.0
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "certificate verify failed" in errors[0].getMessage()
+    assert "fix the credentials or TLS settings" in errors[0].getMessage()
+    health = caches.health()
+    assert health is not None and health["up"] is False and health["errors"] == 1
+
+
 def test_the_server_host_name_is_verified(make_caches: Make, farm, test_ca, ca_file) -> None:  # type: ignore[no-untyped-def]
     cert, key = test_ca.issue("elsewhere", dns=("other.example",))
     server = farm.server(tls=(cert, key, ca_file))
-    caches = make_caches(USE_REDIS="true", REDIS_URI=server.url, REDIS_CA=str(ca_file))
+    caches = make_caches(USE_REDIS="true", REDIS_URI=server.url, REDIS_CA=str(ca_file), **STRICT)
     with pytest.raises(redis.ConnectionError, match="IP address mismatch"):
         caches.region("ROLES").get("k")
 
@@ -116,7 +134,7 @@ def test_the_server_host_name_is_verified(make_caches: Make, farm, test_ca, ca_f
 def test_tls_cluster_without_the_ca_fails_at_once(tls_cluster: RedisClusterFarm) -> None:
     started = time.monotonic()
     with pytest.raises(Exception, match="certificate verify failed"):
-        librecache.Caches({"USE_REDIS": "true", "REDIS_URI": tls_cluster.uri(3)}).region("ROLES").get("k")
+        librecache.Caches({"USE_REDIS": "true", "REDIS_URI": tls_cluster.uri(3), **STRICT}).region("ROLES").get("k")
     assert time.monotonic() - started < 3.0
 
 
@@ -124,7 +142,7 @@ def test_hostname_only_certificates_need_the_alternative_dns_lookup(
     make_caches: Make, hostname_tls_cluster: RedisClusterFarm, ca_file
 ) -> None:  # type: ignore[no-untyped-def]
     env = {"USE_REDIS": "true", "REDIS_URI": hostname_tls_cluster.uri(3, host="localhost"), "REDIS_CA": str(ca_file),
-           "REDIS_KEY_PREFIX": "altdns"}
+           "REDIS_KEY_PREFIX": "altdns", **STRICT}
     with pytest.raises(Exception, match="certificate"):  # redis-py alone swaps localhost for 127.0.0.1
         make_caches(env).region("ROLES").get("k")
     caches = make_caches({**env, "REDIS_USE_ALTERNATIVE_DNS_LOOKUP": "true"})
@@ -186,7 +204,7 @@ def test_separate_variables_override_the_uri_credentials(
     started = time.monotonic()
     with caplog.at_level(logging.DEBUG), pytest.raises((redis.RedisError, RedisClusterException)) as caught:
         bad = librecache.Caches({"USE_REDIS": "true", "REDIS_URI": right_uri, "REDIS_PASSWORD": wrong,
-                                 "REDIS_KEY_PREFIX": ACL_PREFIX})
+                                 "REDIS_KEY_PREFIX": ACL_PREFIX, **STRICT})
         try:
             bad.region("ROLES").get("k")
         finally:
@@ -213,7 +231,8 @@ def test_an_acl_user_outside_its_keys_gets_a_clear_refusal(make_caches: Make, re
 def test_a_silent_server_fails_within_the_timeouts(make_caches: Make, scheme: str) -> None:
     with SilentPeer() as peer:
         caches = make_caches(USE_REDIS="true", REDIS_URI=f"{scheme}://127.0.0.1:{peer.port}",
-                             REDIS_CONNECT_TIMEOUT="200", LIBRECACHE_SOCKET_TIMEOUT="0.2", REDIS_RETRY_MAX_DELAY="50")
+                             REDIS_CONNECT_TIMEOUT="200", LIBRECACHE_SOCKET_TIMEOUT="0.2", REDIS_RETRY_MAX_DELAY="50",
+                             **STRICT)
         started = time.monotonic()
         with pytest.raises(redis.TimeoutError):
             caches.region("ROLES").get("k")
@@ -226,7 +245,7 @@ def test_a_silent_cluster_seed_fails_within_the_connect_timeout() -> None:
         started = time.monotonic()
         with pytest.raises(Exception, match=r"(?i)timeout|timed out|cannot be connected"):
             caches = librecache.Caches({"USE_REDIS": "true", "REDIS_URI": f"rediss://127.0.0.1:{peer.port}",
-                                        "USE_REDIS_CLUSTER": "true", "REDIS_CONNECT_TIMEOUT": "200"})
+                                        "USE_REDIS_CLUSTER": "true", "REDIS_CONNECT_TIMEOUT": "200", **STRICT})
             caches.close()
         assert time.monotonic() - started < 3.0
 
@@ -241,6 +260,7 @@ def test_retry_settings_reach_single_and_cluster_clients(make_caches: Make, requ
     assert isinstance(retry, FailFastRetry)
     assert retry.get_retries() == 1
     assert retry._backoff._cap == 0.25
+    assert FailFastRetry.__module__ == "librecache.connection"
     if topology == "single":
         assert client.connection_pool.connection_kwargs["socket_connect_timeout"] == 1.5
     else:

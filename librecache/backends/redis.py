@@ -8,18 +8,21 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE, BytesBackend, CacheMutex, SerializedReturnType
-from redis.cluster import RedisCluster
-from redis.exceptions import LockError
+from redis.exceptions import ConnectionError, LockError
 from redis.lock import Lock
 
+from ..connection import RedisConnection
 from ..keying import KeySpace
 from ..keys import CacheKeys
+from ..logs import RateLimitedLog
+from ..signing import Signer
 from . import take_arguments
 from .memory import check_picklable
 
 __all__ = ["RedisBackend", "RedisMutex"]
 
 log = logging.getLogger(__name__)
+limited = RateLimitedLog(log)
 
 #: How often a process waiting for another's creation lock looks again.
 LOCK_POLL_INTERVAL = 0.02
@@ -33,17 +36,29 @@ class RedisMutex(CacheMutex):
     Threads of one process queue on the thread lock, so only one of them
     polls Redis; processes meet at the Redis lock, which expires after the
     lock timeout so that a killed holder cannot block the key for ever.
+    While Redis is unavailable the thread lock alone serves.
     """
 
-    def __init__(self, lock: Lock) -> None:
+    def __init__(self, connection: RedisConnection, name: str, timeout: float) -> None:
         self._local = threading.Lock()
-        self._redis = lock
+        self._connection = connection
+        self._name = name
+        self._timeout = timeout
+        self._redis: Lock | None = None
 
     def acquire(self, wait: bool = True) -> bool:
         if not self._local.acquire(wait):
             return False
+
+        def take(client: Any) -> bool:
+            lock = client.lock(self._name, timeout=self._timeout, sleep=LOCK_POLL_INTERVAL, thread_local=False)
+            if lock.acquire(blocking=wait):
+                self._redis = lock
+                return True
+            return False
+
         try:
-            acquired = bool(self._redis.acquire(blocking=wait))
+            acquired = bool(self._connection.guard("lock", take, lambda: True))
         except BaseException:
             self._local.release()
             raise
@@ -52,13 +67,14 @@ class RedisMutex(CacheMutex):
         return acquired
 
     def release(self) -> None:
+        lock, self._redis = self._redis, None
         try:
-            self._redis.release()
+            if lock is not None:
+                self._connection.guard("unlock", lambda client: lock.release(), lambda: None)
         except LockError:
             log.warning(
                 "creation lock %s expired before the value was stored; "
-                "raise LIBRECACHE_LOCK_TIMEOUT if creating values takes that long",
-                self._redis.name,
+                "raise LIBRECACHE_LOCK_TIMEOUT if creating values takes that long", self._name,
             )
         finally:
             self._local.release()
@@ -70,15 +86,19 @@ class RedisMutex(CacheMutex):
 class RedisBackend(BytesBackend):
     """Values of one namespace in Redis, under ``{prefix}::{NAMESPACE}:``.
 
-    Arguments (all required but ``expires_after``):
+    Arguments (all required but ``expires_after`` and ``signer``):
 
-    - ``client``: the :class:`redis.Redis` or
-      :class:`redis.cluster.RedisCluster` shared by the registry;
+    - ``connection``: the registry's :class:`~librecache.connection.RedisConnection`;
     - ``keyspace``: the deployment's :class:`~librecache.keying.KeySpace`;
     - ``namespace``: the :class:`~librecache.CacheKeys` member;
     - ``expires_after``: server-side expiry of every key written, seconds,
       or ``None``;
-    - ``lock_timeout``: lifetime of a creation lock, seconds.
+    - ``lock_timeout``: lifetime of a creation lock, seconds;
+    - ``signer``: a :class:`~librecache.signing.Signer`, or ``None``.
+
+    Every operation goes through the connection's guard: while Redis is
+    unavailable, reads are misses, writes are dropped and deletes are
+    replayed when it is back (unless LIBRECACHE_STRICT).
 
     Multi-key operations never send a command across cluster slots: reads
     and deletes send one ``MGET``/``DEL`` per slot, writes a pipeline of
@@ -88,76 +108,109 @@ class RedisBackend(BytesBackend):
     def __init__(self, arguments: Mapping[str, Any]) -> None:
         args = take_arguments(
             "librecache.redis", arguments,
-            {"client", "keyspace", "namespace", "lock_timeout"}, {"expires_after"},
+            {"connection", "keyspace", "namespace", "lock_timeout"}, {"expires_after", "signer"},
         )
-        self.client = args["client"]
-        self.cluster = isinstance(self.client, RedisCluster)
+        self.connection: RedisConnection = args["connection"]
+        self.cluster = self.connection.cluster
         self.keyspace: KeySpace = args["keyspace"]
         self.namespace: CacheKeys = args["namespace"]
         self.lock_timeout = float(args["lock_timeout"])
+        self.signer: Signer | None = args.get("signer")
         expires = args.get("expires_after")
         self.expires_after_ms: int | None = max(1, int(expires * 1000)) if expires else None
         self.key_mangler = self.keyspace.mangler(self.namespace)
+
+    @property
+    def client(self) -> Any:
+        """The registry's client (``None`` while a cluster is unreachable)."""
+        return self.connection.client
 
     # dogpile takes the region's serializer from the backend
     def serializer(self, payload: Any) -> bytes:  # type: ignore[override]
         return check_picklable(payload, f"namespace {self.namespace.value}")
 
-    # -- reads ------------------------------------------------------------
+    # -- signing ------------------------------------------------------------------
+
+    def _sealed(self, key: str, value: bytes) -> bytes:
+        return self.signer.sign(key, value) if self.signer is not None else value
+
+    def _opened(self, key: str, value: bytes | None) -> SerializedReturnType:
+        if value is None:
+            return NO_VALUE
+        if self.signer is None:
+            return value
+        payload = self.signer.verify(key, value)
+        if payload is None:
+            limited.warning(
+                f"unsigned:{self.namespace.value}",
+                "namespace %s: a value that is not validly signed was found under %s; "
+                "treated as a miss and never unpickled", self.namespace.value, key,
+            )
+            return NO_VALUE
+        return payload
+
+    # -- reads --------------------------------------------------------------------
 
     def get_serialized(self, key: str) -> SerializedReturnType:
-        value = self.client.get(key)
-        return NO_VALUE if value is None else value
+        return self._opened(key, self.connection.guard("get", lambda c: c.get(key), lambda: None))
 
     def get_serialized_multi(self, keys: Iterable[str]) -> Sequence[SerializedReturnType]:
         keys = list(keys)
         if not keys:
             return []
-        values = self.client.mget_nonatomic(keys) if self.cluster else self.client.mget(keys)
-        return [NO_VALUE if value is None else value for value in values]
 
-    # -- writes -----------------------------------------------------------
+        def read(client: Any) -> list[bytes | None]:
+            return list(client.mget_nonatomic(keys) if self.cluster else client.mget(keys))
+
+        values = self.connection.guard("mget", read, lambda: [None] * len(keys))
+        return [self._opened(key, value) for key, value in zip(keys, values, strict=True)]
+
+    # -- writes -------------------------------------------------------------------
 
     def set_serialized(self, key: str, value: bytes) -> None:
-        self.client.set(key, value, px=self.expires_after_ms)
+        sealed = self._sealed(key, value)
+        self.connection.guard("set", lambda c: c.set(key, sealed, px=self.expires_after_ms), lambda: None,
+                              write=True)
 
     def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:
         if not mapping:
             return
-        pipe = self.client.pipeline(transaction=False)
-        for key, value in mapping.items():
-            pipe.set(key, value, px=self.expires_after_ms)
-        pipe.execute()
+        sealed = {key: self._sealed(key, value) for key, value in mapping.items()}
+
+        def write(client: Any) -> None:
+            pipe = client.pipeline(transaction=False)
+            for key, value in sealed.items():
+                pipe.set(key, value, px=self.expires_after_ms)
+            pipe.execute()
+
+        self.connection.guard("set_multi", write, lambda: None, write=True)
 
     def delete(self, key: str) -> None:
-        self.client.delete(key)
+        self.delete_multi([key])
 
     def delete_multi(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         if keys:  # redis-py's cluster client splits DEL per slot
-            self.client.delete(*keys)
+            self.connection.guard("delete", lambda c: c.delete(*keys),
+                                  lambda: self.connection.defer_delete(keys), write=True)
 
-    # -- locks ------------------------------------------------------------
+    # -- locks --------------------------------------------------------------------
 
     def get_mutex(self, key: str) -> RedisMutex:
-        return RedisMutex(
-            self.client.lock(
-                self.keyspace.lock(key),
-                timeout=self.lock_timeout,
-                sleep=LOCK_POLL_INTERVAL,
-                thread_local=False,
-            )
-        )
+        return RedisMutex(self.connection, self.keyspace.lock(key), self.lock_timeout)
 
     def has_lock_timeout(self) -> bool:
         return True
 
-    # -- the namespace as a whole -----------------------------------------
+    # -- the namespace as a whole (operators' tools: errors are raised) ----------------
 
     def _node_clients(self) -> list[Any]:
+        client = self.client
+        if client is None:
+            raise ConnectionError("the Redis cluster is not reachable")
         if self.cluster:
-            return [self.client.get_redis_connection(node) for node in self.client.get_primaries()]
-        return [self.client]
+            return [client.get_redis_connection(node) for node in client.get_primaries()]
+        return [client]
 
     def scan_keys(self, limit: int | None = None) -> Iterator[str]:
         """The keys of this namespace (full names), by ``SCAN`` on every
