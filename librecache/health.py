@@ -37,7 +37,6 @@ from .logs import RateLimitedLog
 __all__ = ["UNAVAILABLE", "Breaker", "HealthReport", "is_transient"]
 
 log = logging.getLogger("librecache.health")
-limited = RateLimitedLog(log, interval=30.0)
 
 #: The errors that mean "Redis is not there right now".
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -92,6 +91,7 @@ class Breaker:
         self.gave_up = False
         self.wake = threading.Event()
         self._lock = threading.Lock()
+        self.limited = RateLimitedLog(log, interval=30.0)
 
     def failure(self, error: BaseException, operation: str) -> None:
         """Record that ``operation`` met an unavailable Redis; open the breaker."""
@@ -112,7 +112,7 @@ class Breaker:
                           "settings; meanwhile cache calls fall through to the functions", reason, operation)
             self.wake.set()
         else:
-            limited.warning("failure", "Redis still unavailable (%s during %s)", reason, operation)
+            self.limited.warning("failure", "Redis still unavailable (%s during %s)", reason, operation)
 
     def fallthrough(self, write: bool = False) -> None:
         """Count a call answered without Redis."""
@@ -171,7 +171,7 @@ def ping_idle_connections(pool: Any, timeout: float, breaker: Breaker) -> None:
             breaker.keepalive_pings += 1
         except Exception as exc:  # any failure: this connection is not usable
             breaker.keepalive_drops += 1
-            limited.warning("keepalive", "keep-alive PING failed (%s); connection dropped", exc)
+            breaker.limited.warning("keepalive", "keep-alive PING failed (%s); connection dropped", exc)
             connection.disconnect()
         finally:
             pool.release(connection)
@@ -206,7 +206,7 @@ def run_maintenance(
                 probe()
             except UNAVAILABLE as exc:
                 attempt += 1
-                limited.warning("reconnect", "reconnect attempt %d failed: %s", attempt, exc)
+                breaker.limited.warning("reconnect", "reconnect attempt %d failed: %s", attempt, exc)
                 continue
             except Exception:  # a probe must never kill the thread
                 attempt += 1

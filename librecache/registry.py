@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from dogpile.cache.api import NO_VALUE
+from dogpile.cache.api import NO_VALUE, CachedValue, CantDeserializeException
 from dogpile.cache.region import CacheRegion, DefaultInvalidationStrategy
 from dogpile.util import memoized_property
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,10 +24,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from . import backends as _backends  # noqa: F401  (registers the backends)
 from .config import CacheConfig
 from .connection import RedisConnection
+from .fastpath import LazyMutex, memoize, parse_metadata
 from .health import HealthReport
 from .invalidation import InvalidationBus
 from .keying import KeySpace
 from .keys import CacheKeys, parse_namespace
+from .logs import RateLimitedLog
 from .prefixing import PrefixedRedis, PrefixedRedisCluster
 from .signing import Signer
 
@@ -52,6 +54,7 @@ class LibreRegion(CacheRegion):
     def __init__(self, namespace: CacheKeys, on_first_use: Callable[[], Any] | None = None) -> None:
         self.namespace = namespace
         self._on_first_use = on_first_use
+        self._limited = RateLimitedLog(log)
         super().__init__(name=namespace.value, key_mangler=self._mangle_on_first_use)
 
     def __repr__(self) -> str:
@@ -89,17 +92,51 @@ class LibreRegion(CacheRegion):
         super().invalidate(hard)
 
     def _parse_serialized_from_backend(self, value: Any) -> Any:
+        if value is None or value is NO_VALUE:
+            return NO_VALUE
         try:
-            parsed = super()._parse_serialized_from_backend(value)
-            if parsed is not NO_VALUE and not isinstance(parsed.metadata.get("ct"), (int, float)):
+            header, _, payload = value.partition(b"|")
+            metadata = parse_metadata(header)
+            if not isinstance(metadata.get("ct"), (int, float)):
                 raise ValueError("no creation time in the metadata")
+            try:
+                return CachedValue(self.deserializer(payload), metadata)  # type: ignore[misc]
+            except CantDeserializeException:
+                return NO_VALUE
         except Exception as exc:
-            log.warning(
+            self._limited.warning(
+                "corrupt",
                 "namespace %s: a cached value cannot be read (%s: %s); treated as a miss",
                 self.namespace.value, type(exc).__name__, exc,
             )
             return NO_VALUE
-        return parsed
+
+    def cache_on_arguments(  # type: ignore[override]
+        self,
+        namespace: str | None = None,
+        expiration_time: float | Callable[[], float] | None = None,
+        should_cache_fn: Callable[[Any], bool] | None = None,
+        to_str: Callable[[Any], str] = str,
+        function_key_generator: Callable[..., Any] | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.cache_on_arguments`,
+        with the same keys and attributes (``set``, ``get``, ``invalidate``,
+        ``refresh``, ``original``), but without binding the signature with
+        :mod:`inspect` on every call (see :mod:`librecache.fastpath`)."""
+        make_keys = function_key_generator or self.function_key_generator
+
+        def decorator(user_func: Callable[..., Any]) -> Callable[..., Any]:
+            if to_str is str:
+                key_generator = make_keys(namespace, user_func)
+            else:
+                key_generator = make_keys(namespace, user_func, to_str)
+            return memoize(self, key_generator, user_func, expiration_time, should_cache_fn)
+
+        return decorator
+
+    def _mutex(self, key: str) -> Any:
+        # the real mutex is fetched only when a value must be created
+        return LazyMutex(self._lock_registry, key)
 
     def _adopt(self, mangler: Callable[[str], str] | None) -> None:
         self.key_mangler = self._user_defined_key_mangler = mangler

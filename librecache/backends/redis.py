@@ -22,7 +22,6 @@ from .memory import check_picklable
 __all__ = ["RedisBackend", "RedisMutex"]
 
 log = logging.getLogger(__name__)
-limited = RateLimitedLog(log)
 
 #: How often a process waiting for another's creation lock looks again.
 LOCK_POLL_INTERVAL = 0.02
@@ -119,6 +118,7 @@ class RedisBackend(BytesBackend):
         expires = args.get("expires_after")
         self.expires_after_ms: int | None = max(1, int(expires * 1000)) if expires else None
         self.key_mangler = self.keyspace.mangler(self.namespace)
+        self._limited = RateLimitedLog(log)
 
     @property
     def client(self) -> Any:
@@ -141,8 +141,8 @@ class RedisBackend(BytesBackend):
             return value
         payload = self.signer.verify(key, value)
         if payload is None:
-            limited.warning(
-                f"unsigned:{self.namespace.value}",
+            self._limited.warning(
+                "unsigned",
                 "namespace %s: a value that is not validly signed was found under %s; "
                 "treated as a miss and never unpickled", self.namespace.value, key,
             )

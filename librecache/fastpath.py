@@ -1,0 +1,157 @@
+"""The hot path of a region, made cheap without changing dogpile's semantics.
+
+- :func:`memoize`: dogpile's ``cache_on_arguments`` wraps functions with the
+  ``decorator`` package, which binds the signature with :mod:`inspect` on
+  every call. Here the binding is computed once: positional calls get the
+  defaults appended from a precomputed table (the same arguments dogpile
+  would pass to the key generator), and only calls with keyword arguments
+  take the full binding.
+- :class:`LazyMutex`: dogpile fetches a key's creation mutex before it knows
+  whether the value is there; this stand-in fetches the real one only when
+  a value has to be created.
+- :func:`parse_metadata`: dogpile's metadata header is ``{"ct": <float>,
+  "v": <int>}``; it is read without :mod:`json` when it has that exact
+  shape, and with :mod:`json` otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["LazyMutex", "memoize", "parse_metadata"]
+
+_SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_METADATA = re.compile(rb'^\{"ct": ([0-9.e+-]+), "v": (\d+)\}$')
+
+
+Bound = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def binder(user_func: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], Bound]:
+    """A function (args, kwargs) -> (args, kwargs) bound to the signature
+    with defaults applied, as the ``decorator`` package computes them."""
+    signature = inspect.signature(user_func)
+    parameters = list(signature.parameters.values())
+    simple = all(p.kind in _SIMPLE for p in parameters)
+    count = len(parameters)
+    defaults = tuple(p.default for p in parameters)
+
+    def slow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Bound:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return bound.args, bound.kwargs
+
+    if not simple:
+        return slow
+
+    def fast(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Bound:
+        given = len(args)
+        if kwargs or given > count:
+            return slow(args, kwargs)
+        if given == count:
+            return args, kwargs
+        missing = defaults[given:]
+        if inspect.Parameter.empty in missing:
+            return slow(args, kwargs)  # raises the TypeError Python would
+        return args + missing, kwargs
+
+    return fast
+
+
+def memoize(
+    region: Any,
+    key_generator: Callable[..., str],
+    user_func: Callable[..., Any],
+    expiration_time: Any,
+    should_cache_fn: Any,
+) -> Callable[..., Any]:
+    """The wrapper ``cache_on_arguments`` returns, with dogpile's attributes
+    (``set``, ``get``, ``invalidate``, ``refresh``, ``original``)."""
+    bind = binder(user_func)
+    expiration_is_callable = callable(expiration_time)
+    get_or_create = region.get_or_create
+
+    count = _positional_count(user_func)
+
+    def key_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        if not kwargs and len(args) == count:
+            return key_generator(*args)
+        bound_args, bound_kwargs = bind(args, kwargs)
+        return key_generator(*bound_args, **bound_kwargs)
+
+    @functools.wraps(user_func)
+    def cached(*args: Any, **kwargs: Any) -> Any:
+        key = key_generator(*args) if not kwargs and len(args) == count else key_of(args, kwargs)
+        timeout = expiration_time() if expiration_is_callable else expiration_time
+        return get_or_create(key, user_func, timeout, should_cache_fn, (args, kwargs))
+
+    def refresh(*args: Any, **kwargs: Any) -> Any:
+        value = user_func(*args, **kwargs)
+        region.set(key_of(args, kwargs), value)
+        return value
+
+    def invalidate(*args: Any, **kwargs: Any) -> None:
+        region.delete(key_of(args, kwargs))
+
+    def set_(value: Any, *args: Any, **kwargs: Any) -> None:
+        region.set(key_of(args, kwargs), value)
+
+    def get(*args: Any, **kwargs: Any) -> Any:
+        return region.get(key_of(args, kwargs))
+
+    for target in (user_func, cached):
+        target.set = set_  # type: ignore[attr-defined]
+        target.invalidate = invalidate  # type: ignore[attr-defined]
+        target.get = get  # type: ignore[attr-defined]
+        target.refresh = refresh  # type: ignore[attr-defined]
+        target.original = user_func  # type: ignore[attr-defined]
+    return cached
+
+
+def _positional_count(user_func: Callable[..., Any]) -> int:
+    """How many positional parameters, or -1 when the signature is not a
+    plain list of them (then every call is bound)."""
+    parameters = list(inspect.signature(user_func).parameters.values())
+    if all(p.kind in _SIMPLE for p in parameters):
+        return len(parameters)
+    return -1
+
+
+class LazyMutex:
+    """Stands for a key's creation mutex; takes the real one (from the
+    region's registry, so that every thread of the process shares it) only
+    when asked to acquire."""
+
+    __slots__ = ("_key", "_mutex", "_registry")
+
+    def __init__(self, registry: Any, key: str) -> None:
+        self._registry = registry
+        self._key = key
+        self._mutex: Any = None
+
+    def acquire(self, wait: bool = True) -> bool:
+        if self._mutex is None:
+            self._mutex = self._registry.get(self._key)
+        return bool(self._mutex.acquire(wait))
+
+    def release(self) -> None:
+        self._mutex.release()
+
+    def locked(self) -> bool:
+        return self._mutex is not None and bool(self._mutex.locked())
+
+
+def parse_metadata(header: bytes) -> dict[str, Any]:
+    """dogpile's metadata header, parsed."""
+    match = _METADATA.match(header)
+    if match is not None:
+        return {"ct": float(match.group(1)), "v": int(match.group(2))}
+    parsed = json.loads(header)
+    if not isinstance(parsed, dict):
+        raise ValueError("the metadata is not an object")
+    return parsed
