@@ -135,8 +135,7 @@ def parse_namespaces(raw: str | None) -> frozenset[CacheKeys]:
     bad = [name for name in names if name not in CacheKeys.__members__]
     if bad:
         raise environs.EnvError(
-            f"Invalid cache keys in FORCED_IN_MEMORY_CACHE_NAMESPACES: {', '.join(bad)}. "
-            f"Valid keys: {', '.join(CacheKeys.__members__)}"
+            f"Invalid cache keys in {{variable}}: {', '.join(bad)}. Valid keys: {', '.join(CacheKeys.__members__)}"
         )
     return frozenset(CacheKeys(name) for name in names)
 
@@ -329,6 +328,9 @@ VARIABLES: tuple[Variable, ...] = (
              "86400"),
     Variable("LIBRECACHE_SOCKET_TIMEOUT", "seconds", "5",
              "Time allowed for one Redis command's reply.", "2"),
+    Variable("LIBRECACHE_NEAR_CACHE_NAMESPACES", "namespaces", None,
+             "Redis namespaces also held in each process's memory, kept coherent across instances by "
+             "an invalidation channel (for small values read on every request).", "ROLES,APP_CONFIG"),
     Variable("LIBRECACHE_STRICT", "flag", "false",
              "Raise Redis errors to callers instead of degrading (reads as misses, writes dropped, "
              "memoised functions called through) while Redis is unavailable.", "true"),
@@ -412,6 +414,7 @@ class CacheConfig:
     stream_idle_ttl: float = 1200.0
     stream_memory_max: int = 1000
     strict: bool = False
+    near_cache: frozenset[CacheKeys] = frozenset()
     signing_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -449,7 +452,7 @@ class CacheConfig:
                 values[variable.name] = getattr(env, variable.kind)(variable.name, variable.default)
             except environs.EnvError as exc:
                 detail = str(exc.args[0]) if exc.args else str(exc)
-                detail = detail.split(" invalid: ", 1)[-1]
+                detail = detail.split(" invalid: ", 1)[-1].replace("{variable}", variable.name)
                 if variable.secret:
                     detail = "the value is not valid"
                 if variable.name not in detail:
@@ -487,6 +490,7 @@ class CacheConfig:
             stream_idle_ttl=values["LIBRECACHE_STREAM_IDLE_TTL"],
             stream_memory_max=values["LIBRECACHE_STREAM_MEMORY_MAX"],
             strict=bool(values["LIBRECACHE_STRICT"]),
+            near_cache=values["LIBRECACHE_NEAR_CACHE_NAMESPACES"],
             signing_keys=tuple(key.strip() for key in (values["LIBRECACHE_SIGNING_KEY"] or "").split(",")
                                if key.strip()),
         )
@@ -583,6 +587,10 @@ class CacheConfig:
     def uses_redis(self, namespace: CacheKeys | str) -> bool:
         """True when ``namespace`` is backed by Redis in this configuration."""
         return self.use_redis and parse_namespace(namespace) not in self.forced_in_memory
+
+    def uses_near_cache(self, namespace: CacheKeys | str) -> bool:
+        """True when ``namespace`` is a Redis namespace with a near cache."""
+        return self.uses_redis(namespace) and parse_namespace(namespace) in self.near_cache
 
     def ttl(self, namespace: CacheKeys | str) -> float | None:
         """The time-to-live of ``namespace`` in seconds, or ``None``."""

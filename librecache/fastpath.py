@@ -23,6 +23,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from dogpile.cache.api import NO_VALUE
+
 __all__ = ["LazyMutex", "memoize", "parse_metadata"]
 
 _SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -88,6 +90,12 @@ def memoize(
     def cached(*args: Any, **kwargs: Any) -> Any:
         key = key_generator(*args) if not kwargs and len(args) == count else key_of(args, kwargs)
         timeout = expiration_time() if expiration_is_callable else expiration_time
+        near = region._near
+        if near is not None and near.enabled:  # a near hit skips dogpile's lock machinery
+            value = near.lookup(region.key_mangler(key), region.expiration_time if timeout is None else timeout,
+                                region.region_invalidator)
+            if value is not NO_VALUE:
+                return value.payload
         return get_or_create(key, user_func, timeout, should_cache_fn, (args, kwargs))
 
     def refresh(*args: Any, **kwargs: Any) -> Any:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from dogpile.cache.region import RegionInvalidationStrategy
@@ -22,6 +24,7 @@ from dogpile.cache.region import RegionInvalidationStrategy
 from .keying import KeySpace
 from .keys import CacheKeys
 from .logs import RateLimitedLog
+from .nearcache import NearCache, decode_drop, encode_drop
 
 __all__ = ["InvalidationBus", "SharedInvalidation"]
 
@@ -87,6 +90,10 @@ class InvalidationBus:
     def __init__(self, connection: Any, keyspace: KeySpace) -> None:
         self._connection = connection
         self.key = self.channel = keyspace.internal("invalidations")
+        self.near_channel = keyspace.internal("near")
+        #: This registry's name on the near-cache channel (its own messages are skipped).
+        self.origin = uuid.uuid4().hex
+        self.near_caches: dict[str, NearCache] = {}
         self._strategies: dict[str, SharedInvalidation] = {}
         self._pending: dict[str, float] = {}
         connection.on_recovery.append(self._announce_pending)
@@ -105,6 +112,33 @@ class InvalidationBus:
         if strategy is None:
             strategy = self._strategies[namespace.value] = SharedInvalidation(self, namespace)
         return strategy
+
+    def near_cache(self, namespace: CacheKeys, max_entries: int) -> NearCache:
+        """The near cache of ``namespace`` (created once); it serves only
+        while this bus is subscribed."""
+        near = self.near_caches.get(namespace.value)
+        if near is None:
+            near = self.near_caches[namespace.value] = NearCache(namespace.value, max_entries)
+        return near
+
+    def publish_drop(self, namespace: CacheKeys, keys: Iterable[str]) -> None:
+        """Tell every other instance to drop its near copy of ``keys``."""
+        message = encode_drop(self.origin, namespace.value, keys)
+        self._connection.guard("near-cache drop", lambda client: client.publish(self.near_channel, message),
+                               lambda: None)
+
+    def _near_message(self, data: Any) -> None:
+        decoded = decode_drop(_text(data))
+        if decoded is None:
+            return
+        origin, namespace, keys = decoded
+        near = self.near_caches.get(namespace)
+        if near is not None and origin != self.origin:
+            near.drop(keys)
+
+    def _near_serving(self, enabled: bool) -> None:
+        for near in self.near_caches.values():
+            near.clear(enabled)
 
     def start(self) -> None:
         """Start the listener thread (once)."""
@@ -190,7 +224,7 @@ class InvalidationBus:
                 if client is None:
                     raise ConnectionError("Redis is not reachable")
                 pubsub = client.pubsub()
-                pubsub.subscribe(self.channel)
+                pubsub.subscribe(self.channel, self.near_channel)
                 last_heard = time.monotonic()
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.2)
@@ -199,20 +233,28 @@ class InvalidationBus:
                         continue
                     last_heard = time.monotonic()
                     self._ping_sent = False
-                    if message["type"] == "subscribe":
+                    channel = _text(message.get("channel"))
+                    if message["type"] == "subscribe" and channel == self.near_channel:
+                        self._near_serving(True)
+                    elif message["type"] == "subscribe":
                         self.load(force=True)
                         self._subscribed.set()
                         backoff = 0.05
+                    elif message["type"] == "message" and channel == self.near_channel:
+                        self._near_message(message["data"])
                     elif message["type"] == "message":
                         field, _, stamp = _text(message["data"]).partition("=")
                         self._note(field, float(stamp))
             except Exception as exc:
+                self._near_serving(False)  # a lost channel must never mean stale reads
                 self._subscribed.clear()
                 if not self._stop.is_set():
                     limited.warning("listen", "invalidation channel lost (%s); reconnecting", exc)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, MAX_LISTENER_BACKOFF)
             finally:
+                if self._stop.is_set():
+                    self._near_serving(False)
                 if pubsub is not None:
                     try:
                         pubsub.close()

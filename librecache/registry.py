@@ -30,6 +30,7 @@ from .invalidation import InvalidationBus
 from .keying import KeySpace
 from .keys import CacheKeys, parse_namespace
 from .logs import RateLimitedLog
+from .nearcache import NearCache
 from .prefixing import PrefixedRedis, PrefixedRedisCluster
 from .signing import Signer
 
@@ -55,6 +56,8 @@ class LibreRegion(CacheRegion):
         self.namespace = namespace
         self._on_first_use = on_first_use
         self._limited = RateLimitedLog(log)
+        #: The near cache of this namespace, when configured.
+        self._near: NearCache | None = None
         super().__init__(name=namespace.value, key_mangler=self._mangle_on_first_use)
 
     def __repr__(self) -> str:
@@ -110,6 +113,50 @@ class LibreRegion(CacheRegion):
                 self.namespace.value, type(exc).__name__, exc,
             )
             return NO_VALUE
+
+    # -- the near cache: read through, write through -----------------------------------
+
+    def _get_from_backend(self, key: str) -> Any:
+        near = self._near
+        if near is None or not near.enabled:
+            return super()._get_from_backend(key)
+        value = near.lookup(key, self.expiration_time, self.region_invalidator)
+        if value is not NO_VALUE:
+            return value
+        generation = near.generation
+        fetched = super()._get_from_backend(key)
+        if isinstance(fetched, CachedValue):
+            near.store(key, fetched, generation)
+        return fetched
+
+    def _get_multi_from_backend(self, keys: Any) -> Any:
+        near = self._near
+        if near is None or not near.enabled:
+            return super()._get_multi_from_backend(keys)
+        keys = list(keys)
+        found = {key: near.lookup(key, self.expiration_time, self.region_invalidator) for key in keys}
+        missing = [key for key, value in found.items() if value is NO_VALUE]
+        if missing:
+            generation = near.generation
+            for key, value in zip(missing, super()._get_multi_from_backend(missing), strict=True):
+                found[key] = value
+                if value is not NO_VALUE:
+                    near.store(key, value, generation)
+        return [found[key] for key in keys]
+
+    def _set_cached_value_to_backend(self, key: str, value: Any) -> None:
+        super()._set_cached_value_to_backend(key, value)
+        near = self._near
+        if near is not None:
+            near.store(key, value, near.generation)
+
+    def _set_multi_cached_value_to_backend(self, mapping: Any) -> None:
+        super()._set_multi_cached_value_to_backend(mapping)
+        near = self._near
+        if near is not None:
+            generation = near.generation
+            for key, value in mapping.items():
+                near.store(key, value, generation)
 
     def cache_on_arguments(  # type: ignore[override]
         self,
@@ -178,11 +225,16 @@ class Caches:
                 "expires_after": config.redis_expiry(namespace),
                 "lock_timeout": config.lock_timeout,
             }
+            near = None
+            if config.uses_near_cache(namespace):
+                near = self._bus.near_cache(namespace, config.memory_max_entries)
+                arguments["near"] = (near, self._bus.publish_drop)
             region.configure(
                 "librecache.redis", expiration_time=ttl, arguments=arguments,
                 replace_existing_backend=True, region_invalidator=self._bus.strategy(namespace),
             )
             region._adopt(region.backend.key_mangler)
+            region._near = near
         else:
             arguments = {
                 "name": namespace.value,
@@ -194,6 +246,7 @@ class Caches:
                 replace_existing_backend=True, region_invalidator=DefaultInvalidationStrategy(),
             )
             region._adopt(None)
+            region._near = None
 
     # -- lookup -----------------------------------------------------------
 

@@ -23,7 +23,8 @@ def start(role: str, env: Mapping[str, str]) -> subprocess.Popen[str]:
     """Start a worker; read its JSON lines with :func:`read_line`."""
     return subprocess.Popen(
         [sys.executable, "-m", "tests.workers", role],
-        cwd=ROOT, env=_environment(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, env=_environment(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
     )
 
 

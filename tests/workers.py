@@ -103,6 +103,24 @@ def produce() -> None:
         say(aborted=False, appended=appended)
 
 
+def near_writer() -> None:
+    """Write COUNT new values of KEY in ROLES, one every PAUSE seconds,
+    reporting each write's time."""
+    caches = librecache.Caches()
+    region = caches.region("ROLES")
+    assert caches.invalidations is not None
+    caches.invalidations.wait_subscribed(5)
+    say(ready=True)
+    sys.stdin.readline()  # the reader is ready
+    for n in range(int(os.environ["COUNT"])):
+        region.set(os.environ["KEY"], n)
+        say(wrote=n, at=time.time())
+        time.sleep(float(os.environ.get("PAUSE", "0.05")))
+    region.delete(os.environ["KEY"])
+    say(deleted=True, at=time.time())
+    caches.close()
+
+
 def decorate_at_import() -> None:
     """Decorate with the default registry before anything is configured."""
     region = librecache.get_region("ROLES")
@@ -122,5 +140,5 @@ def decorate_at_import() -> None:
 
 if __name__ == "__main__":
     roles = {"stampede": stampede, "watch": watch, "hold_lock": hold_lock, "produce": produce,
-             "decorate_at_import": decorate_at_import}
+             "near_writer": near_writer, "decorate_at_import": decorate_at_import}
     roles[sys.argv[1]]()

@@ -70,7 +70,21 @@ class MemoryBackend(CacheBackend):
             return entry[0]
 
     def get_multi(self, keys: Iterable[str]) -> Sequence[Any]:
-        return [self.get(key) for key in keys]
+        now = time.monotonic()
+        data = self._data
+        found: list[Any] = []
+        with self._lock:
+            for key in keys:
+                entry = data.get(key)
+                if entry is None:
+                    found.append(NO_VALUE)
+                elif entry[1] and entry[1] < now:
+                    del data[key]
+                    found.append(NO_VALUE)
+                else:
+                    data.move_to_end(key)
+                    found.append(entry[0])
+        return found
 
     def set(self, key: str, value: Any) -> None:
         check_picklable(value.payload, f"namespace {self.name}, key {key!r}")

@@ -15,6 +15,7 @@ from ..connection import RedisConnection
 from ..keying import KeySpace
 from ..keys import CacheKeys
 from ..logs import RateLimitedLog
+from ..nearcache import NearCache
 from ..signing import Signer
 from . import take_arguments
 from .memory import check_picklable
@@ -107,7 +108,7 @@ class RedisBackend(BytesBackend):
     def __init__(self, arguments: Mapping[str, Any]) -> None:
         args = take_arguments(
             "librecache.redis", arguments,
-            {"connection", "keyspace", "namespace", "lock_timeout"}, {"expires_after", "signer"},
+            {"connection", "keyspace", "namespace", "lock_timeout"}, {"expires_after", "signer", "near"},
         )
         self.connection: RedisConnection = args["connection"]
         self.cluster = self.connection.cluster
@@ -115,6 +116,8 @@ class RedisBackend(BytesBackend):
         self.namespace: CacheKeys = args["namespace"]
         self.lock_timeout = float(args["lock_timeout"])
         self.signer: Signer | None = args.get("signer")
+        #: (near cache, publish(namespace, keys)) when the namespace has one.
+        self.near: tuple[NearCache, Callable[[CacheKeys, list[str]], None]] | None = args.get("near")
         expires = args.get("expires_after")
         self.expires_after_ms: int | None = max(1, int(expires * 1000)) if expires else None
         self.key_mangler = self.keyspace.mangler(self.namespace)
@@ -167,10 +170,19 @@ class RedisBackend(BytesBackend):
 
     # -- writes -------------------------------------------------------------------
 
+    def _changed(self, keys: list[str]) -> None:
+        """Other instances drop their near copies of ``keys``; so does this one
+        (the region then keeps the value it just wrote)."""
+        if self.near is not None:
+            near, publish = self.near
+            near.drop(keys)
+            publish(self.namespace, keys)
+
     def set_serialized(self, key: str, value: bytes) -> None:
         sealed = self._sealed(key, value)
         self.connection.guard("set", lambda c: c.set(key, sealed, px=self.expires_after_ms), lambda: None,
                               write=True)
+        self._changed([key])
 
     def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:
         if not mapping:
@@ -184,6 +196,7 @@ class RedisBackend(BytesBackend):
             pipe.execute()
 
         self.connection.guard("set_multi", write, lambda: None, write=True)
+        self._changed(list(sealed))
 
     def delete(self, key: str) -> None:
         self.delete_multi([key])
@@ -193,6 +206,7 @@ class RedisBackend(BytesBackend):
         if keys:  # redis-py's cluster client splits DEL per slot
             self.connection.guard("delete", lambda c: c.delete(*keys),
                                   lambda: self.connection.defer_delete(keys), write=True)
+            self._changed(keys)
 
     # -- locks --------------------------------------------------------------------
 
@@ -244,6 +258,8 @@ class RedisBackend(BytesBackend):
             removed += _unlink(node, batch)
             if progress is not None:
                 progress(removed)
+        if self.near is not None:
+            self.near[0].clear(self.near[0].enabled)
         return removed
 
     def memory_usage(self, keys: list[str]) -> int:

@@ -1,0 +1,146 @@
+"""The near cache: hits from process memory, coherent across instances."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from dogpile.cache.api import NO_VALUE, CachedValue
+
+import librecache
+from librecache import CacheKeys
+from librecache.nearcache import NearCache
+from tests import processes
+from tests.conformance import RegionConformance
+from tests.servers import RedisServer, ServerFarm
+
+Make = Callable[..., librecache.Caches]
+ALL = ",".join(CacheKeys.__members__)
+
+
+class TestNearCacheRegions(RegionConformance):
+    """The whole conformance suite with a near cache on every namespace."""
+
+    expected_backend = "redis"
+
+    @pytest.fixture(params=["single", "cluster"])
+    def environment(self, request: pytest.FixtureRequest) -> dict[str, str]:
+        env = request.getfixturevalue("redis_env" if request.param == "single" else "cluster_env")
+        return {**env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": ALL}
+
+
+def subscribed(caches: librecache.Caches) -> Any:
+    bus = caches.invalidations
+    assert bus is not None and bus.wait_subscribed(5)
+    deadline = time.monotonic() + 5
+    while not all(near.enabled for near in bus.near_caches.values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return bus
+
+
+def test_hits_come_from_memory(make_caches: Make, deployment: Any) -> None:
+    caches = make_caches({**deployment.env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "ROLES"})
+    bus = subscribed(caches)
+    region = caches.region("ROLES")
+    calls: list[str] = []
+
+    @region.cache_on_arguments()
+    def permissions(role: str) -> list[str]:
+        calls.append(role)
+        return ["read"]
+
+    assert permissions("admin") == ["read"] and permissions("admin") == ["read"]
+    near = bus.near_caches["ROLES"]
+    hits = near.hits
+    for _ in range(100):
+        assert permissions("admin") == ["read"]
+    assert near.hits == hits + 100 and calls == ["admin"]
+    assert "TOOLS" not in bus.near_caches  # opt-in per namespace
+
+
+@pytest.mark.slow
+def test_writes_in_another_process_reach_this_near_cache_within_milliseconds(make_caches: Make, deployment: Any) -> None:
+    env = {**deployment.env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "ROLES", "KEY": "config", "COUNT": "20"}
+    caches = make_caches(env)
+    near = subscribed(caches).near_caches["ROLES"]
+    region = caches.region("ROLES")
+    writer = processes.start("near_writer", env)
+    assert processes.read_line(writer) == {"ready": True}
+    region.set("config", -1)
+    assert writer.stdin is not None
+    writer.stdin.write("go\n")
+    writer.stdin.flush()
+    lags = []
+    for n in range(20):
+        report = processes.read_line(writer)
+        assert report["wrote"] == n
+        while region.get("config") != n:
+            assert time.time() - report["at"] < 2, "a write did not reach the near cache"
+            time.sleep(0.0005)
+        lags.append(time.time() - report["at"])
+        while True:  # and soon from memory again (a late drop message may evict it once more)
+            hits = near.hits
+            assert region.get("config") == n
+            if near.hits == hits + 1:
+                break
+            assert time.time() - report["at"] < 2
+    deleted = processes.read_line(writer)
+    while region.get("config") is not NO_VALUE:
+        assert time.time() - deleted["at"] < 2
+        time.sleep(0.0005)
+    assert writer.wait(10) == 0
+    print(f"NEAR-CACHE staleness over {len(lags)} writes: max {max(lags) * 1000:.1f} ms, "
+          f"median {sorted(lags)[len(lags) // 2] * 1000:.1f} ms")
+    assert max(lags) < 0.25
+
+
+def test_a_lost_channel_stops_the_near_cache(make_caches: Make, farm: ServerFarm) -> None:
+    server: RedisServer = farm.server()
+    caches = make_caches(USE_REDIS="true", REDIS_URI=server.url, LIBRECACHE_NEAR_CACHE_NAMESPACES="ROLES",
+                         REDIS_RETRY_MAX_DELAY="100", LIBRECACHE_SOCKET_TIMEOUT="1", REDIS_CONNECT_TIMEOUT="500")
+    near = subscribed(caches).near_caches["ROLES"]
+    region = caches.region("ROLES")
+    region.set("k", "v")
+    assert region.get("k") == "v" and len(near) == 1
+    server.stop()
+    deadline = time.monotonic() + 5
+    while near.enabled:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert len(near) == 0
+    assert region.get("k") is NO_VALUE  # not served from memory while the channel is down
+    server.restart()
+    subscribed(caches)
+    deadline = time.monotonic() + 5
+    while not caches.health()["up"]:  # type: ignore[index]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    region.set("k", "w")
+    assert region.get("k") == "w"
+    server.stop()
+
+
+def test_a_read_that_raced_a_drop_is_not_kept() -> None:
+    near = NearCache("ROLES", 10)
+    near.clear(enabled=True)
+    value = CachedValue("old", {"ct": time.time(), "v": 2})
+    generation = near.generation  # a read starts
+    near.drop(["k"])  # another instance writes meanwhile
+    near.store("k", value, generation)  # the read ends: its value is stale
+    assert len(near) == 0
+    near.store("k", value, near.generation)
+    assert len(near) == 1
+    near.clear(enabled=False)
+    near.store("k", value, near.generation)
+    assert len(near) == 0  # never while not serving
+
+
+def test_the_near_cache_is_bounded() -> None:
+    near = NearCache("ROLES", 3)
+    near.clear(enabled=True)
+    for n in range(10):
+        near.store(f"k{n}", CachedValue(n, {"ct": time.time(), "v": 2}), near.generation)
+    assert len(near) == 3
