@@ -54,6 +54,15 @@ AnyRedis = redis.Redis | RedisCluster
 MAX_COMMAND_RETRIES = 1
 
 
+def _only_transient(is_retryable: Callable[[Exception], bool] | None) -> Callable[[Exception], bool]:
+    """``is_retryable`` narrowed to transient failures (:func:`is_transient`)."""
+
+    def retryable(error: Exception) -> bool:
+        return is_transient(error) and (is_retryable is None or is_retryable(error))
+
+    return retryable
+
+
 class FailFastRetry(Retry):
     """redis-py's :class:`~redis.retry.Retry` that does not retry permanent
     failures (:func:`is_transient`): they are reported at once, with the
@@ -66,10 +75,9 @@ class FailFastRetry(Retry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> Any:
-        def retryable(error: Exception) -> bool:
-            return is_transient(error) and (is_retryable is None or is_retryable(error))
-
-        return super().call_with_retry(do, fail, is_retryable=retryable, with_failure_count=with_failure_count)
+        return super().call_with_retry(
+            do, fail, is_retryable=_only_transient(is_retryable), with_failure_count=with_failure_count
+        )
 
 
 def _retry(config: CacheConfig) -> Retry:
@@ -316,8 +324,7 @@ class RedisConnection:
             pool = ConnectionPool(connection_class=connection_class, host=uri.host, port=uri.port, db=uri.db, **options)
             client = redis.Redis(connection_pool=pool)
         self.prefixed = _adopt(
-            copy.copy(client), PrefixedRedisCluster if self.cluster else PrefixedRedis,
-            _Owner(self.root, self.key_specs),
+            copy.copy(client), PrefixedRedisCluster if self.cluster else PrefixedRedis, self.root, self.key_specs
         )
         self.client = client
 
@@ -449,14 +456,6 @@ class RedisConnection:
             log.debug("error while closing Redis connections", exc_info=True)
 
 
-class _Owner:
-    """What :func:`_adopt` copies onto an adopted client."""
-
-    def __init__(self, key_prefix: str, key_specs: KeySpecs) -> None:
-        self._key_prefix = key_prefix
-        self._key_specs = key_specs
-
-
 class AsyncFailFastRetry(AsyncRetry):
     """The asyncio twin of :class:`FailFastRetry`."""
 
@@ -467,10 +466,9 @@ class AsyncFailFastRetry(AsyncRetry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> Any:
-        def retryable(error: Exception) -> bool:
-            return is_transient(error) and (is_retryable is None or is_retryable(error))
-
-        return await super().call_with_retry(do, fail, is_retryable=retryable, with_failure_count=with_failure_count)
+        return await super().call_with_retry(
+            do, fail, is_retryable=_only_transient(is_retryable), with_failure_count=with_failure_count
+        )
 
 
 #: Connections per node of an asyncio client (stream subscribers block on one each).

@@ -179,6 +179,11 @@ class _Prefixing:
     _key_prefix: str
     _key_specs: KeySpecs
 
+    def __init__(self, *args: Any, key_prefix: str, key_specs: KeySpecs, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._key_prefix = key_prefix
+        self._key_specs = key_specs
+
     def _prefixed(self, key: Any) -> Any:
         if isinstance(key, (bytes, bytearray, memoryview)):
             return self._key_prefix.encode() + bytes(key)
@@ -238,18 +243,15 @@ class PrefixedRedis(_Prefixing, redis.Redis):
     """A :class:`redis.Redis` whose commands prefix every key with
     ``{prefix}::``. Get one from :attr:`librecache.Caches.redis`."""
 
-    def __init__(self, *args: Any, key_prefix: str, key_specs: KeySpecs, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._key_prefix = key_prefix
-        self._key_specs = key_specs
-
     def execute_command(self, *args: Any, **options: Any) -> Any:
         argv, name = self._prefix_args(args, options)
         return self._unprefix_reply(name, super().execute_command(*argv, **options))
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> redis.client.Pipeline:
         """A pipeline whose commands are prefixed too."""
-        pipe: redis.client.Pipeline = _adopt(super().pipeline(transaction, shard_hint), PrefixedPipeline, self)
+        pipe: redis.client.Pipeline = _adopt(
+            super().pipeline(transaction, shard_hint), PrefixedPipeline, self._key_prefix, self._key_specs
+        )
         return pipe
 
 
@@ -264,11 +266,6 @@ class PrefixedPipeline(_Prefixing, redis.client.Pipeline):
 class PrefixedRedisCluster(_Prefixing, RedisCluster):
     """A :class:`redis.cluster.RedisCluster` whose commands prefix every key
     with ``{prefix}::``."""
-
-    def __init__(self, *args: Any, key_prefix: str, key_specs: KeySpecs, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._key_prefix = key_prefix
-        self._key_specs = key_specs
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         argv, name = self._prefix_args(args, options)
@@ -293,7 +290,9 @@ class PrefixedRedisCluster(_Prefixing, RedisCluster):
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         """A cluster pipeline whose commands are prefixed too."""
-        pipe: ClusterPipeline = _adopt(super().pipeline(transaction, shard_hint), PrefixedClusterPipeline, self)
+        pipe: ClusterPipeline = _adopt(
+            super().pipeline(transaction, shard_hint), PrefixedClusterPipeline, self._key_prefix, self._key_specs
+        )
         return pipe
 
     def _partition_keys_by_slot(self, keys: Any) -> dict[int, list[Any]]:
@@ -315,10 +314,10 @@ class PrefixedClusterPipeline(_Prefixing, ClusterPipeline):
         return super().execute_command(*argv, **kwargs)
 
 
-def _adopt(pipe: Any, cls: type, owner: Any) -> Any:
-    """Turn a client or pipeline redis-py built into its prefixing subclass,
-    taking the prefix and key specifications of ``owner``."""
-    pipe.__class__ = cls
-    pipe._key_prefix = owner._key_prefix
-    pipe._key_specs = owner._key_specs
-    return pipe
+def _adopt(built: Any, cls: type, key_prefix: str, key_specs: KeySpecs) -> Any:
+    """Turn a client or pipeline redis-py built into its prefixing subclass
+    ``cls`` (redis-py's own constructors stay in charge of building it)."""
+    built.__class__ = cls
+    built._key_prefix = key_prefix
+    built._key_specs = key_specs
+    return built

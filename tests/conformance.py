@@ -35,6 +35,24 @@ class Counter:
         return self.fn(*args, **kwargs)
 
 
+def in_threads(work: Callable[[int], Any], count: int = 8) -> list[BaseException]:
+    """Run ``work(n)`` in ``count`` threads at once; the exceptions raised."""
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            work(n)
+        except BaseException as exc:  # reported to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
 class RegionConformance:
     """Every backend passes these. Subclasses define ``environment``."""
 
@@ -108,15 +126,7 @@ class RegionConformance:
     def test_creator_runs_once_for_many_threads(self, region: CacheRegion) -> None:
         slow = Counter(lambda: time.sleep(0.3) or "made")
         results: list[str] = []
-
-        def worker() -> None:
-            results.append(region.get_or_create("cold", slow))
-
-        threads = [threading.Thread(target=worker) for _ in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        assert in_threads(lambda n: results.append(region.get_or_create("cold", slow)), 16) == []
         assert results == ["made"] * 16
         assert slow.calls == 1
 

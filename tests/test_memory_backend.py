@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
@@ -11,6 +10,7 @@ from dogpile.cache.api import NO_VALUE, CachedValue
 
 import librecache
 from librecache.backends.memory import MemoryBackend
+from tests.conformance import in_threads
 
 
 def value(payload: object) -> CachedValue:
@@ -55,25 +55,16 @@ def test_a_namespace_never_holds_more_than_its_bound(make_caches: Callable[..., 
 
 def test_concurrent_use_is_safe() -> None:
     backend = MemoryBackend({"name": "TOOLS", "max_entries": 50})
-    errors: list[BaseException] = []
 
-    def worker(n: int) -> None:
-        try:
-            for i in range(5000):
-                key = f"k{(n + i) % 120}"
-                backend.set(key, value(i))
-                backend.get(key)
-                if i % 7 == 0:
-                    backend.delete_multi([key, f"k{i % 120}"])
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+    def work(n: int) -> None:
+        for i in range(5000):
+            key = f"k{(n + i) % 120}"
+            backend.set(key, value(i))
+            backend.get(key)
+            if i % 7 == 0:
+                backend.delete_multi([key, f"k{i % 120}"])
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == [] and len(backend) <= 50
+    assert in_threads(work) == [] and len(backend) <= 50
 
 
 def test_clear_empties_the_namespace(make_caches: Callable[..., librecache.Caches]) -> None:

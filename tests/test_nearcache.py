@@ -144,3 +144,20 @@ def test_the_near_cache_is_bounded() -> None:
     for n in range(10):
         near.store(f"k{n}", CachedValue(n, {"ct": time.time(), "v": 2}), near.generation)
     assert len(near) == 3
+
+
+def test_an_invalidation_elsewhere_stops_near_hits(make_caches: Make, redis_env: dict[str, str]) -> None:
+    env = {**redis_env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "CONFIG_STORE"}
+    one, two = make_caches(env), make_caches(env)
+    subscribed(one)
+    near = subscribed(two).near_caches["CONFIG_STORE"]
+    one.region("CONFIG_STORE").set("cfg", "v1")
+    time.sleep(0.05)  # the write's announcement has arrived: reads are kept from now on
+    assert two.region("CONFIG_STORE").get("cfg") == "v1" and two.region("CONFIG_STORE").get("cfg") == "v1"
+    assert near.hits >= 1
+    time.sleep(0.01)
+    started = time.monotonic()
+    one.region("CONFIG_STORE").invalidate()
+    while two.region("CONFIG_STORE").get("cfg") is not NO_VALUE:
+        assert time.monotonic() - started < 1
+        time.sleep(0.0005)

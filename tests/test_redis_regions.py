@@ -4,7 +4,6 @@ invalidation across processes, prefix isolation, corrupt data."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
@@ -14,6 +13,7 @@ from dogpile.cache.api import NO_VALUE
 
 import librecache
 from tests import processes
+from tests.conformance import in_threads
 from tests.conftest import Deployment
 
 Make = Callable[..., librecache.Caches]
@@ -205,22 +205,13 @@ def test_corrupt_values_are_misses(make_caches: Make, deployment: Deployment, pr
 
 def test_many_threads_many_keys(make_caches: Make, deployment: Deployment) -> None:
     region = make_caches(deployment.env).region("TOOLS")
-    errors: list[BaseException] = []
 
-    def worker(n: int) -> None:
-        try:
-            for i in range(50):
-                key = f"k{(n * 7 + i) % 40}"
-                assert region.get_or_create(key, lambda key=key: key.upper()) == key.upper()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+    def work(n: int) -> None:
+        for i in range(50):
+            key = f"k{(n * 7 + i) % 40}"
+            assert region.get_or_create(key, lambda key=key: key.upper()) == key.upper()
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert in_threads(work) == []
 
 
 def test_multi_key_operations_span_every_master(make_caches: Make, deployment: Deployment, prefix: str) -> None:

@@ -386,3 +386,18 @@ def test_abort_from_another_process_reaches_the_producer(deployment: Any) -> Non
     assert producer.wait(30) == 0
     assert report["aborted"] is True and report["appended"] < 100000
     assert events[-1].data["status"] == "aborted" and len(events) == report["appended"] + 1
+
+
+def test_a_registry_opens_the_stream_store_of_its_configuration(make_caches: Any, redis_env: dict[str, str]) -> None:
+    from librecache.streams import MemoryStreamStore, RedisStreamStore, SyncStreamStore
+
+    assert isinstance(make_caches({}).open_streams(), MemoryStreamStore)
+    store = make_caches(redis_env).open_streams()
+    assert isinstance(store, RedisStreamStore)
+    run(store.close())
+    off = make_caches({**redis_env, "USE_REDIS_STREAMS": "false"}).open_streams()
+    assert isinstance(off, MemoryStreamStore)
+    with make_caches(redis_env).open_streams(asynchronous=False) as sync:
+        assert isinstance(sync, SyncStreamStore)
+        sync.create("from-registry")
+        assert "from-registry" in sync.active()
