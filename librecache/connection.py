@@ -22,6 +22,8 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.connection import Connection as AsyncConnection
+from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode, RedisCluster
@@ -34,7 +36,7 @@ from .health import UNAVAILABLE, Breaker, is_transient, ping_idle_connections, r
 from .logs import RateLimitedLog
 from .prefixing import KeySpecs, PrefixedRedis, PrefixedRedisCluster, _adopt
 
-__all__ = ["AnyRedis", "RedisConnection"]
+__all__ = ["AnyRedis", "RedisConnection", "async_client"]
 
 log = logging.getLogger(__name__)
 limited = RateLimitedLog(log, interval=30.0)
@@ -219,7 +221,7 @@ class HostnameBook:
                             self._remember(announced, node_port, meta.get("ip"))
                 return
 
-    def connection_class(self, base: type[Connection]) -> type[Connection]:
+    def connection_class(self, base: type[Any]) -> type[Any]:
         """``base``, connecting to the host name the book knows."""
         book = self
 
@@ -486,9 +488,20 @@ def async_client(config: CacheConfig) -> AsyncRedis | AsyncRedisCluster:
         options["ssl"] = True
     if config.cluster:
         # every blocked stream subscriber holds a connection to its node
-        return AsyncRedisCluster(
+        cluster = AsyncRedisCluster(
             startup_nodes=[AsyncClusterNode(uri.host, uri.port) for uri in config.redis_uris],
-            max_connections=ASYNC_MAX_CONNECTIONS, **options,
+            max_connections=ASYNC_MAX_CONNECTIONS, dynamic_startup_nodes=not config.alternative_dns_lookup,
+            **options,
         )
+        if config.alternative_dns_lookup:
+            # The asyncio cluster client connects lazily: before its first
+            # command, make every node connection use the host-name book.
+            base = AsyncSSLConnection if config.tls else AsyncConnection
+            sync_options = {key: value for key, value in client_options(config).items() if key != "retry"}
+            connection_class = HostnameBook(config, sync_options).connection_class(base)
+            cluster.nodes_manager.connection_kwargs["connection_class"] = connection_class
+            for node in cluster.nodes_manager.startup_nodes.values():
+                node.connection_class = connection_class
+        return cluster
     uri = config.redis_uris[0]
     return AsyncRedis(host=uri.host, port=uri.port, db=uri.db, **options)

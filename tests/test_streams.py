@@ -401,3 +401,26 @@ def test_a_registry_opens_the_stream_store_of_its_configuration(make_caches: Any
         assert isinstance(sync, SyncStreamStore)
         sync.create("from-registry")
         assert "from-registry" in sync.active()
+
+
+def test_streams_on_a_hostname_only_tls_cluster(hostname_tls_cluster: Any, ca_file: Any) -> None:
+    """REDIS_USE_ALTERNATIVE_DNS_LOOKUP reaches the asyncio client of the stream store too."""
+    env = {"USE_REDIS": "true", "REDIS_URI": hostname_tls_cluster.uri(1, host="localhost"), "USE_REDIS_CLUSTER": "true",
+           "REDIS_CA": str(ca_file), "REDIS_USE_ALTERNATIVE_DNS_LOOKUP": "true", "REDIS_KEY_PREFIX": "altdns-streams"}
+
+    async def scenario(env: dict[str, str] = env) -> list[StreamEvent]:
+        store = open_streams(env)
+        try:
+            for n in range(20):
+                stream = f"host-{n}"  # over many slots, so over every node
+                await store.create(stream)
+                await store.append(stream, {"n": n})
+                await store.finish(stream)
+            return [e async for e in store.subscribe("host-7")]
+        finally:
+            await store.close()
+
+    events = run(scenario())
+    assert events[0].data == {"n": 7} and events[-1].is_end
+    with pytest.raises(Exception, match="certificate"):  # without the flag, the certificate check fails
+        run(scenario({**env, "REDIS_USE_ALTERNATIVE_DNS_LOOKUP": "false", "REDIS_KEY_PREFIX": "no-altdns"}))
