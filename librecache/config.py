@@ -347,9 +347,6 @@ VARIABLES: tuple[Variable, ...] = (
              "Most streams the in-memory stream store keeps (finished ones go first).", "5000"),
 )
 
-_BY_NAME = {variable.name: variable for variable in VARIABLES}
-
-
 class _MappingEnv(environs.Env):
     """An :class:`environs.Env` that reads a given mapping instead of
     :data:`os.environ` (values read from an env file come second)."""
@@ -646,8 +643,3 @@ class CacheConfig:
             yield "on failure", "raise (LIBRECACHE_STRICT)"
         source = f" (from {self.key_prefix_source})" if self.key_prefix_source else ""
         yield "key prefix", (self.key_prefix or "-") + source
-
-
-def variable(name: str) -> Variable:
-    """The declaration of the variable called ``name``."""
-    return _BY_NAME[name]

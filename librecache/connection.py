@@ -35,6 +35,7 @@ from .config import CacheConfig
 from .health import UNAVAILABLE, Breaker, is_transient, ping_idle_connections, run_maintenance
 from .logs import RateLimitedLog
 from .prefixing import KeySpecs, PrefixedRedis, PrefixedRedisCluster, _adopt
+from .replies import text
 
 __all__ = ["AnyRedis", "RedisConnection", "async_client"]
 
@@ -96,9 +97,6 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 class _BoundedConnect:
     """REDIS_CONNECT_TIMEOUT bounds the whole connect: TCP, the TLS
@@ -156,6 +154,12 @@ class HostnameBook:
     ``CLUSTER SLOTS`` (which carries the announced host names).
     """
 
+    @classmethod
+    def for_config(cls, config: CacheConfig) -> HostnameBook:
+        """The book of ``config``, asking its endpoint with the same
+        credentials, TLS verification and time-outs as the clients."""
+        return cls(config, {key: value for key, value in client_options(config).items() if key != "retry"})
+
     def __init__(self, config: CacheConfig, connection_options: dict[str, Any]) -> None:
         self._seeds = [(uri.host, uri.port) for uri in config.redis_uris]
         self._options = connection_options
@@ -210,11 +214,11 @@ class HostnameBook:
                     connection.disconnect()
                 for entry in reply:
                     for node in entry[2:]:
-                        announced, node_port = _text(node[0]), int(node[1])
+                        announced, node_port = text(node[0]), int(node[1])
                         meta = node[3] if len(node) > 3 else {}
                         if isinstance(meta, list):
                             meta = dict(zip(meta[::2], meta[1::2], strict=False))
-                        meta = {_text(k): _text(v) for k, v in (meta or {}).items()}
+                        meta = {text(k): text(v) for k, v in (meta or {}).items()}
                         if _is_ip(announced) and meta.get("hostname"):
                             self._names[(announced, node_port)] = meta["hostname"]
                         else:
@@ -306,12 +310,7 @@ class RedisConnection:
         if self.cluster:
             dynamic = True
             if config.alternative_dns_lookup:
-                connection_options = {
-                    key: options[key] for key in ("username", "password", "socket_connect_timeout", "socket_timeout")
-                }
-                if config.tls:
-                    connection_options.update(tls_options(config))
-                connection_class = HostnameBook(config, connection_options).connection_class(connection_class)
+                connection_class = HostnameBook.for_config(config).connection_class(connection_class)
                 dynamic = False  # topology refreshes keep using the configured endpoint
             first, *others = config.redis_uris
             client = RedisCluster(
@@ -497,8 +496,7 @@ def async_client(config: CacheConfig) -> AsyncRedis | AsyncRedisCluster:
             # The asyncio cluster client connects lazily: before its first
             # command, make every node connection use the host-name book.
             base = AsyncSSLConnection if config.tls else AsyncConnection
-            sync_options = {key: value for key, value in client_options(config).items() if key != "retry"}
-            connection_class = HostnameBook(config, sync_options).connection_class(base)
+            connection_class = HostnameBook.for_config(config).connection_class(base)
             cluster.nodes_manager.connection_kwargs["connection_class"] = connection_class
             for node in cluster.nodes_manager.startup_nodes.values():
                 node.connection_class = connection_class

@@ -25,6 +25,7 @@ from .keying import KeySpace
 from .keys import CacheKeys
 from .logs import RateLimitedLog
 from .nearcache import NearCache, decode_drop, encode_drop
+from .replies import text
 
 __all__ = ["InvalidationBus", "SharedInvalidation"]
 
@@ -128,7 +129,7 @@ class InvalidationBus:
                                lambda: None)
 
     def _near_message(self, data: Any) -> None:
-        decoded = decode_drop(_text(data))
+        decoded = decode_drop(text(data))
         if decoded is None:
             return
         origin, namespace, keys = decoded
@@ -210,7 +211,7 @@ class InvalidationBus:
                 limited.warning("load", "cannot read invalidation marks from Redis: %s", exc)
                 return
             for field, value in stored.items():
-                self._note(_text(field), float(value))
+                self._note(text(field), float(value))
             self.loaded = True
 
     # -- the listener -----------------------------------------------------
@@ -233,7 +234,7 @@ class InvalidationBus:
                         continue
                     last_heard = time.monotonic()
                     self._ping_sent = False
-                    channel = _text(message.get("channel"))
+                    channel = text(message.get("channel"))
                     if message["type"] == "subscribe" and channel == self.near_channel:
                         self._near_serving(True)
                     elif message["type"] == "subscribe":
@@ -243,7 +244,7 @@ class InvalidationBus:
                     elif message["type"] == "message" and channel == self.near_channel:
                         self._near_message(message["data"])
                     elif message["type"] == "message":
-                        field, _, stamp = _text(message["data"]).partition("=")
+                        field, _, stamp = text(message["data"]).partition("=")
                         self._note(field, float(stamp))
             except Exception as exc:
                 self._near_serving(False)  # a lost channel must never mean stale reads
@@ -278,6 +279,3 @@ class InvalidationBus:
             pubsub.ping()
             self._ping_sent = True
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

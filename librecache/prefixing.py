@@ -20,24 +20,21 @@ import redis
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ResponseError
 
+from .replies import text
+
 __all__ = ["KeySpecs", "PrefixedRedis", "PrefixedRedisCluster"]
 
 Args = tuple[Any, ...]
 _Locator = Callable[[list[Any]], list[int]]
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
 
 def _as_dict(value: Any) -> dict[str, Any]:
     """A RESP3 map or a RESP2 flat list of pairs, as a dict of str keys."""
     if isinstance(value, dict):
-        return {_text(k): v for k, v in value.items()}
+        return {text(k): v for k, v in value.items()}
     items = list(value or ())
-    return {_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+    return {text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
 
 
 def _keyspec_locator(spec: dict[str, Any]) -> _Locator | None:
@@ -48,7 +45,7 @@ def _keyspec_locator(spec: dict[str, Any]) -> _Locator | None:
     find = _as_dict(spec.get("find_keys"))
     begin_spec = _as_dict(begin.get("spec"))
     find_spec = _as_dict(find.get("spec"))
-    begin_type, find_type = _text(begin.get("type")), _text(find.get("type"))
+    begin_type, find_type = text(begin.get("type")), text(find.get("type"))
     if begin_type not in ("index", "keyword") or find_type not in ("range", "keynum"):
         return None
 
@@ -57,7 +54,7 @@ def _keyspec_locator(spec: dict[str, Any]) -> _Locator | None:
         if begin_type == "index":
             first = int(begin_spec["index"])
         else:
-            keyword = _text(begin_spec["keyword"]).upper()
+            keyword = text(begin_spec["keyword"]).upper()
             start = int(begin_spec["startfrom"])
             if start >= 0:
                 candidates = range(start, argc)
@@ -65,7 +62,7 @@ def _keyspec_locator(spec: dict[str, Any]) -> _Locator | None:
                 candidates = range(argc + start, 0, -1)
             first = -1
             for index in candidates:
-                if 0 < index < argc and _text(argv[index]).upper() == keyword:
+                if 0 < index < argc and text(argv[index]).upper() == keyword:
                     first = index + 1
                     break
             if first < 0:
@@ -83,7 +80,7 @@ def _keyspec_locator(spec: dict[str, Any]) -> _Locator | None:
             else:
                 last = first + ((argc - first) // limit + lastkey)
         else:
-            numkeys = int(_text(argv[first + int(find_spec["keynumidx"])]))
+            numkeys = int(text(argv[first + int(find_spec["keynumidx"])]))
             step = int(find_spec["keystep"])
             first = first + int(find_spec["firstkey"])
             last = first + (numkeys - 1) * step
@@ -97,9 +94,9 @@ def _sort_locator(argv: list[Any]) -> list[int]:
     positions = [1]
     index = 2
     while index < len(argv) - 1:
-        word = _text(argv[index]).upper()
+        word = text(argv[index]).upper()
         if word in ("BY", "GET"):
-            pattern = _text(argv[index + 1])
+            pattern = text(argv[index + 1])
             if pattern != "#" and not (word == "BY" and pattern.lower() == "nosort"):
                 positions.append(index + 1)
             index += 2
@@ -162,10 +159,10 @@ class KeySpecs:
     def positions(self, argv: list[Any]) -> list[int]:
         """The indices of the key arguments in ``argv`` (the command's name
         first)."""
-        name = _text(argv[0]).lower()
+        name = text(argv[0]).lower()
         has_subcommands, locators = self._entry(name)
         if has_subcommands and len(argv) > 1:
-            _, locators = self._entry(f"{name}|{_text(argv[1]).lower()}")
+            _, locators = self._entry(f"{name}|{text(argv[1]).lower()}")
         found: set[int] = set()
         for locate in locators:
             found.update(locate(argv))
@@ -199,7 +196,7 @@ class _Prefixing:
 
     def _pattern(self, pattern: Any) -> str:
         escaped = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self._key_prefix)
-        return escaped + _text(pattern)
+        return escaped + text(pattern)
 
     def _prefix_args(self, args: Args, options: dict[str, Any]) -> tuple[list[Any], str]:
         """The arguments with their keys prefixed, and the command's name.
@@ -207,7 +204,7 @@ class _Prefixing:
         redis-py gave it, so that its reply callback still applies."""
         head = args[0]
         words = head.split(" ") if isinstance(head, str) else [head]
-        name = _text(words[0]).upper()
+        name = text(words[0]).upper()
         if not self._key_prefix:
             return list(args), name
         argv = words + list(args[1:])
@@ -224,7 +221,7 @@ class _Prefixing:
 
     def _scan_args(self, argv: list[Any]) -> list[Any]:
         for index in range(2, len(argv) - 1):
-            if _text(argv[index]).upper() == "MATCH":
+            if text(argv[index]).upper() == "MATCH":
                 argv[index + 1] = self._pattern(argv[index + 1])
                 return argv
         return argv + ["MATCH", self._pattern("*")]

@@ -116,19 +116,25 @@ def check_after(after: str | None) -> str:
     return after
 
 
+def check_finish_status(status: str) -> str:
+    """``status`` as given to ``finish``: done, error or aborted."""
+    if status not in FINISH_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(FINISH_STATUSES)}, not {status!r}")
+    return status
+
+
 def encode_event(event: Mapping[str, Any]) -> str:
     """The event as JSON; :class:`InvalidEventError` if it cannot be."""
     if not isinstance(event, Mapping):
         raise InvalidEventError(f"an event must be a dict, not {type(event).__name__}")
     if END_MARK in event:
         raise InvalidEventError(f"the key {END_MARK!r} is reserved for the terminal event")
-    try:
-        return json.dumps(event, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidEventError(f"the event is not JSON-serialisable: {exc}") from None
+    return encode_json(event, "the event")
 
 
 def encode_json(value: Any, what: str) -> str:
+    """``value`` as compact JSON; :class:`InvalidEventError` naming ``what``
+    if it cannot be."""
     try:
         return json.dumps(value, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:

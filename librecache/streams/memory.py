@@ -10,7 +10,6 @@ from typing import Any
 
 from ..config import CacheConfig
 from .base import (
-    FINISH_STATUSES,
     FinishStatus,
     ListenerCount,
     StreamEvent,
@@ -19,6 +18,7 @@ from .base import (
     StreamStatus,
     UnknownStreamError,
     check_after,
+    check_finish_status,
     check_stream_id,
     encode_event,
     encode_json,
@@ -133,8 +133,7 @@ class MemoryStreamStore:
         return stream.add(data)
 
     async def finish(self, stream_id: str, status: FinishStatus = "done", final: Any = None) -> str:
-        if status not in FINISH_STATUSES:
-            raise ValueError(f"status must be one of {', '.join(FINISH_STATUSES)}, not {status!r}")
+        check_finish_status(status)
         final_copy = json.loads(encode_json(final, "final"))
         stream = self._running(stream_id)
         stream.status = status

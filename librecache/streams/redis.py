@@ -27,8 +27,8 @@ from redis.exceptions import ResponseError
 from ..config import CacheConfig
 from ..connection import async_client
 from ..keying import KeySpace
+from ..replies import text
 from .base import (
-    FINISH_STATUSES,
     FinishStatus,
     ListenerCount,
     StreamEvent,
@@ -37,6 +37,7 @@ from .base import (
     StreamStatus,
     UnknownStreamError,
     check_after,
+    check_finish_status,
     check_stream_id,
     encode_event,
     encode_json,
@@ -96,9 +97,6 @@ READ_BATCH = 500
 MAX_IN_FLIGHT = 64
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 class RedisStreamStore:
     """Resumable streams shared by every instance on one Redis (single or
@@ -131,11 +129,11 @@ class RedisStreamStore:
 
     @staticmethod
     def _raise(stream_id: str, error: ResponseError) -> None:
-        text = str(error)
-        if "LIBRECACHE_UNKNOWN" in text:
+        message = str(error)
+        if "LIBRECACHE_UNKNOWN" in message:
             raise UnknownStreamError(f"no stream {stream_id!r} (never created, or expired)") from None
-        if "LIBRECACHE_FINISHED" in text:
-            status = text.rsplit(" ", 1)[-1]
+        if "LIBRECACHE_FINISHED" in message:
+            status = message.rsplit(" ", 1)[-1]
             raise StreamFinishedError(f"stream {stream_id!r} has finished ({status})") from None
         raise error
 
@@ -169,15 +167,14 @@ class RedisStreamStore:
             )
         except ResponseError as error:
             self._raise(stream_id, error)
-        return _text(event_id)
+        return text(event_id)
 
     async def finish(self, stream_id: str, status: FinishStatus = "done", final: Any = None) -> str:
         """End the stream with ``status`` and an optional JSON ``final`` value;
         subscribers receive the terminal event and stop. Returns its id."""
-        if status not in FINISH_STATUSES:
-            raise ValueError(f"status must be one of {', '.join(FINISH_STATUSES)}, not {status!r}")
+        check_finish_status(status)
         final_json = encode_json(final, "final")
-        end_json = json.dumps(end_event(status, json.loads(final_json)), separators=(",", ":"))
+        end_json = encode_json(end_event(status, final), "final")
         state, events = self._keys(stream_id)
         try:
             event_id = await self._gated(
@@ -191,7 +188,7 @@ class RedisStreamStore:
         await self.client.zrem(self._index(), stream_id)
         if meta.get("owner") is not None:
             await self.client.zrem(self._index(str(meta["owner"])), stream_id)
-        return _text(event_id)
+        return text(event_id)
 
     async def abort(self, stream_id: str, reason: str | None = None) -> bool:
         """Ask the producer (on any instance) to stop; True if the stream was
@@ -223,13 +220,13 @@ class RedisStreamStore:
         fields, length, last = await pipe.execute()
         if not fields:
             raise UnknownStreamError(f"no stream {stream_id!r} (never created, or expired)")
-        values = {_text(k): _text(v) for k, v in fields.items()}
+        values = {text(k): text(v) for k, v in fields.items()}
         return StreamStatus(
             stream_id,
             values["status"],
             json.loads(values.get("meta", "{}")),
             int(length),
-            _text(last[0][0]) if last else None,
+            text(last[0][0]) if last else None,
             float(values["created"]),
             float(values["updated"]),
             values.get("abort") == "1",
@@ -240,7 +237,7 @@ class RedisStreamStore:
     async def active(self, owner: str | None = None) -> list[str]:
         """The running streams (of one ``owner``, given in ``meta``)."""
         index = self._index(owner)
-        ids = [_text(member) for member in await self.client.zrange(index, 0, -1)]
+        ids = [text(member) for member in await self.client.zrange(index, 0, -1)]
         if not ids:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -281,7 +278,7 @@ class RedisStreamStore:
                     if not entries:
                         return  # subscribed after the end
                 for event_id, fields in entries:
-                    last = _text(event_id)
+                    last = text(event_id)
                     event = StreamEvent(last, json.loads(fields[b"d"] if b"d" in fields else fields["d"]))
                     yield event
                     if event.is_end:
