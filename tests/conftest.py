@@ -162,3 +162,13 @@ def make_caches() -> Iterator[Callable[..., librecache.Caches]]:
     yield make
     for caches in built:
         caches.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Tell where the browser tests saved their screenshots, if any ran."""
+    from tests.browser import screenshot_dir
+
+    folder = screenshot_dir()
+    shots = sorted(folder.glob("*.png"))
+    if shots:
+        terminalreporter.write_line(f"screenshots of what the browser showed ({len(shots)}): {folder}")
