@@ -256,6 +256,11 @@ class Variable:
         or ``None`` for none.
     :ivar help: what it does.
     :ivar example: a valid example value.
+    :ivar accepts: further valid values worth showing (forms the kind's
+        description does not make obvious), for the documentation.
+    :ivar rejects: values this variable refuses beyond the kind's
+        :data:`KIND_BAD_EXAMPLES`; the documentation shows the error of each
+        (a test checks that every one is refused).
     """
 
     name: str
@@ -263,6 +268,13 @@ class Variable:
     default: str | None
     help: str
     example: str
+    accepts: tuple[str, ...] = attrs.field(default=(), kw_only=True)
+    rejects: tuple[str, ...] = attrs.field(default=(), kw_only=True)
+
+    def bad_values(self) -> tuple[str, ...]:
+        """Every value the documentation shows being refused."""
+        kind_bad = KIND_BAD_EXAMPLES[self.kind]
+        return ((kind_bad,) if kind_bad is not None else ()) + self.rejects
 
     @property
     def secret(self) -> bool:

@@ -17,21 +17,24 @@ from sphinx.util.docutils import SphinxDirective
 
 from librecache import CacheConfig, ConfigurationError
 from librecache.cli import build_parser
-from librecache.config import KIND_BAD_EXAMPLES, KIND_DESCRIPTIONS, VARIABLES
+from librecache.config import KIND_DESCRIPTIONS, VARIABLES, Variable
 
 
-def error_for(name: str, kind: str) -> str:
-    bad = KIND_BAD_EXAMPLES[kind]
-    if bad is None:
-        return "(any text is accepted)"
-    environ = {name: bad}
-    if kind == "cafile":
+def error_for(variable: Variable, bad: str) -> str:
+    """The real message ``CacheConfig.from_env`` raises for ``bad``."""
+    environ = {variable.name: bad}
+    if variable.kind == "cafile":
         environ["REDIS_URI"] = "rediss://127.0.0.1:6380"
     try:
         CacheConfig.from_env(environ)
     except ConfigurationError as exc:
-        return f"``{name}={bad}``: {exc}"
-    raise RuntimeError(f"{name}={bad!r} was accepted; KIND_BAD_EXAMPLES is wrong")
+        return f"``{variable.name}={bad}``: {exc}"
+    raise RuntimeError(f"{variable.name}={bad!r} was accepted; its bad_values() are wrong")
+
+
+def errors_for(variable: Variable) -> list[str]:
+    """One line per value the variable refuses."""
+    return [error_for(variable, bad) for bad in variable.bad_values()] or ["(any text is accepted)"]
 
 
 def _cell(text: str) -> str:
@@ -61,9 +64,11 @@ class VariablesDirective(SphinxDirective):
                 f"     - {default}",
                 f"     - ``{variable.example}``",
                 f"     - {_cell(variable.help)}",
-                "",
-                f"       {_cell(error_for(variable.name, variable.kind))}",
             ]
+            if variable.accepts:
+                lines += ["", "       Also accepted: " + ", ".join(f"``{form}``" for form in variable.accepts)]
+            for error in errors_for(variable):
+                lines += ["", f"       {_cell(error)}"]
         container = nodes.container()
         self.state.nested_parse(StringList(lines, source="librecache-variables"), self.content_offset, container)
         return container.children
