@@ -180,12 +180,24 @@ _PREFIX_FORBIDDEN = re.compile(r"[\s{}\x00-\x1f\x7f]")
 
 def parse_prefix(raw: str | None) -> str | None:
     """A key prefix: at most 128 characters, no blanks, control characters or
-    braces (braces would change the cluster hash slot of every key)."""
+    braces (braces would change the cluster hash slot of every key), no
+    ``::`` and no ``:`` at the end.
+
+    Keys are written under ``{prefix}::``; with ``::`` or a final ``:``
+    allowed, one deployment's keys could start with another's
+    (``ovl::ROLES::...`` under ``ovl::``), and clearing or listing ``ovl``
+    would reach them.
+    """
     text = parse_text(raw)
     if text is None:
         return None
     if len(text) > 128 or _PREFIX_FORBIDDEN.search(text):
         raise _fail(text, "a prefix of at most 128 characters without blanks or braces")
+    if "::" in text or text.endswith(":"):
+        raise environs.EnvError(
+            f"{text!r} is not a valid prefix: '::' and a final ':' are refused, so that no "
+            "deployment's keys ('{prefix}::...') can start with another's"
+        )
     return text
 
 
@@ -224,7 +236,7 @@ KIND_DESCRIPTIONS: dict[str, str] = {
     "namespaces": "comma-separated CacheKeys names",
     "ttls": "NAMESPACE=seconds pairs, comma-separated; none = no expiry",
     "cafile": "path of a PEM file",
-    "prefix": "text without blanks or braces, at most 128 characters",
+    "prefix": "text without blanks, braces or '::', not ending in ':', at most 128 characters",
     "varname": "name of an environment variable",
 }
 
@@ -288,8 +300,21 @@ VARIABLES: tuple[Variable, ...] = (
              "Back the cache namespaces with Redis instead of process memory. "
              "Requires REDIS_URI.", "true"),
     Variable("REDIS_URI", "uris", None,
-             "Redis to connect to. More than one URI (comma-separated) means a cluster.",
-             "redis://127.0.0.1:6379"),
+             "Redis to connect to. More than one URI (comma-separated) means a cluster. "
+             "Host: a host name, an IPv4 address or an IPv6 address in brackets; port 1 to 65535 "
+             "(default 6379); database 0 to 15 (default 0; a server whose 'databases' setting "
+             "refuses it is reported at first use, naming REDIS_URI). The user name and password "
+             "end at the last '@' and may hold any character; percent-encoding is decoded "
+             "(write a literal '%' as %25). No part of them is ever shown.",
+             "redis://127.0.0.1:6379",
+             accepts=("rediss://user:p%40ss@cache.example.com:6380/2", "redis://[::1]:6379",
+                      "redis://:p@ss/w#rd?@10.0.0.5:6379/1",
+                      "redis://10.0.0.1:7001,redis://10.0.0.2:7002"),
+             rejects=("redis://my host:6379", "redis:// 127.0.0.1", "redis://127.0.0.1:0",
+                      "redis://127.0.0.1:65536", "redis://user:p@ss/w#rd@127.0.0.1:63 79",
+                      "redis://127.0.0.1/16", "redis://::1", "redis://[::1:6379",
+                      "redis://999.0.0.1", "redis://127.0.0.1?ssl=true", "redis://127.0.0.1/x",
+                      "redis://127.0.0.1,,redis://127.0.0.2")),
     Variable("USE_REDIS_CLUSTER", "flag", "false",
              "Cluster mode with a single seed URI.", "true"),
     Variable("USE_REDIS_STREAMS", "flag", None,
@@ -309,7 +334,8 @@ VARIABLES: tuple[Variable, ...] = (
              "Name of another variable whose value is the key prefix (blue/green deploys).",
              "K_REVISION"),
     Variable("REDIS_KEY_PREFIX", "prefix", None,
-             "Static key prefix; every key is written under '{prefix}::'.", "librechat-prod"),
+             "Static key prefix; every key is written under '{prefix}::'.", "librechat-prod",
+             accepts=("librechat:prod",), rejects=("ovl::ROLES", "ovl:")),
     Variable("REDIS_MAX_LISTENERS", "count", "40",
              "Concurrent subscribers of one stream before a warning is logged.", "100"),
     Variable("REDIS_PING_INTERVAL", "seconds", "0",

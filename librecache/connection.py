@@ -28,7 +28,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import Connection, ConnectionPool, SSLConnection
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.retry import Retry
 
 from .config import CacheConfig
@@ -112,6 +112,14 @@ class _BoundedConnect:
             self._sock.settimeout(self.socket_connect_timeout)
         try:
             super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
+        except ResponseError as exc:
+            if "DB index" not in str(exc):
+                raise
+            db = getattr(self, "db", "?")
+            raise ResponseError(
+                f"REDIS_URI: the server refuses database {db} ({exc}); use a database number "
+                "the server has (its 'databases' setting)"
+            ) from None
         finally:
             if self._sock is not None:
                 self._sock.settimeout(self.socket_timeout)

@@ -144,7 +144,7 @@ def test_several_uris_mean_a_cluster() -> None:
     ("uri", "fragment"),
     [
         ("http://h:1", "must start with redis:// or rediss://"),
-        ("redis://h:notaport", "not a valid URI"),
+        ("redis://h:notaport", "the port 'notaport' is not a number from 1 to 65535"),
         ("redis://:6379", "has no host"),
         ("redis://h/x", "database number"),
         ("redis://h?ssl=true", "query parameters are not supported"),
@@ -166,7 +166,7 @@ def test_cluster_has_only_database_zero() -> None:
 
 def test_uri_password_is_never_shown() -> None:
     error = error_of(REDIS_URI=f"http://user:{SECRET}@host:1")
-    assert "user:***@host" in str(error)
+    assert "'http://***@host:1'" in str(error)
     config = build(USE_REDIS="true", REDIS_URI=f"redis://user:{SECRET}@host:1")
     assert SECRET not in repr(config)
     assert SECRET not in repr(config.redis_uris)
@@ -206,6 +206,19 @@ def test_ca_must_be_a_readable_pem_file(tmp_path: Path) -> None:
 # -- prefixes --------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("prefix", ["ovl:ROLES", "a:b:c", ":a", "x" * 128])
+def test_prefixes_with_single_colons_are_accepted(prefix: str) -> None:
+    assert build(REDIS_KEY_PREFIX=prefix).key_prefix == prefix
+    assert build(REDIS_KEY_PREFIX_VAR="POD", POD=prefix).key_prefix == prefix
+
+
+def test_overlapping_prefix_error_names_the_variable() -> None:
+    error = error_of(REDIS_KEY_PREFIX="ovl::ROLES")
+    assert str(error).startswith("REDIS_KEY_PREFIX: 'ovl::ROLES' is not a valid prefix: '::' and a final ':'")
+    error = error_of(REDIS_KEY_PREFIX_VAR="POD", POD="ovl:")
+    assert str(error).startswith("REDIS_KEY_PREFIX_VAR: the value of POD, 'ovl:' is not a valid prefix")
+
+
 def test_static_prefix() -> None:
     config = build(REDIS_KEY_PREFIX="librechat-prod-v2")
     assert (config.key_prefix, config.key_prefix_source) == ("librechat-prod-v2", "REDIS_KEY_PREFIX")
@@ -226,7 +239,7 @@ def test_both_prefixes_are_an_error() -> None:
     assert str(error) == "Only either REDIS_KEY_PREFIX_VAR or REDIS_KEY_PREFIX can be set."
 
 
-@pytest.mark.parametrize("prefix", ["has space", "a{b}c", "x" * 129])
+@pytest.mark.parametrize("prefix", ["has space", "a{b}c", "x" * 129, "ovl::ROLES", "ovl:", "a::b:c", "::"])
 def test_bad_prefixes(prefix: str) -> None:
     assert error_of(REDIS_KEY_PREFIX=prefix).variable == "REDIS_KEY_PREFIX"
     assert error_of(REDIS_KEY_PREFIX_VAR="POD", POD=prefix).variable == "REDIS_KEY_PREFIX_VAR"
@@ -323,3 +336,109 @@ def test_every_variable_is_declared_once_with_help_and_a_valid_example() -> None
         if variable.name == "REDIS_KEY_PREFIX_VAR":
             environ[variable.example] = "rev1"
         CacheConfig.from_env(environ)
+
+
+# -- REDIS_URI: hostile and careless input -------------------------------------
+
+#: Every character RFC 3986 gives a meaning in a URI, and blanks-free others
+#: people put in passwords.
+DELIMITERS = ":/?#[]@!$&'()*+,;=%"
+
+
+@pytest.mark.parametrize("char", list(DELIMITERS))
+def test_unencoded_delimiters_in_a_password_work(char: str) -> None:
+    password = f"Zq9{char}kT{char}{char}7wX"
+    for uri in (f"redis://user:{password}@cache.example:6390/3", f"redis://:{password}@[::1]:6390/3"):
+        parsed = build(USE_REDIS="true", REDIS_URI=uri).redis_uris[0]
+        assert parsed.host in ("cache.example", "::1")
+        assert (parsed.port, parsed.db) == (6390, 3)
+        assert parsed.password == password  # "%kT%%7" holds no %XX escape: kept as typed
+        assert password not in repr(build(USE_REDIS="true", REDIS_URI=uri))
+
+
+@pytest.mark.parametrize("char", list(DELIMITERS))
+@pytest.mark.parametrize(
+    "template",
+    [
+        "redis://user:{p}@host:{port}/0",  # bad port
+        "redis://user:{p}@my host:6379",  # blank in the host
+        "redis://user:{p}@host:0",  # port 0
+        "redis://user:{p}@host/99",  # database out of range
+        "redis://user:{p}@host?ssl=true",  # query
+        "http://user:{p}@host",  # scheme
+        "redis://user:{p}@::1",  # IPv6 without brackets
+        "redis://user:{p}@host,redis://user:{p}@host",  # the same address twice
+        "redis://user:{p}@a,,redis://user:{p}@b",  # empty entry
+        "user:{p}@host:6379",  # no scheme at all
+        "redis://{p}@host:x",  # the secret in the user name's place
+    ],
+)
+def test_no_part_of_a_password_in_any_error(template: str, char: str) -> None:
+    secret = f"Zq9kT{char}7wX{char}s3"
+    uri = template.format(p=secret, port="notaport")
+    with pytest.raises(ConfigurationError) as caught:
+        build(USE_REDIS="true", REDIS_URI=uri)
+    message = str(caught.value)
+    assert caught.value.variable == "REDIS_URI"
+    for fragment in ("Zq9kT", "7wX", "s3", "user"):
+        assert fragment not in message, message
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("redis://my host", "'redis://my host': the host holds a blank"),
+        ("redis:// 127.0.0.1", "'redis:// 127.0.0.1': the host holds a blank"),
+        ("redis://h:63 79", "'redis://h:63 79': the port holds a blank"),
+        ("redis://h:0", "'redis://h:0': the port 0 is not a number from 1 to 65535"),
+        ("redis://h:65536", "'redis://h:65536': the port 65536 is not a number from 1 to 65535"),
+        ("redis://h:", "'redis://h:': the port '' is not a number from 1 to 65535"),
+        ("redis://h:-1", "'redis://h:-1': the port '-1' is not a number from 1 to 65535"),
+        ("redis://h/16", "'redis://h/16': database 16 is not a number from 0 to 15"),
+        ("redis://h/99", "'redis://h/99': database 99 is not a number from 0 to 15"),
+        ("redis://::1", "an IPv6 address must be written in brackets"),
+        ("redis://[::1", "the IPv6 address has no closing ]"),
+        ("redis://[::g]:1", "[::g] is not a valid IPv6 address"),
+        ("redis://999.1.1.1", "'999.1.1.1' is not a valid IPv4 address"),
+        ("redis://h_st<>", "the host 'h_st<>' is not a host name or IP address"),
+        ("redis://a,", "empty entry"),
+        ("redis://a, b:1", "'redis://a, b:1': a comma must be followed by another redis:// or rediss:// URI"),
+        ("redis://u:SECRET@h:bad", "'redis://***@h:bad': the port 'bad'"),
+    ],
+)
+def test_bad_uri_messages(uri: str, message: str) -> None:
+    error = error_of(USE_REDIS="true", REDIS_URI=uri)
+    assert message in str(error)
+    assert str(error).startswith("REDIS_URI")
+    assert "\n" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("uri", "host", "port", "db"),
+    [
+        ("redis://[::1]:7000/3", "::1", 7000, 3),
+        ("redis://[2001:db8::1]", "2001:db8::1", 6379, 0),
+        ("redis://10.0.0.5:1/15", "10.0.0.5", 1, 15),
+        ("redis://h:65535/", "h", 65535, 0),
+        ("REDIS://Cache-1.example.com", "Cache-1.example.com", 6379, 0),
+        ("redis://my_host~x", "my_host~x", 6379, 0),
+    ],
+)
+def test_good_uris(uri: str, host: str, port: int, db: int) -> None:
+    parsed = build(REDIS_URI=uri).redis_uris[0]
+    assert (parsed.host, parsed.port, parsed.db) == (host, port, db)
+
+
+def test_percent_encoding_is_decoded_and_commas_in_passwords_stay() -> None:
+    parsed = build(REDIS_URI="redis://u%3Ax:p%25%40,q@h:1,redis://u%3Ax:p%25%40,q@h:2").redis_uris
+    assert [(uri.username, uri.password, uri.port) for uri in parsed] == [("u:x", "p%@,q", 1), ("u:x", "p%@,q", 2)]
+
+
+@pytest.mark.parametrize("name", ["REDIS_URI", "REDIS_KEY_PREFIX"])
+def test_documented_forms_behave_as_documented(name: str) -> None:
+    (variable,) = [variable for variable in VARIABLES if variable.name == name]
+    assert variable.accepts and variable.rejects
+    for good in (variable.example, *variable.accepts):
+        build(**{name: good})
+    for bad in variable.bad_values():
+        assert error_of(**{name: bad}).variable == name
