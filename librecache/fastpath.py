@@ -86,7 +86,7 @@ def memoize(
         bound_args, bound_kwargs = bind(args, kwargs)
         return key_generator(*bound_args, **bound_kwargs)
 
-    @functools.wraps(user_func)
+    @functools.wraps(user_func)  # name, docstring, __wrapped__ (inspect.signature follows it)
     def cached(*args: Any, **kwargs: Any) -> Any:
         key = key_generator(*args) if not kwargs and len(args) == count else key_of(args, kwargs)
         timeout = expiration_time() if expiration_is_callable else expiration_time
@@ -112,6 +112,8 @@ def memoize(
     def get(*args: Any, **kwargs: Any) -> Any:
         return region.get(key_of(args, kwargs))
 
+    # inspect.getfullargspec does not follow __wrapped__ but honours __signature__
+    cached.__signature__ = inspect.signature(user_func)  # type: ignore[attr-defined]
     for target in (user_func, cached):
         target.set = set_  # type: ignore[attr-defined]
         target.invalidate = invalidate  # type: ignore[attr-defined]

@@ -96,6 +96,7 @@ class InvalidationBus:
         self.origin = uuid.uuid4().hex
         self.near_caches: dict[str, NearCache] = {}
         self._strategies: dict[str, SharedInvalidation] = {}
+        self._ignored_soft: set[str] = set()  # namespaces whose stored soft mark was ignored (logged once)
         self._pending: dict[str, float] = {}
         connection.on_recovery.append(self._announce_pending)
         self.loaded = False
@@ -167,6 +168,15 @@ class InvalidationBus:
         namespace, _, kind = field.rpartition(":")
         strategy = self._strategies.get(namespace)
         if strategy is None or kind not in ("hard", "soft"):
+            return
+        if kind == "soft" and self._connection.config.ttl(strategy.namespace) is None:
+            # stored by a version that did not refuse it; applied, every read would raise
+            if namespace not in self._ignored_soft:
+                self._ignored_soft.add(namespace)
+                log.warning(
+                    "namespace %s: ignoring a soft invalidation mark stored in Redis (the namespace has no "
+                "expiration time, so soft invalidation cannot apply; an older version stored it)", namespace,
+                )
             return
         if stamp > getattr(strategy, kind):
             setattr(strategy, kind, stamp)

@@ -9,15 +9,68 @@ namespace can produce because namespace names are upper case.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from .keys import CacheKeys
 
-__all__ = ["MAX_KEY_LENGTH", "KeySpace"]
+__all__ = ["MAX_KEY_LENGTH", "KeySpace", "key_text", "memory_mangler"]
 
 #: Keys longer than this many characters keep their readable head and hash
 #: the rest (memcached's limit, and a sensible bound for Redis memory).
 MAX_KEY_LENGTH = 250
 _HEAD = 64
+
+
+def key_text(namespace: str, key: object) -> str:
+    """A cache key as the text every backend stores it under.
+
+    ``str`` keys are themselves; ``int`` and ``float`` keys are their
+    ``str()`` (as redis-py sends them, so ``1`` and ``"1"`` are the same key,
+    on memory as on Redis); ``bytes`` must be UTF-8. Every key must encode as
+    UTF-8 (Redis stores bytes).
+
+    :raises TypeError: a key of another type (``None``, ``bool``, a tuple...).
+    :raises ValueError: a key that cannot be encoded (a lone surrogate).
+        Both messages name the namespace and the key's ``repr``.
+    """
+    if type(key) is str:
+        text = key
+    elif isinstance(key, (int, float)) and not isinstance(key, bool):
+        return str(key)
+    elif isinstance(key, bytes):
+        try:
+            return key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"namespace {namespace}: the key {key!r} is not UTF-8") from None
+    elif isinstance(key, str):
+        text = str.__str__(key)
+    else:
+        raise TypeError(
+            f"namespace {namespace}: a cache key must be a str (or an int, float or UTF-8 bytes), "
+            f"not {type(key).__qualname__}: {key!r}"
+        )
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"namespace {namespace}: the key {key!r} cannot be encoded as UTF-8 "
+                f"({exc.reason} at position {exc.start}); nothing was read or written"
+            ) from None
+    return text
+
+
+def memory_mangler(namespace: CacheKeys) -> Callable[[object], str]:
+    """The key mangler of a memory region: :func:`key_text`, so that a key
+    means the same in memory as in Redis (and fails the same way)."""
+    name = namespace.value
+
+    def mangle(key: object) -> str:
+        if type(key) is str and key.isascii():
+            return key
+        return key_text(name, key)
+
+    return mangle
 
 
 class KeySpace:
@@ -37,21 +90,24 @@ class KeySpace:
         """The start of every value key of ``namespace``: ``{prefix}::{NS}:``."""
         return f"{self.root}{namespace.value}:"
 
-    def mangler(self, namespace: CacheKeys):  # type: ignore[no-untyped-def]
+    def mangler(self, namespace: CacheKeys) -> Callable[[object], str]:
         """A dogpile key mangler: user key to ``{prefix}::{NS}:{key}``.
 
-        Keys longer than :data:`MAX_KEY_LENGTH` keep ``{prefix}::{NS}:``, the
-        first 64 characters of the key, then ``~`` and the SHA-256 of the
-        whole key.
+        The key is first made text by :func:`key_text` (errors name the
+        namespace and the key). Keys longer than :data:`MAX_KEY_LENGTH` keep
+        ``{prefix}::{NS}:``, the first 64 characters of the key, then ``~``
+        and the SHA-256 of the whole key.
         """
         head = self.namespace(namespace)
         room = MAX_KEY_LENGTH - len(head)
+        name = namespace.value
 
-        def mangle(key: str) -> str:
-            if len(key) <= room:
-                return head + key
-            digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-            return f"{head}{key[:_HEAD]}~{digest}"
+        def mangle(key: object) -> str:
+            text = key if type(key) is str and key.isascii() else key_text(name, key)
+            if len(text) <= room:
+                return head + text
+            digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            return f"{head}{text[:_HEAD]}~{digest}"
 
         return mangle
 
@@ -60,8 +116,17 @@ class KeySpace:
         return self.root + "librecache:" + ":".join(parts)
 
     def lock(self, value_key: str) -> str:
-        """The key of the creation lock of the value stored at ``value_key``."""
-        return self.internal("lock", value_key[len(self.root):])
+        """The key of the creation lock of the value stored at ``value_key``.
+
+        Always under ``{prefix}::`` and one per value key: a key made by this
+        key space gives ``{prefix}::librecache:lock:{NS}:{key}``, any other
+        (a user's key mangler, or ``backend.get_mutex(key)`` called directly)
+        ``{prefix}::librecache:lock-raw:{value_key}``.
+        """
+        root = self.root
+        if value_key.startswith(root):
+            return self.internal("lock", value_key[len(root):])
+        return self.internal("lock-raw", str(value_key))
 
     def pattern(self, namespace: CacheKeys | None = None) -> str:
         """A SCAN ``MATCH`` pattern for every value key of ``namespace``, or

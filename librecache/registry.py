@@ -17,17 +17,19 @@ from types import TracebackType
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE, CachedValue, CantDeserializeException
+from dogpile.cache.exception import DogpileCacheException
 from dogpile.cache.region import CacheRegion, DefaultInvalidationStrategy
 from dogpile.util import memoized_property
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import backends as _backends  # noqa: F401  (registers the backends)
+from . import keygen
 from .config import CacheConfig
 from .connection import RedisConnection
 from .fastpath import LazyMutex, memoize, parse_metadata
 from .health import HealthReport
 from .invalidation import InvalidationBus
-from .keying import KeySpace
+from .keying import KeySpace, memory_mangler
 from .keys import CacheKeys, parse_namespace
 from .logs import RateLimitedLog
 from .nearcache import NearCache
@@ -58,7 +60,11 @@ class LibreRegion(CacheRegion):
         self._limited = RateLimitedLog(log)
         #: The near cache of this namespace, when configured.
         self._near: NearCache | None = None
-        super().__init__(name=namespace.value, key_mangler=self._mangle_on_first_use)
+        super().__init__(
+            name=namespace.value, key_mangler=self._mangle_on_first_use,
+            function_key_generator=keygen.function_key_generator,
+            function_multi_key_generator=keygen.function_multi_key_generator,
+        )
 
     def __repr__(self) -> str:
         state = "configured" if self.is_configured else "not configured"
@@ -90,8 +96,22 @@ class LibreRegion(CacheRegion):
         raise AttributeError(name)
 
     def invalidate(self, hard: bool = True) -> None:
+        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.invalidate`,
+        shared with every process of the deployment for Redis namespaces.
+
+        :raises DogpileCacheException: ``hard=False`` on a namespace without
+            expiration time. dogpile raises this from every later read
+            instead; refused here, the mark is never stored, so it cannot
+            break the namespace in other processes.
+        """
         if not self.is_configured:
             self._first_use()
+        if not hard and self.expiration_time is None:
+            raise DogpileCacheException(
+                f"namespace {self.namespace.value} has no expiration time, and soft invalidation needs one "
+                "(dogpile: 'Non-None expiration time required for soft invalidation'); use "
+                f"invalidate(hard=True), or give {self.namespace.value} a TTL in LIBRECACHE_NAMESPACE_TTLS"
+            )
         super().invalidate(hard)
 
     def _parse_serialized_from_backend(self, value: Any) -> Any:
@@ -185,7 +205,7 @@ class LibreRegion(CacheRegion):
         # the real mutex is fetched only when a value must be created
         return LazyMutex(self._lock_registry, key)
 
-    def _adopt(self, mangler: Callable[[str], str] | None) -> None:
+    def _adopt(self, mangler: Callable[[Any], str] | None) -> None:
         self.key_mangler = self._user_defined_key_mangler = mangler
 
 
@@ -245,7 +265,7 @@ class Caches:
                 "librecache.memory", expiration_time=ttl, arguments=arguments,
                 replace_existing_backend=True, region_invalidator=DefaultInvalidationStrategy(),
             )
-            region._adopt(None)
+            region._adopt(memory_mangler(namespace))
             region._near = None
 
     # -- lookup -----------------------------------------------------------
