@@ -486,6 +486,40 @@ def test_a_stream_append_whose_reply_is_lost_is_stored_once(proxy: FaultProxy) -
     assert len(events) == 4
 
 
+def test_eight_producers_lose_append_replies_and_every_stream_is_exact(proxy: FaultProxy) -> None:
+    config = librecache.CacheConfig.from_env(through(proxy, "streamfault8"))
+
+    def an_append(command: list[bytes]) -> bool:
+        return command[0].upper() == b"EVALSHA" and any(arg.startswith(b'{"n":') for arg in command)
+
+    async def produce(store: Any, stream_id: str) -> float:
+        worst = 0.0
+        await store.create(stream_id)
+        for n in range(10):
+            started = time.monotonic()
+            await store.append(stream_id, {"n": n})
+            worst = max(worst, time.monotonic() - started)
+        await store.finish(stream_id)
+        return worst
+
+    async def scenario() -> tuple[float, list[list[Any]]]:
+        store = open_streams(config)
+        try:
+            await store.create("warm")
+            await store.append("warm", {"n": -1})  # the script is loaded
+            proxy.lose_reply_after(an_append, times=8)
+            worst = max(await asyncio.gather(*(produce(store, f"p{n}") for n in range(8))))
+            return worst, [[event.data.get("n") async for event in store.subscribe(f"p{n}")] for n in range(8)]
+        finally:
+            await store.close()
+
+    worst, streams = asyncio.run(scenario())
+    FIGURES["8 stream producers, 8 append replies lost"] = f"worst append {worst:.2f} s"
+    assert proxy.lost == 8
+    assert streams == [[*range(10), None]] * 8  # every event once, then the end event
+    assert worst <= BOUND + MARGIN
+
+
 def test_fault_figures_are_reported() -> None:
     """Runs last in this module: prints what the fault tests measured."""
     for name, figure in FIGURES.items():
