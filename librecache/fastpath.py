@@ -132,14 +132,15 @@ def _positional_count(user_func: Callable[..., Any]) -> int:
     return -1
 
 
-#: The key whose value this thread creates without caching it (see :class:`LazyMutex`).
+#: The keys whose values this thread creates without caching them (see :class:`LazyMutex`).
 _uncached = threading.local()
 
 
 def creating_uncached(key: str) -> bool:
     """Whether this thread creates ``key``'s value without having (or having
     confirmed) its creation lock: the value is returned, not stored."""
-    return getattr(_uncached, "key", None) == key
+    keys: set[str] | None = getattr(_uncached, "keys", None)
+    return keys is not None and key in keys
 
 
 class LazyMutex:
@@ -170,13 +171,16 @@ class LazyMutex:
         if within(self._started):
             return True
         self._mutex = None
-        _uncached.key = self._key
+        keys = getattr(_uncached, "keys", None)
+        if keys is None:
+            keys = _uncached.keys = set()
+        keys.add(self._key)
         return True
 
     def release(self) -> None:
         mutex, self._mutex = self._mutex, None
         if mutex is None:
-            _uncached.key = None
+            getattr(_uncached, "keys", set()).discard(self._key)
             return
         mutex.release()
 
