@@ -32,7 +32,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from redis.retry import Retry
 
 from .config import CacheConfig
-from .health import UNAVAILABLE, Breaker, is_transient, ping_idle_connections, run_maintenance
+from .health import FULL, OUTAGE, UNAVAILABLE, Breaker, classify, is_transient, ping_idle_connections, run_maintenance
 from .logs import RateLimitedLog
 from .prefixing import KeySpecs, PrefixedRedis, PrefixedRedisCluster, _adopt
 from .replies import text
@@ -42,8 +42,11 @@ __all__ = ["AnyRedis", "RedisConnection", "async_client"]
 log = logging.getLogger(__name__)
 limited = RateLimitedLog(log, interval=30.0)
 
-#: Deletes remembered while Redis is away, at most.
+#: Deletes remembered while Redis is away, at most; past that, the
+#: namespaces concerned are invalidated instead (see ``on_overflow``).
 MAX_PENDING_DELETES = 100_000
+#: Creation locks whose acquisition failed midway, remembered at most.
+MAX_ABANDONED_LOCKS = 10_000
 
 AnyRedis = redis.Redis | RedisCluster
 
@@ -290,8 +293,11 @@ class RedisConnection:
         self.prefixed: PrefixedRedis | PrefixedRedisCluster | None = None
         #: Called (in the maintenance thread) when Redis is back.
         self.on_recovery: list[Callable[[], None]] = []
-        self._pending_deletes: dict[str, None] = {}
+        #: Called with the namespaces whose remembered deletes overflowed.
+        self.on_overflow: list[Callable[[set[Any]], None]] = []
+        self._pending_deletes: dict[str, Any] = {}
         self._pending_lock = threading.Lock()
+        self._abandoned_locks: dict[str, tuple[str, float]] = {}
         try:
             self._connect()
         except UNAVAILABLE as exc:
@@ -359,11 +365,24 @@ class RedisConnection:
 
     # -- the guard every library operation goes through --------------------------------
 
+    @property
+    def call_budget(self) -> float:
+        """Seconds one cache call may wait for Redis: two attempts, each of
+        REDIS_CONNECT_TIMEOUT and LIBRECACHE_SOCKET_TIMEOUT. Waiting for a
+        creation lock is bounded by the same budget."""
+        return 2 * (self.config.connect_timeout + self.config.socket_timeout)
+
     def guard(self, operation: str, action: Callable[[Any], Any], fallback: Callable[[], Any],
               write: bool = False) -> Any:
-        """Run ``action(client)``; when Redis is unavailable, count it and
-        return ``fallback()`` instead (or raise, in strict mode). A READONLY
-        reply resets the connections and runs ``action`` once more."""
+        """Run ``action(client)``; when it fails, count it and return
+        ``fallback()`` instead (or raise, in strict mode). A READONLY reply
+        resets the connections and runs ``action`` once more.
+
+        What a failure does depends on :func:`~librecache.health.classify`:
+        an outage opens the breaker (later calls fall through at once until
+        the background reconnect succeeds); a full Redis (``OOM``) and
+        errors that are not outages are counted and logged, and the breaker
+        stays closed. No exception reaches the caller in default mode."""
         breaker = self.breaker
         client = self.client
         if not self.strict and (not breaker.up or client is None):
@@ -376,25 +395,87 @@ class RedisConnection:
                 limited.warning("readonly", "READONLY reply during %s: reconnecting to the current master", operation)
                 self.reset()
                 return action(self.client)
-        except UNAVAILABLE as exc:
+        except Exception as exc:
             if self.strict:
                 raise
-            breaker.failure(exc, operation)
+            kind = classify(exc)
+            if kind == OUTAGE:
+                breaker.failure(exc, operation)
+            elif kind == FULL:
+                breaker.out_of_memory(exc, operation)
+            else:
+                breaker.refusal(exc, operation)
             breaker.fallthrough(write)
             return fallback()
 
-    def defer_delete(self, keys: list[str]) -> None:
+    # -- writes that did not happen ------------------------------------------------------
+
+    def discard(self, keys: list[str], namespace: Any = None) -> None:
+        """A write of ``keys`` failed or was dropped: make sure no older
+        value under them is served. Deleted at once when Redis answers (a
+        full Redis still accepts DEL), remembered otherwise
+        (:meth:`defer_delete`)."""
+        client = self.client
+        if self.breaker.up and client is not None and not self.strict:
+            try:
+                client.delete(*keys)
+                self.written(keys)
+                return
+            except Exception as exc:
+                if classify(exc) == OUTAGE:
+                    self.breaker.failure(exc, "delete")
+        self.defer_delete(keys, namespace)
+
+    def defer_delete(self, keys: list[str], namespace: Any = None) -> None:
         """Remember deletes that could not reach Redis; they are replayed when
-        it is back, so no stale value survives the outage."""
+        it is back, and reads treat these keys as misses meanwhile, so no
+        stale value survives the outage. Past :data:`MAX_PENDING_DELETES`,
+        the namespaces concerned are invalidated instead (``on_overflow``)."""
+        overflowed: set[Any] = set()
         with self._pending_lock:
             for key in keys:
-                self._pending_deletes[key] = None
-            overflow = len(self._pending_deletes) - MAX_PENDING_DELETES
-            if overflow > 0:
-                for key in list(self._pending_deletes)[:overflow]:
-                    del self._pending_deletes[key]
-                log.error("more than %d deletes wait for Redis; the oldest %d are forgotten",
-                          MAX_PENDING_DELETES, overflow)
+                self._pending_deletes[key] = namespace
+            if len(self._pending_deletes) > MAX_PENDING_DELETES:
+                overflowed = set(self._pending_deletes.values())
+                self._pending_deletes.clear()
+        if overflowed:
+            named = sorted(str(getattr(ns, "value", ns)) for ns in overflowed if ns is not None)
+            log.error("more than %d writes and deletes wait for Redis; invalidating %s instead of remembering "
+                      "each key", MAX_PENDING_DELETES, ", ".join(named) or "nothing (no namespace known)")
+            for hook in self.on_overflow:
+                hook(overflowed - {None})
+
+    def is_pending(self, key: str) -> bool:
+        """Whether a delete of ``key`` waits for Redis (read it as a miss)."""
+        return bool(self._pending_deletes) and key in self._pending_deletes
+
+    def written(self, keys: list[str]) -> None:
+        """``keys`` were written or deleted: no delete of them waits any more."""
+        if self._pending_deletes:
+            with self._pending_lock:
+                for key in keys:
+                    self._pending_deletes.pop(key, None)
+
+    # -- creation locks whose acquisition failed midway ----------------------------------
+
+    def abandon_lock(self, name: str, token: str, lifetime: float) -> None:
+        """An acquisition of the lock ``name`` with ``token`` failed midway:
+        its ``SET`` may still land (a lost reply, a healed black hole). A
+        waiter of this process that finds the lock held by ``token`` takes
+        it over instead of waiting for it to expire."""
+        now = time.monotonic()
+        with self._pending_lock:
+            self._abandoned_locks[name] = (token, now + lifetime)
+            if len(self._abandoned_locks) > MAX_ABANDONED_LOCKS:
+                for old in [n for n, (_, until) in self._abandoned_locks.items() if until < now]:
+                    del self._abandoned_locks[old]
+                while len(self._abandoned_locks) > MAX_ABANDONED_LOCKS:
+                    del self._abandoned_locks[next(iter(self._abandoned_locks))]
+
+    def is_abandoned(self, name: str, token: str) -> bool:
+        """Whether ``token`` on the lock ``name`` is one this process abandoned."""
+        found = self._abandoned_locks.get(name)
+        return found is not None and found[0] == token and found[1] > time.monotonic()
 
     @property
     def pending_deletes(self) -> int:
@@ -418,11 +499,12 @@ class RedisConnection:
     def _recover(self) -> None:
         with self._pending_lock:
             keys = list(self._pending_deletes)
-            self._pending_deletes.clear()
         if keys and self.client is not None:
             for start in range(0, len(keys), 1000):
-                self.client.delete(*keys[start:start + 1000])
-            log.warning("replayed %d deletes made while Redis was away", len(keys))
+                batch = keys[start:start + 1000]
+                self.client.delete(*batch)
+                self.written(batch)
+            log.warning("replayed %d deletes of values written or deleted while Redis was away", len(keys))
         for hook in self.on_recovery:
             hook()
 

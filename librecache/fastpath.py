@@ -20,12 +20,14 @@ import functools
 import inspect
 import json
 import re
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE
 
-__all__ = ["LazyMutex", "memoize", "parse_metadata"]
+__all__ = ["LazyMutex", "creating_uncached", "memoize", "parse_metadata"]
 
 _SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _METADATA = re.compile(rb'^\{"ct": ([0-9.e+-]+), "v": (\d+)\}$')
@@ -132,28 +134,63 @@ def _positional_count(user_func: Callable[..., Any]) -> int:
     return -1
 
 
+#: The keys whose values this thread creates without caching them (see :class:`LazyMutex`).
+_uncached = threading.local()
+
+
+def creating_uncached(key: str) -> bool:
+    """Whether this thread creates ``key``'s value without having (or having
+    confirmed) its creation lock: the value is returned, not stored."""
+    keys: set[str] | None = getattr(_uncached, "keys", None)
+    return keys is not None and key in keys
+
+
 class LazyMutex:
     """Stands for a key's creation mutex; takes the real one (from the
     region's registry, so that every thread of the process shares it) only
-    when asked to acquire."""
+    when asked to acquire.
 
-    __slots__ = ("_key", "_mutex", "_registry")
+    A blocking acquire waits at most the call's budget (two attempts of
+    connect and reply time-outs, counted from when the call started) when
+    the real mutex offers ``acquire_within`` (the Redis one). A caller that
+    cannot get or confirm the lock in time goes on as if it held it, but
+    the value it creates is not stored (:func:`creating_uncached`), so no
+    call ever waits for a lock timeout."""
+
+    __slots__ = ("_key", "_mutex", "_registry", "_started")
 
     def __init__(self, registry: Any, key: str) -> None:
         self._registry = registry
         self._key = key
         self._mutex: Any = None
+        self._started = time.monotonic()
 
     def acquire(self, wait: bool = True) -> bool:
-        if self._mutex is None:
-            self._mutex = self._registry.get(self._key)
-        return bool(self._mutex.acquire(wait))
+        mutex = self._mutex = self._registry.get(self._key)
+        within = getattr(mutex, "acquire_within", None) if wait else None
+        if within is None:
+            return bool(mutex.acquire(wait))
+        if within(self._started):
+            return True
+        self._mutex = None
+        keys = getattr(_uncached, "keys", None)
+        if keys is None:
+            keys = _uncached.keys = set()
+        keys.add(self._key)
+        return True
 
     def release(self) -> None:
-        self._mutex.release()
+        mutex, self._mutex = self._mutex, None
+        if mutex is None:
+            getattr(_uncached, "keys", set()).discard(self._key)
+            return
+        mutex.release()
 
     def locked(self) -> bool:
-        return self._mutex is not None and bool(self._mutex.locked())
+        """Whether a creator holds the key's lock, in this process or (with
+        Redis) another one."""
+        mutex = self._mutex if self._mutex is not None else self._registry.get(self._key)
+        return bool(mutex.locked())
 
 
 def parse_metadata(header: bytes) -> dict[str, Any]:

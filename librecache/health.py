@@ -27,22 +27,56 @@ from redis.exceptions import (
     ClusterDownError,
     ConnectionError,
     MaxConnectionsError,
+    OutOfMemoryError,
     RedisClusterException,
+    ResponseError,
     TimeoutError,
     TryAgainError,
 )
 
 from .logs import RateLimitedLog
 
-__all__ = ["UNAVAILABLE", "Breaker", "HealthReport", "is_transient"]
+__all__ = ["FULL", "OUTAGE", "REFUSED", "UNAVAILABLE", "Breaker", "HealthReport", "classify", "is_transient"]
 
 log = logging.getLogger("librecache.health")
 
-#: The errors that mean "Redis is not there right now".
+#: The errors that mean "Redis is not there right now" (``LOADING`` is a
+#: :class:`~redis.exceptions.BusyLoadingError`, ``MASTERDOWN`` a
+#: :class:`~redis.exceptions.ClusterDownError`, both counted here; socket
+#: errors are :class:`OSError`).
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     ConnectionError, TimeoutError, ClusterDownError, TryAgainError, RedisClusterException,
-    MaxConnectionsError, socket.timeout, ConnectionRefusedError,
+    MaxConnectionsError, socket.timeout, ConnectionRefusedError, OSError,
 )
+
+#: What a failed Redis command means, by :func:`classify`:
+#: an outage (the breaker opens, the background reconnects), a full Redis
+#: (writes are dropped, reads go on), or a refusal that trying again cannot
+#: mend (logged once per kind, counted, the call falls through).
+OUTAGE, FULL, REFUSED = "outage", "full", "refused"
+
+#: Replies of a server that is alive but cannot serve now.
+_BUSY_REPLIES = ("BUSY ", "LOADING ", "MASTERDOWN ", "TRYAGAIN ", "CLUSTERDOWN ")
+
+
+def classify(error: BaseException) -> str:
+    """:data:`OUTAGE`, :data:`FULL` or :data:`REFUSED` for an exception a
+    Redis command raised.
+
+    Outages: connection errors and time-outs, ``LOADING``, ``MASTERDOWN``,
+    ``BUSY``, ``TRYAGAIN``, ``CLUSTERDOWN``, an exhausted pool, socket errors
+    (:class:`OSError`) and a socket closed under a reader (``ValueError: I/O
+    operation on closed file``). Full: ``OOM``. Refused: everything else (a
+    command the server or an ACL refuses, an unexpected exception type)."""
+    if isinstance(error, OutOfMemoryError):
+        return FULL
+    if isinstance(error, UNAVAILABLE):
+        return OUTAGE
+    if isinstance(error, ResponseError):
+        return OUTAGE if str(error).startswith(_BUSY_REPLIES) or str(error) in ("BUSY", "LOADING") else REFUSED
+    if isinstance(error, ValueError) and "closed file" in str(error):
+        return OUTAGE
+    return REFUSED
 
 
 def is_transient(error: BaseException) -> bool:
@@ -64,7 +98,9 @@ def is_transient(error: BaseException) -> bool:
 class HealthReport(dict[str, Any]):
     """Counters of a registry's Redis health (a plain dict, for logs and
     metrics): ``up``, ``errors`` (failures met), ``fallthroughs`` (calls
-    answered without Redis), ``dropped_writes``, ``pending_deletes``,
+    answered without Redis), ``dropped_writes``, ``full`` (writes Redis
+    refused for lack of memory), ``refused`` (errors that are not outages:
+    logged once per kind), ``pending_deletes``,
     ``recoveries``, ``keepalive_pings``, ``keepalive_drops``, ``last_error``,
     ``down_for`` (seconds)."""
 
@@ -83,6 +119,9 @@ class Breaker:
         self.errors = 0
         self.fallthroughs = 0
         self.dropped_writes = 0
+        self.full = 0
+        self.refused = 0
+        self._refusals_logged: set[tuple[str, str]] = set()
         self.recoveries = 0
         self.keepalive_pings = 0
         self.keepalive_drops = 0
@@ -114,6 +153,25 @@ class Breaker:
         else:
             self.limited.warning("failure", "Redis still unavailable (%s during %s)", reason, operation)
 
+    def out_of_memory(self, error: BaseException, operation: str) -> None:
+        """Record that Redis refused a write for lack of memory; the breaker
+        stays closed (reads go on)."""
+        self.full += 1
+        self.limited.warning("full", "Redis is full (%s during %s): writes are dropped, reads go on; raise "
+                             "maxmemory or choose an evicting maxmemory-policy", error, operation)
+
+    def refusal(self, error: BaseException, operation: str) -> None:
+        """Record an error that is not an outage (a command refused, an
+        unexpected exception type): logged once per kind, counted, never
+        retried as an outage."""
+        self.refused += 1
+        kind = (operation, type(error).__name__)
+        if kind not in self._refusals_logged:
+            self._refusals_logged.add(kind)
+            log.error("Redis %s failed with %s: %s; this is not an outage: the call falls through to the "
+                      "function (logged once for this kind of error)", operation, type(error).__name__, error,
+                      exc_info=error)
+
     def fallthrough(self, write: bool = False) -> None:
         """Count a call answered without Redis."""
         self.fallthroughs += 1
@@ -144,6 +202,7 @@ class Breaker:
         down_for = time.monotonic() - self.down_since if self.down_since is not None else 0.0
         return HealthReport(
             up=self.up, errors=self.errors, fallthroughs=self.fallthroughs, dropped_writes=self.dropped_writes,
+            full=self.full, refused=self.refused,
             pending_deletes=pending_deletes, recoveries=self.recoveries, keepalive_pings=self.keepalive_pings,
             keepalive_drops=self.keepalive_drops, last_error=self.last_error, down_for=round(down_for, 3),
             gave_up=self.gave_up,

@@ -99,6 +99,7 @@ class InvalidationBus:
         self._ignored_soft: set[str] = set()  # namespaces whose stored soft mark was ignored (logged once)
         self._pending: dict[str, float] = {}
         connection.on_recovery.append(self._announce_pending)
+        connection.on_overflow.append(self._invalidate_all)
         self.loaded = False
         self._retry_at = 0.0
         self._load_lock = threading.Lock()
@@ -191,11 +192,17 @@ class InvalidationBus:
         self._pending[field] = stamp
         self._connection.guard("invalidate", lambda client: self._announce(client), lambda: None)
 
+    def _invalidate_all(self, namespaces: set[CacheKeys]) -> None:
+        """Hard-invalidate ``namespaces`` (too many lost writes to remember)."""
+        for namespace in namespaces:
+            self.invalidate(namespace, hard=True)
+
     def _announce(self, client: Any) -> None:
-        """Store and publish the marks not announced yet."""
+        """Publish and store the marks not announced yet (published first: a
+        full Redis refuses the stored mark but still delivers the message)."""
         for field, stamp in list(self._pending.items()):
-            client.eval(_RAISE_MARK, 1, self.key, field, repr(stamp))
             client.publish(self.channel, f"{field}={stamp!r}")
+            client.eval(_RAISE_MARK, 1, self.key, field, repr(stamp))
             if self._pending.get(field) == stamp:
                 del self._pending[field]
 

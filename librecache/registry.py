@@ -26,7 +26,7 @@ from . import backends as _backends  # noqa: F401  (registers the backends)
 from . import keygen
 from .config import CacheConfig
 from .connection import RedisConnection
-from .fastpath import LazyMutex, memoize, parse_metadata
+from .fastpath import LazyMutex, creating_uncached, memoize, parse_metadata
 from .health import HealthReport
 from .invalidation import InvalidationBus
 from .keying import KeySpace, memory_mangler
@@ -165,6 +165,8 @@ class LibreRegion(CacheRegion):
         return [found[key] for key in keys]
 
     def _set_cached_value_to_backend(self, key: str, value: Any) -> None:
+        if creating_uncached(key):  # created without the creation lock: returned, not stored
+            return
         super()._set_cached_value_to_backend(key, value)
         near = self._near
         if near is not None:
@@ -204,6 +206,17 @@ class LibreRegion(CacheRegion):
     def _mutex(self, key: str) -> Any:
         # the real mutex is fetched only when a value must be created
         return LazyMutex(self._lock_registry, key)
+
+    def key_is_locked(self, key: Any) -> bool:
+        """True while a creator holds ``key``'s creation lock, in this
+        process or (Redis namespaces) any other. The key is mangled as
+        :meth:`get_or_create` mangles it; the lock of the key as given
+        (``backend.get_mutex(key)``, as dogpile's own tests take it) counts
+        too."""
+        mangled = self.key_mangler(key) if self.key_mangler is not None else key
+        if self._mutex(mangled).locked():
+            return True
+        return mangled != key and bool(self._mutex(key).locked())
 
     def _adopt(self, mangler: Callable[[Any], str] | None) -> None:
         self.key_mangler = self._user_defined_key_mangler = mangler

@@ -20,6 +20,8 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
+from tests.faults import FaultProxy as TcpProxy  # noqa: F401  (the one proxy class, with faults)
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -369,62 +371,3 @@ class SilentPeer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class TcpProxy:
-    """A TCP proxy on 127.0.0.1 to another loopback port; ``retarget`` sends
-    new connections elsewhere while open ones keep their old peer, as when
-    a DNS name or a service IP moves to a new master."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((LOOPBACK, 0))
-        self.sock.listen(128)
-        self.port = int(self.sock.getsockname()[1])
-        self._stop = threading.Event()
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def retarget(self, port: int) -> None:
-        self.target_port = port
-
-    def _accept(self) -> None:
-        self.sock.settimeout(0.1)
-        while not self._stop.is_set():
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                continue
-            try:
-                upstream = socket.create_connection((LOOPBACK, self.target_port), timeout=2)
-            except OSError:
-                client.close()
-                continue
-            self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            source.settimeout(None)
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._stop.set()
-        for sock in [self.sock, *self._sockets]:
-            try:
-                sock.close()
-            except OSError:
-                pass

@@ -216,8 +216,9 @@ def test_separate_variables_override_the_uri_credentials(
 
 
 def test_an_acl_user_outside_its_keys_gets_a_clear_refusal(make_caches: Make, redis_server: RedisServer) -> None:
+    # strict mode: in default mode the refusal is logged once and calls fall through (tests/test_faults.py)
     caches = make_caches(USE_REDIS="true", REDIS_URI=redis_server.url, REDIS_USERNAME=ACL_USER,
-                         REDIS_PASSWORD=ACL_PASSWORD, REDIS_KEY_PREFIX="not-mine")
+                         REDIS_PASSWORD=ACL_PASSWORD, REDIS_KEY_PREFIX="not-mine", LIBRECACHE_STRICT="true")
     started = time.monotonic()
     with pytest.raises(redis.exceptions.NoPermissionError, match=r"(?i)no permissions"):
         caches.region("ROLES").set("k", 1)

@@ -161,3 +161,55 @@ def test_an_invalidation_elsewhere_stops_near_hits(make_caches: Make, redis_env:
     while two.region("CONFIG_STORE").get("cfg") is not NO_VALUE:
         assert time.monotonic() - started < 1
         time.sleep(0.0005)
+
+
+# -- near hits are as independent as Redis reads (issue 10, found 11) --------------------------
+
+
+def test_a_near_hit_is_a_copy_the_caller_may_change(make_caches: Make, redis_env: dict[str, str]) -> None:
+    caches = make_caches({**redis_env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "ROLES"})
+    bus = subscribed(caches)
+    region = caches.region("ROLES")
+    region.set("admin", {"perms": ["read"]})
+    region.get("admin")  # from Redis, kept near
+    first = region.get("admin")
+    assert first == {"perms": ["read"]} and bus.near_caches["ROLES"].hits == 1
+    first["perms"].append("write")
+    assert region.get("admin") == {"perms": ["read"]}
+
+    @region.cache_on_arguments()
+    def perms(role: str) -> dict[str, list[str]]:
+        return {"perms": ["read"]}
+
+    perms("user")["perms"].append("write")  # the memoised fast path too
+    perms("user")["perms"].append("write")
+    assert perms("user") == {"perms": ["read"]}
+    shared = ("read", 1, None)
+    region.set("tuple", shared)
+    assert region.get("tuple") is region.get("tuple")  # immutable values are shared, not copied
+
+
+def test_expiration_time_zero_regenerates_as_dogpile_does(make_caches: Make, redis_env: dict[str, str]) -> None:
+    caches = make_caches({**redis_env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "ROLES"})
+    subscribed(caches)
+    region = caches.region("ROLES")
+    calls: list[int] = []
+
+    @region.cache_on_arguments(expiration_time=0)
+    def always(n: int) -> int:
+        calls.append(n)
+        return n
+
+    @region.cache_on_arguments(expiration_time=-1)
+    def never(n: int) -> int:
+        calls.append(-n)
+        return n
+
+    time.sleep(0.01)
+    assert [always(1), always(1), always(1)] == [1, 1, 1]
+    assert calls == [1, 1, 1]  # dogpile regenerates a value whose age exceeds 0
+    assert region.get_or_create("k", lambda: "a", expiration_time=0) == "a"
+    time.sleep(0.01)
+    assert region.get_or_create("k", lambda: "b", expiration_time=0) == "b"
+    calls.clear()
+    assert [never(2), never(2)] == [2, 2] and calls == [-2]  # -1: never expires

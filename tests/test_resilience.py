@@ -20,7 +20,8 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 import librecache
-from tests.servers import RedisClusterFarm, RedisServer, ServerFarm, SilentPeer, TcpProxy
+from tests.faults import FaultProxy
+from tests.servers import RedisClusterFarm, RedisServer, ServerFarm, SilentPeer
 
 Make = Callable[..., librecache.Caches]
 FAST_RETRY = {"REDIS_RETRY_MAX_DELAY": "200", "REDIS_RETRY_MAX_ATTEMPTS": "0", "REDIS_CONNECT_TIMEOUT": "500",
@@ -208,7 +209,7 @@ def test_giving_up_and_reconnecting(make_caches: Make, own_server: RedisServer) 
 
 def test_readonly_reply_reconnects_to_the_current_master(make_caches: Make, farm: ServerFarm) -> None:
     old, new = farm.server(), farm.server()
-    proxy = TcpProxy(old.port)  # the name the deployment uses
+    proxy = FaultProxy(old.port)  # the name the deployment uses
     try:
         caches = make_caches(USE_REDIS="true", REDIS_URI=f"redis://127.0.0.1:{proxy.port}", REDIS_KEY_PREFIX="ro")
         region = caches.region("TOOLS")

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE, BytesBackend, CacheMutex, SerializedReturnType
-from redis.exceptions import ConnectionError, LockError
-from redis.lock import Lock
+from redis.exceptions import ConnectionError
 
 from ..connection import RedisConnection
 from ..keying import KeySpace
 from ..keys import CacheKeys
 from ..logs import RateLimitedLog
 from ..nearcache import NearCache
+from ..replies import text
 from ..signing import Signer
 from . import take_arguments
 from .memory import check_picklable
@@ -30,13 +32,26 @@ LOCK_POLL_INTERVAL = 0.02
 SCAN_BATCH = 1000
 
 
+_LOCAL_ONLY = object()
+
+#: Releases a creation lock only if it still holds this acquisition's token.
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
 class RedisMutex(CacheMutex):
     """The creation lock of one key: a thread lock, then a Redis lock.
 
     Threads of one process queue on the thread lock, so only one of them
     polls Redis; processes meet at the Redis lock, which expires after the
     lock timeout so that a killed holder cannot block the key for ever.
-    While Redis is unavailable the thread lock alone serves.
+    While Redis is unavailable or full the thread lock alone serves.
+
+    Taking the Redis lock is idempotent: each acquisition writes its own
+    token (``SET name token NX PX``), and when that command is answered "no"
+    the holder's token is read back, so an acquisition whose reply was lost
+    and whose command was retried finds its own token and holds the lock.
+    A token of this process's abandoned acquisitions (the command failed,
+    but may land later) is taken over rather than waited for.
     """
 
     def __init__(self, connection: RedisConnection, name: str, timeout: float) -> None:
@@ -44,21 +59,29 @@ class RedisMutex(CacheMutex):
         self._connection = connection
         self._name = name
         self._timeout = timeout
-        self._redis: Lock | None = None
+        self._token: str | None = None
 
     def acquire(self, wait: bool = True) -> bool:
-        if not self._local.acquire(wait):
-            return False
+        return self.acquire_before(None if wait else 0.0)
 
-        def take(client: Any) -> bool:
-            lock = client.lock(self._name, timeout=self._timeout, sleep=LOCK_POLL_INTERVAL, thread_local=False)
-            if lock.acquire(blocking=wait):
-                self._redis = lock
-                return True
-            return False
+    def acquire_within(self, started: float) -> bool:
+        """Acquire before the budget of a call that started at ``started``
+        (:func:`time.monotonic`) runs out (:attr:`RedisConnection.call_budget`);
+        False if that was not possible."""
+        return self.acquire_before(started + self._connection.call_budget)
 
+    def acquire_before(self, deadline: float | None) -> bool:
+        """Acquire; give up at ``deadline`` (:func:`time.monotonic`; 0: try
+        once; ``None``: wait as long as it takes)."""
+        if deadline is None:
+            got = self._local.acquire()
+        else:
+            remaining = deadline - time.monotonic()
+            got = self._local.acquire(True, remaining) if remaining > 0 else self._local.acquire(False)
+        if not got:
+            return False
         try:
-            acquired = bool(self._connection.guard("lock", take, lambda: True))
+            acquired = self._take(deadline)
         except BaseException:
             self._local.release()
             raise
@@ -66,21 +89,71 @@ class RedisMutex(CacheMutex):
             self._local.release()
         return acquired
 
+    def _take(self, deadline: float | None) -> bool:
+        connection = self._connection
+        token = uuid.uuid4().hex
+        lifetime_ms = max(1, int(self._timeout * 1000))
+
+        def attempt(client: Any) -> bool | None:
+            if client.set(self._name, token, nx=True, px=lifetime_ms):
+                return True
+            holder = client.get(self._name)
+            if holder is None:
+                return None  # released meanwhile: try again at once
+            holder = text(holder)
+            if holder == token:
+                return True  # our own SET, whose first reply was lost
+            if connection.is_abandoned(self._name, holder):
+                client.eval(_RELEASE, 1, self._name, holder)
+                return None
+            return False
+
+        while True:
+            tried = connection.breaker.up
+
+            def unsure(tried: bool = tried) -> object:
+                if tried:  # the SET may have landed or may still land
+                    connection.abandon_lock(self._name, token, self._timeout)
+                return _LOCAL_ONLY
+
+            result = connection.guard("lock", attempt, unsure)
+            if result is None:
+                continue
+            if result is _LOCAL_ONLY:  # Redis cannot take the lock now: the thread lock alone serves
+                self._token = None
+                return True
+            if result is True:
+                self._token = token
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            pause = LOCK_POLL_INTERVAL
+            if deadline is not None:
+                pause = min(pause, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
+
     def release(self) -> None:
-        lock, self._redis = self._redis, None
+        token, self._token = self._token, None
         try:
-            if lock is not None:
-                self._connection.guard("unlock", lambda client: lock.release(), lambda: None)
-        except LockError:
-            log.warning(
-                "creation lock %s expired before the value was stored; "
-                "raise LIBRECACHE_LOCK_TIMEOUT if creating values takes that long", self._name,
-            )
+            if token is not None:
+                released = self._connection.guard(
+                    "unlock", lambda client: client.eval(_RELEASE, 1, self._name, token),
+                    lambda: self._connection.abandon_lock(self._name, token, self._timeout),
+                )
+                if released == 0:
+                    log.warning(
+                        "creation lock %s expired before the value was stored; "
+                        "raise LIBRECACHE_LOCK_TIMEOUT if creating values takes that long", self._name,
+                    )
         finally:
             self._local.release()
 
     def locked(self) -> bool:
-        return self._local.locked()
+        """Whether a creator holds this lock: a thread of this process, or
+        any process (the Redis lock)."""
+        if self._local.locked():
+            return True
+        return bool(self._connection.guard("lock check", lambda client: client.exists(self._name), lambda: False))
 
 
 class RedisBackend(BytesBackend):
@@ -155,7 +228,10 @@ class RedisBackend(BytesBackend):
     # -- reads --------------------------------------------------------------------
 
     def get_serialized(self, key: str) -> SerializedReturnType:
-        return self._opened(key, self.connection.guard("get", lambda c: c.get(key), lambda: None))
+        connection = self.connection
+        if connection.is_pending(key):  # a write of it was lost: what Redis holds may be older
+            return NO_VALUE
+        return self._opened(key, connection.guard("get", lambda c: c.get(key), lambda: None))
 
     def get_serialized_multi(self, keys: Iterable[str]) -> Sequence[SerializedReturnType]:
         keys = list(keys)
@@ -165,8 +241,10 @@ class RedisBackend(BytesBackend):
         def read(client: Any) -> list[bytes | None]:
             return list(client.mget_nonatomic(keys) if self.cluster else client.mget(keys))
 
-        values = self.connection.guard("mget", read, lambda: [None] * len(keys))
-        return [self._opened(key, value) for key, value in zip(keys, values, strict=True)]
+        connection = self.connection
+        values = connection.guard("mget", read, lambda: [None] * len(keys))
+        return [NO_VALUE if connection.is_pending(key) else self._opened(key, value)
+                for key, value in zip(keys, values, strict=True)]
 
     # -- writes -------------------------------------------------------------------
 
@@ -178,25 +256,35 @@ class RedisBackend(BytesBackend):
             near.drop(keys)
             publish(self.namespace, keys)
 
+    def _write(self, operation: str, keys: list[str], action: Callable[[Any], Any]) -> None:
+        """Run a write through the guard. A write that failed or was dropped
+        may leave an older value in Redis: it is deleted now (a full Redis
+        still accepts DEL) or when Redis is back, and read as a miss until
+        then (:meth:`RedisConnection.discard`)."""
+        connection = self.connection
+        if connection.guard(operation, action, lambda: False, write=True) is False:
+            connection.discard(keys, self.namespace)
+        else:
+            connection.written(keys)
+        self._changed(keys)
+
     def set_serialized(self, key: str, value: bytes) -> None:
         sealed = self._sealed(key, value)
-        self.connection.guard("set", lambda c: c.set(key, sealed, px=self.expires_after_ms), lambda: None,
-                              write=True)
-        self._changed([key])
+        self._write("set", [key], lambda c: c.set(key, sealed, px=self.expires_after_ms))
 
     def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:
         if not mapping:
             return
         sealed = {key: self._sealed(key, value) for key, value in mapping.items()}
 
-        def write(client: Any) -> None:
+        def write(client: Any) -> bool:
             pipe = client.pipeline(transaction=False)
             for key, value in sealed.items():
                 pipe.set(key, value, px=self.expires_after_ms)
             pipe.execute()
+            return True
 
-        self.connection.guard("set_multi", write, lambda: None, write=True)
-        self._changed(list(sealed))
+        self._write("set_multi", list(sealed), write)
 
     def delete(self, key: str) -> None:
         self.delete_multi([key])
@@ -204,9 +292,7 @@ class RedisBackend(BytesBackend):
     def delete_multi(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         if keys:  # redis-py's cluster client splits DEL per slot
-            self.connection.guard("delete", lambda c: c.delete(*keys),
-                                  lambda: self.connection.defer_delete(keys), write=True)
-            self._changed(keys)
+            self._write("delete", keys, lambda c: c.delete(*keys) >= 0)
 
     # -- locks --------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -60,11 +61,25 @@ if not status then return redis.error_reply('LIBRECACHE_UNKNOWN') end
 if status ~= 'running' then return redis.error_reply('LIBRECACHE_FINISHED ' .. status) end
 """
 
+# A retried append or finish (its first reply was lost) returns the first
+# attempt's id instead of adding the event again: each producer (a store)
+# keeps the token and id of its latest change of the stream in the field
+# "p:<producer>"; the last two arguments are the producer and the token.
+_ALREADY_DONE = """
+local producer = 'p:' .. ARGV[#ARGV - 1]
+local done = redis.call('HGET', KEYS[1], producer)
+if done then
+  local space = string.find(done, ' ', 1, true)
+  if space and string.sub(done, 1, space - 1) == ARGV[#ARGV] then return string.sub(done, space + 1) end
+end
+"""
+
 _APPEND = (
-    _RUNNING
+    _ALREADY_DONE
+    + _RUNNING
     + """
 local id = redis.call('XADD', KEYS[2], '*', 'd', ARGV[1])
-redis.call('HSET', KEYS[1], 'updated', ARGV[2])
+redis.call('HSET', KEYS[1], 'updated', ARGV[2], producer, ARGV[#ARGV] .. ' ' .. id)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return id
@@ -72,10 +87,11 @@ return id
 )
 
 _FINISH = (
-    _RUNNING
+    _ALREADY_DONE
+    + _RUNNING
     + """
 local id = redis.call('XADD', KEYS[2], '*', 'd', ARGV[3])
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'final', ARGV[2], 'updated', ARGV[4])
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'final', ARGV[2], 'updated', ARGV[4], producer, ARGV[#ARGV] .. ' ' .. id)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return id
@@ -109,6 +125,8 @@ class RedisStreamStore:
         self.client = async_client(config)
         self.listeners = ListenerCount(config.max_listeners)
         self._gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+        #: This store's name as a producer (see _ALREADY_DONE).
+        self._producer = uuid.uuid4().hex
         self.idle_ms = int(config.stream_idle_ttl * 1000)
         self.finished_ms = int(config.stream_finished_ttl * 1000)
         # XREAD BLOCK must return before the socket time-out fires
@@ -158,12 +176,15 @@ class RedisStreamStore:
 
     async def append(self, stream_id: str, event: Mapping[str, Any]) -> str:
         """Add an event; return its id. Nothing is stored if the event is not
-        JSON-serialisable or the stream is unknown or finished."""
+        JSON-serialisable or the stream is unknown or finished. Exactly
+        once: when the reply is lost and the command retried, the retry
+        returns the first attempt's id."""
         data = encode_event(event)
         state, events = self._keys(stream_id)
         try:
             event_id = await self._gated(
-                self._append, keys=[state, events], args=[data, repr(time.time()), self.idle_ms]
+                self._append, keys=[state, events],
+                args=[data, repr(time.time()), self.idle_ms, self._producer, uuid.uuid4().hex],
             )
         except ResponseError as error:
             self._raise(stream_id, error)
@@ -180,7 +201,8 @@ class RedisStreamStore:
             event_id = await self._gated(
                 self._finish,
                 keys=[state, events],
-                args=[status, final_json, end_json, repr(time.time()), self.finished_ms],
+                args=[status, final_json, end_json, repr(time.time()), self.finished_ms, self._producer,
+                      uuid.uuid4().hex],
             )
         except ResponseError as error:
             self._raise(stream_id, error)
