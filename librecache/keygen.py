@@ -91,9 +91,10 @@ def function_key_generator(
     def generate_key(*args: Any, **kw: Any) -> str:
         if kw:
             raise _kwargs_refused()
-        texts = [to_str(arg) for arg in args[skip:]] if skip else [to_str(arg) for arg in args]
+        texts = list(map(to_str, args[skip:] if skip else args))
         joined = " ".join(texts)
-        if texts and joined.count(" ") == len(texts) - 1 and "|" not in joined and "" not in texts:
+        # plain (dogpile's key) when splitting at the blanks gives the texts back
+        if joined.count(" ") == len(texts) - 1 and "|" not in joined and "" not in texts:
             return prefix + joined
         if not texts:
             return prefix

@@ -309,8 +309,8 @@ class Named:
         return f"Named({self.n})"
 
 
-def test_addresses_never_reach_a_key_even_inside_containers(make_caches: Make) -> None:
-    region = make_caches().region("ROLES")
+def test_addresses_never_reach_a_key_even_inside_containers(env: dict[str, str], make_caches: Make) -> None:
+    region = make_caches(env).region("ROLES")
 
     @region.cache_on_arguments()
     def ident(x: Any) -> Any:

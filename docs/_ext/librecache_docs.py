@@ -28,7 +28,7 @@ def error_for(variable: Variable, bad: str) -> str:
     try:
         CacheConfig.from_env(environ)
     except ConfigurationError as exc:
-        return f"``{variable.name}={bad}``: " + str(exc).replace("*", "\\*")  # masked secrets: ***
+        return f"``{variable.name}={bad}``: " + str(exc).replace("***", "\\*\\*\\*")  # a masked secret
     raise RuntimeError(f"{variable.name}={bad!r} was accepted; its bad_values() are wrong")
 
 
