@@ -13,6 +13,7 @@ at (the test run prints the folder).
 
 from __future__ import annotations
 
+import base64
 import functools
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 
 from librecache.config import VARIABLES
-from tests.browser import chromium, save_screenshot, set_viewport
+from tests.browser import chromium, save_screenshot, screenshot_dir, set_viewport
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -135,6 +136,18 @@ def _open(driver: Any, url: str) -> None:
     )
 
 
+#: Pages also saved whole (top to bottom), for a person to read through.
+FULL_PAGE = ("index.html", "configuration.html", "streams.html", "cli.html", "comparison.html")
+
+
+def _save_full_page(driver: Any, name: str) -> Path:
+    """The whole page as one PNG (Chromium's ``captureBeyondViewport``)."""
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+    path = screenshot_dir() / f"{name}.png"
+    path.write_bytes(base64.b64decode(shot["data"]))
+    return path
+
+
 def _pages(site: Path) -> list[str]:
     return sorted(path.name for path in site.glob("*.html"))
 
@@ -161,6 +174,8 @@ def test_every_page_fits_the_window(
         if found:
             problems[page] = found
         save_screenshot(browser, f"docs-{window}-{page.removesuffix('.html')}")
+        if page in FULL_PAGE:
+            _save_full_page(browser, f"docs-{window}-{page.removesuffix('.html')}-full")
     assert not wider, (wider, problems)
     assert not problems, problems
 
@@ -177,6 +192,14 @@ def test_code_fits_a_desktop_column_without_wrapping(browser: Any, served: str, 
         if found:
             wrapped[page] = found
     assert not wrapped, wrapped
+
+
+def test_the_quick_start_fits_a_phone_without_wrapping(browser: Any, served: str) -> None:
+    """The first code a newcomer reads is written to a phone's width."""
+    set_viewport(browser, 390, 844, mobile=True)
+    _open(browser, served + "index.html")
+    assert browser.execute_script("return document.querySelectorAll('article pre').length") >= 2
+    assert browser.execute_script(WRAPPED, "article pre") == []
 
 
 def test_the_command_help_fits_a_phone_without_wrapping(browser: Any, served: str) -> None:
@@ -255,7 +278,10 @@ def test_the_configuration_reference_has_a_section_per_variable(browser: Any, se
             assert variable.name in error
     for name in ("REDIS_URI", "FORCED_IN_MEMORY_CACHE_NAMESPACES"):
         section = next(section["id"] for section in sections if section["title"] == name)
-        browser.execute_script(f"document.getElementById('{section}').scrollIntoView({{behavior: 'instant'}})")
+        browser.execute_script(  # the section's top, below the phone's sticky header
+            f"const top = document.getElementById('{section}').getBoundingClientRect().top;"
+            "window.scrollBy({top: top - 56, behavior: 'instant'});"
+        )
         save_screenshot(browser, f"docs-phone-configuration-{section}")
 
 
