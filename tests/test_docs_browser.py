@@ -28,6 +28,8 @@ import pytest
 from librecache.config import VARIABLES
 from tests.browser import chromium, save_screenshot, screenshot_dir, set_viewport
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 BUILT = DOCS / "_build" / "html"
@@ -82,7 +84,10 @@ return out;
 """
 
 def _newest_source() -> float:
-    sources = [path for path in DOCS.rglob("*") if path.is_file() and "_build" not in path.parts]
+    sources = [
+        path for path in DOCS.rglob("*")
+        if path.is_file() and "_build" not in path.parts and "__pycache__" not in path.parts
+    ]
     sources += list((ROOT / "librecache").rglob("*.py"))
     return max(path.stat().st_mtime for path in sources)
 
