@@ -19,9 +19,30 @@ project = "librecache"
 author = "the librecache developers"
 copyright = "2026, the librecache developers"
 release = librecache.__version__
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.doctest", "sphinx.ext.intersphinx", "librecache_docs"]
+extensions = [
+    "sphinx.ext.autodoc", "sphinx.ext.doctest", "sphinx.ext.graphviz", "sphinx.ext.intersphinx",
+    "sphinx_copybutton", "librecache_docs",
+]
 exclude_patterns = ["_build"]
-html_theme = "alabaster"
+
+# furo: light and dark modes (following the reader's system, with a toggle),
+# and a layout that collapses its sidebars on narrow screens
+html_theme = "furo"
+html_title = f"librecache {release}"
+html_static_path = ["_static"]
+html_css_files = ["librecache.css"]
+html_js_files = ["librecache.js"]
+
+# copy buttons copy runnable code: the prompts (">>> ", "... ", a bare "..."
+# and "$ ") are stripped, and the output lines of an example left out
+copybutton_prompt_text = r">>> |\.\.\. |\.\.\.$|\$ "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = True
+
+# the diagrams: Debian's graphviz ``dot`` at build time, SVG that scales down
+graphviz_output_format = "svg"
+graphviz_dot_args = ["-Gfontname=Helvetica,Arial,sans-serif", "-Nfontname=Helvetica,Arial,sans-serif",
+                     "-Efontname=Helvetica,Arial,sans-serif"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "show-inheritance": True}
@@ -72,5 +93,7 @@ def setup(app: Any) -> None:
 
 import doctest as _doctest  # noqa: E402
 
-# Compare exception messages too (Sphinx ignores them by default).
-doctest_default_flags = _doctest.ELLIPSIS | _doctest.DONT_ACCEPT_TRUE_FOR_1
+# Compare exception messages too (Sphinx ignores them by default). Runs of
+# blanks and line breaks compare equal, so that long outputs and messages can
+# be wrapped to fit the page.
+doctest_default_flags = _doctest.ELLIPSIS | _doctest.DONT_ACCEPT_TRUE_FOR_1 | _doctest.NORMALIZE_WHITESPACE
