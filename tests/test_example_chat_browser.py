@@ -100,7 +100,7 @@ def ask(driver: Any, deployment: ChatDeployment, question: str) -> dict[str, Any
     driver.get(deployment.url + "/")
     driver.find_element("id", "question").send_keys(question)
     driver.find_element("id", "ask").click()
-    return wait_page(driver, lambda s: s["next"] > 0, 10, "the first token")
+    return wait_page(driver, lambda s: s["next"] > 0, 20, "the first token")
 
 
 def finished(state: dict[str, Any]) -> bool:
@@ -137,11 +137,13 @@ def test_reload_mid_answer_continues_with_no_gap_and_no_repeat(browser: Any, cha
         # resumed where the page was (its saved state), not replayed from the start
         assert after["metrics"]["resumedFrom"] >= before["next"]
         assert after["text"].startswith(before["text"])
-        samples.append(round(after["metrics"]["firstTokenMs"], 1))
+        marks = after["metrics"]
+        samples.append({name: round(marks[key], 1) for name, key in
+                        (("script runs", "scriptMs"), ("SSE open", "openMs"), ("first token", "firstTokenMs"))})
     state = wait_page(browser, finished, 20, "the end of the answer")
     save_screenshot(browser, "chat-1-reload-mid-answer")
     assert_complete(state, question)
-    METRICS["reload to first resumed token, ms (performance.now() of the reloaded page)"] = samples
+    METRICS["reload to the first resumed token, ms since the reload (performance.now() of the reloaded page)"] = samples
 
 
 def test_stopping_the_instance_serving_sse_reconnects_elsewhere(browser: Any, own_chat: ChatDeployment) -> None:
