@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -201,8 +203,6 @@ def test_bad_requests_get_clear_errors(chat: ChatDeployment) -> None:
 
 
 def test_nginx_config_streams_unbuffered_over_keepalive() -> None:
-    from pathlib import Path
-
     text = render(Path("/srv/chat"), 8080, [9001, 9002])
     assert "server 127.0.0.1:9001" in text and "server 127.0.0.1:9002" in text
     assert "proxy_buffering off;" in text and "proxy_http_version 1.1;" in text
@@ -210,3 +210,57 @@ def test_nginx_config_streams_unbuffered_over_keepalive() -> None:
     assert "listen 127.0.0.1:8080;" in text and "pid /srv/chat/nginx.pid;" in text
     with pytest.raises(ValueError, match="at least one upstream"):
         render(Path("/srv/chat"), 8080, [])
+
+
+def test_nginx_runs_unprivileged_from_its_own_folder(tmp_path: Path) -> None:
+    """The generated configuration needs no privilege: nginx started as
+    ``nobody`` (when the suite runs as root) or as the current user serves
+    the page through it."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    from examples.resumable_chat.nginx import nginx_binary, write_config
+    from tests.servers import free_port
+
+    as_nobody: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            pytest.skip("runuser is needed to run nginx as nobody")
+        as_nobody = ["runuser", "-u", "nobody", "--"]
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(upstream_port := free_port())],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    (tmp_path / "hello.txt").write_text("through nginx\n")
+    own = Path(tempfile.mkdtemp(prefix="librecache-nginx-"))  # pytest's tmp_path is root's only
+    folder = own / "nginx"
+    conf = write_config(folder, port := free_port(), [upstream_port])
+    if as_nobody:
+        subprocess.run(["chown", "-R", "nobody", str(own)], check=True)
+    nginx = subprocess.Popen(
+        [*as_nobody, nginx_binary(), "-p", str(folder), "-c", str(conf), "-e", str(folder / "error.log"),
+         "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert nginx.poll() is None, nginx.stderr.read() if nginx.stderr else ""
+            try:
+                reply = httpx.get(f"http://127.0.0.1:{port}/hello.txt", timeout=1)
+                if reply.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (folder / "error.log").read_text()
+            time.sleep(0.05)
+        assert reply.text == "through nginx\n"
+        assert "[emerg]" not in (folder / "error.log").read_text()
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+        upstream.terminate()
+        upstream.wait(10)
+        shutil.rmtree(own, ignore_errors=True)

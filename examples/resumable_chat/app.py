@@ -135,7 +135,10 @@ async def ask(request: Request) -> Response:
 async def declare_lost_if_stalled(stream_id: str) -> None:
     """Finish the stream as errored if its producer stopped appending."""
     store = chat.streams
-    status = await store.status(stream_id)
+    try:
+        status = await store.status(stream_id)
+    except UnknownStreamError:
+        return  # expired: the subscription ends by itself
     if status.status != "running" or time.time() - status.updated <= PRODUCER_TIMEOUT:
         return
     final = {"reason": "producer-lost", "producer": status.meta.get("producer"), "silent": PRODUCER_TIMEOUT}
