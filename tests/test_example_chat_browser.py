@@ -126,6 +126,20 @@ def served_elsewhere(driver: Any, than: str, tries: int = 8) -> dict[str, Any]:
     raise AssertionError(f"every reload was served by {than}")
 
 
+def steer_round_robin_past(driver: Any, instance: str) -> None:
+    """Make nginx's next request go to another instance than ``instance``:
+    its round robin (one worker) goes on in a fixed order, so after a
+    request answered by ``instance`` the next one goes elsewhere."""
+    for _ in range(10):
+        answered = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch('/health').then(r => r.json()).then(b => done(b.instance));"
+        )
+        if answered == instance:
+            return
+    raise AssertionError(f"no request reached {instance}")
+
+
 def test_reload_mid_answer_continues_with_no_gap_and_no_repeat(browser: Any, chat: ChatDeployment) -> None:
     question = "Does a reload lose anything?"
     ask(browser, chat, question)
@@ -191,13 +205,15 @@ def test_stop_in_a_tab_served_elsewhere_stops_both_tabs_within_a_second(browser:
     browser.get(f"{chat.url}/?s={first['id']}")
     state = served_elsewhere(browser, producer)
     wait_page(browser, lambda s: s["next"] >= 60, 10, "60 tokens")
+    steer_round_robin_past(browser, producer)
     browser.find_element("id", "stop").click()
-    two = wait_page(browser, finished, 5, "the stop in the tab that pressed it")
+    two = wait_page(browser, lambda s: finished(s) and s["abortVia"] is not None, 5, "the stop in the tab that pressed it")
     save_screenshot(browser, "chat-4-stop-pressing-tab")
     # the promise: generation stops within a second of the click (measured in the page)
     took = (two["metrics"]["endedAt"] - two["metrics"]["stopClicked"]) / 1000
     assert took < 1.0, took
     assert two["status"] == "aborted" and "Stopped" in two["notice"]
+    assert two["abortVia"] != producer  # the Stop reached another instance than the producer
     stopped_at = two["final"]["tokens"]
     assert stopped_at < len(answer_tokens(question))
     browser.switch_to.window(tab1)
