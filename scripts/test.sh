@@ -17,7 +17,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
 .venv/bin/python -m pip install -q -e '.[test,lint,docs]'
-.venv/bin/ruff check librecache tests benchmarks docs
+.venv/bin/ruff check librecache tests benchmarks docs examples
 .venv/bin/mypy
 # the documentation builds with warnings as errors, and its examples run
 # against real servers started for the build
