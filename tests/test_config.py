@@ -442,3 +442,20 @@ def test_documented_forms_behave_as_documented(name: str) -> None:
         build(**{name: good})
     for bad in variable.bad_values():
         assert error_of(**{name: bad}).variable == name
+
+
+@pytest.mark.parametrize("char", list(DELIMITERS + " "))
+def test_mask_uri_hides_all_of_any_userinfo(char: str) -> None:
+    from librecache.uris import mask_uri
+
+    secret = f"us{char}er:pa{char}ss"
+    assert mask_uri(f"redis://{secret}@h:1/0") == "redis://***@h:1/0"
+    assert mask_uri(f"rediss://{secret}@a:1,rediss://{secret}@b:2") == "rediss://***@a:1,rediss://***@b:2"
+    assert mask_uri(f"{secret}@h:1") == "***@h:1"  # no scheme
+    assert mask_uri("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_display_shows_no_part_of_the_userinfo() -> None:
+    config = build(REDIS_URI="redis://someone:pw@h:1/2")
+    assert [uri.display() for uri in config.redis_uris] == ["redis://***@h:1/2"]
+    assert dict(config.describe())["uris"] == "redis://***@h:1/2"
