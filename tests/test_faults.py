@@ -509,7 +509,10 @@ def test_eight_producers_lose_append_replies_and_every_stream_is_exact(proxy: Fa
             await store.append("warm", {"n": -1})  # the script is loaded
             proxy.lose_reply_after(an_append, times=8)
             worst = max(await asyncio.gather(*(produce(store, f"p{n}") for n in range(8))))
-            return worst, [[event.data.get("n") async for event in store.subscribe(f"p{n}")] for n in range(8)]
+            streams = []
+            for n in range(8):
+                streams.append([event.data.get("n") async for event in store.subscribe(f"p{n}")])
+            return worst, streams
         finally:
             await store.close()
 
