@@ -52,8 +52,11 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 #: What a failed Redis command means, by :func:`classify`:
 #: an outage (the breaker opens, the background reconnects), a full Redis
 #: (writes are dropped, reads go on), or a refusal that trying again cannot
-#: mend (logged once per kind, counted, the call falls through).
+#: mend (logged once per distinct error, counted, the call falls through).
 OUTAGE, FULL, REFUSED = "outage", "full", "refused"
+
+#: Distinct refusals logged in full, once each; past this many, they are rate-limited.
+MAX_REFUSALS_LOGGED = 256
 
 #: Replies of a server that is alive but cannot serve now.
 _BUSY_REPLIES = ("BUSY ", "LOADING ", "MASTERDOWN ", "TRYAGAIN ", "CLUSTERDOWN ")
@@ -100,7 +103,7 @@ class HealthReport(dict[str, Any]):
     metrics): ``up``, ``errors`` (failures met), ``fallthroughs`` (calls
     answered without Redis), ``dropped_writes``, ``full`` (writes Redis
     refused for lack of memory), ``refused`` (errors that are not outages:
-    logged once per kind), ``pending_deletes``,
+    logged once per distinct error), ``pending_deletes``,
     ``recoveries``, ``keepalive_pings``, ``keepalive_drops``, ``last_error``,
     ``down_for`` (seconds)."""
 
@@ -162,15 +165,20 @@ class Breaker:
 
     def refusal(self, error: BaseException, operation: str) -> None:
         """Record an error that is not an outage (a command refused, an
-        unexpected exception type): logged once per kind, counted, never
+        unexpected exception type): logged once per distinct error, counted, never
         retried as an outage."""
         self.refused += 1
-        kind = (operation, type(error).__name__)
-        if kind not in self._refusals_logged:
+        kind = (type(error).__name__, str(error)[:200])
+        if kind in self._refusals_logged:
+            return
+        if len(self._refusals_logged) < MAX_REFUSALS_LOGGED:
             self._refusals_logged.add(kind)
             log.error("Redis %s failed with %s: %s; this is not an outage: the call falls through to the "
-                      "function (logged once for this kind of error)", operation, type(error).__name__, error,
+                      "function (logged once for this error)", operation, type(error).__name__, error,
                       exc_info=error)
+        else:
+            self.limited.warning("refused", "Redis %s failed with %s: %s; the call falls through to the function",
+                                 operation, type(error).__name__, error)
 
     def fallthrough(self, write: bool = False) -> None:
         """Count a call answered without Redis."""

@@ -98,10 +98,19 @@ def test_hostile_password_authenticates_and_never_shows(
 
 def test_database_the_server_refuses_is_one_line_naming_redis_uri(
     farm: ServerFarm, make_caches: Make, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = farm.server(config_lines=("databases 4",))
     env = {"USE_REDIS": "true", "REDIS_URI": f"redis://127.0.0.1:{server.port}/7", "REDIS_KEY_PREFIX": "db7"}
+    # default mode: not an outage, so the call falls through, and one ERROR line names REDIS_URI
     region = make_caches(env).region("ROLES")
+    with caplog.at_level(logging.WARNING, logger="librecache"):
+        assert region.get("k") is NO_VALUE
+        assert region.get_or_create("k", lambda: "made") == "made"
+    refusals = [r for r in caplog.records if "REDIS_URI: the server refuses database 7" in r.getMessage()]
+    assert len([r for r in refusals if r.levelno == logging.ERROR]) == 1  # once, however many calls
+    # strict mode: raised at the call, one line
+    region = make_caches({**env, "LIBRECACHE_STRICT": "true"}).region("ROLES")
     with pytest.raises(ResponseError) as caught:
         region.get("k")
     message = str(caught.value)
