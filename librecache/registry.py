@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -22,6 +23,8 @@ from dogpile.util import memoized_property
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import backends as _backends  # noqa: F401  (registers the backends)
+from . import forks
+from ._compat import renew_lock_registry
 from .config import CacheConfig
 from .connection import RedisConnection
 from .fastpath import LazyMutex, memoize, parse_metadata
@@ -59,6 +62,10 @@ class LibreRegion(CacheRegion):
         #: The near cache of this namespace, when configured.
         self._near: NearCache | None = None
         super().__init__(name=namespace.value, key_mangler=self._mangle_on_first_use)
+        forks.register(self)
+
+    def _after_fork(self) -> None:
+        renew_lock_registry(self)  # a parent thread may have held a creation mutex
 
     def __repr__(self) -> str:
         state = "configured" if self.is_configured else "not configured"
@@ -335,10 +342,12 @@ class Caches:
         if self.closed:
             return
         self.closed = True
+        # within REDIS_CONNECT_TIMEOUT, even when Redis hangs
+        deadline = time.monotonic() + self.config.connect_timeout
         if self._bus is not None:
-            self._bus.close()
+            self._bus.close(timeout=self.config.connect_timeout / 2)
         if self._connection is not None:
-            self._connection.close()
+            self._connection.close(timeout=max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> Caches:
         return self
@@ -360,6 +369,14 @@ class Caches:
 
 _lock = threading.RLock()
 _default: Caches | None = None
+
+
+def _renew_lock() -> None:
+    global _lock
+    _lock = threading.RLock()
+
+
+forks.register_function(_renew_lock)
 
 
 def _ensure_default() -> None:
