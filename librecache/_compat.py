@@ -18,8 +18,8 @@ from redis.connection import ConnectionPool
 __all__ = [
     "borrow_idle_connection",
     "pool_connections",
-    "renew_cluster_locks",
     "renew_lock_registry",
+    "renew_locks",
     "renew_pool_in_child",
 ]
 
@@ -37,24 +37,82 @@ def pool_connections(pool: ConnectionPool) -> list[Any]:
 
 def renew_pool_in_child(pool: ConnectionPool) -> None:
     """In a forked child: forget the parent's connections without touching
-    the parent's sockets, with locks no parent thread can hold.
+    the parent's sockets.
 
     Stands in for redis-py's own fork check (``ConnectionPool._checkpid``),
-    which takes ``_fork_lock`` (and ``reset()`` takes ``_lock``): a lock a
-    parent thread held at the fork stays locked in the child for ever. Here
-    both are replaced first (``_lock``, ``_fork_lock``), each connection's
+    which takes ``_fork_lock``, a lock a parent thread may have held at the
+    fork (:func:`renew_locks` replaces it first). Each connection's
     descriptor is closed in this process only (redis-py's ``disconnect``
     skips the socket ``shutdown`` when the pid differs from the one that
-    opened it), and ``reset()`` records the child's pid.
+    connected), then ``reset()`` empties ``_available_connections`` and
+    ``_in_use_connections`` and records the child's pid, so that
+    ``_checkpid`` has nothing left to do.
     """
-    pool._fork_lock = threading.RLock()
-    pool._lock = threading.RLock()
     for connection in [*pool._available_connections, *pool._in_use_connections]:
         try:
             connection.disconnect()
         except Exception:  # a broken inherited socket is forgotten all the same
             pass
     pool.reset()
+
+
+_RLOCK = type(threading.RLock())
+
+
+def _from_redis_py(cls: type) -> bool:
+    """A redis-py class, or a subclass of one (librecache's pools, connections, clients)."""
+    return any(base.__module__.startswith("redis.") for base in cls.__mro__)
+
+
+_LOCK_TYPES = (type(threading.Lock()), _RLOCK)
+
+
+def renew_locks(*roots: Any, depth: int = 8) -> int:
+    """In a forked child: replace every lock held in an attribute of a
+    redis-py object reachable from ``roots`` (clients, their pools and
+    connections, a cluster's nodes manager, load balancer, event
+    dispatcher...) by a new lock of the same kind; a lock that several
+    objects share is replaced by one new lock they share. Returns how many
+    locks were replaced.
+
+    Stands in for fork support that redis-py does not have: any of these
+    locks (``ConnectionPool._lock`` and ``_fork_lock``, ``RedisCluster._lock``,
+    ``NodesManager._lock`` and ``_initialization_lock``, ``LoadBalancer._lock``,
+    ``EventDispatcher._lock``, taken on every release of a connection, ...)
+    may have been held by a parent thread at the fork. Walks the objects'
+    ``__dict__`` (private attributes included), redis-py's objects (and
+    subclasses of them) only.
+    """
+    renewed: dict[int, Any] = {}
+    seen: set[int] = set()
+
+    def walk(obj: Any, level: int) -> None:
+        if level > depth or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            for value in list(obj.values()):
+                walk(value, level)
+            return
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            for value in list(obj):
+                walk(value, level)
+            return
+        if not hasattr(obj, "__dict__") or not _from_redis_py(type(obj)):
+            return
+        for name, value in list(vars(obj).items()):
+            if isinstance(value, _LOCK_TYPES):
+                new = renewed.get(id(value))
+                if new is None:
+                    fresh = threading.RLock() if isinstance(value, _RLOCK) else threading.Lock()
+                    new = renewed[id(value)] = fresh
+                setattr(obj, name, new)
+            else:
+                walk(value, level + 1)
+
+    for root in roots:
+        walk(root, 0)
+    return len(renewed)
 
 
 @contextmanager
@@ -92,24 +150,6 @@ def borrow_idle_connection(pool: ConnectionPool, idle_for: float, seen: set[int]
     finally:
         if chosen is not None:
             pool.release(chosen)
-
-
-# -- redis-py: the cluster client -------------------------------------------------------
-
-
-def renew_cluster_locks(clients: list[Any]) -> None:
-    """In a forked child: give a :class:`~redis.cluster.RedisCluster` (and
-    its copies, which share its nodes manager) locks no parent thread can
-    hold: the client's ``_lock``, the nodes manager's ``_lock`` and
-    ``_initialization_lock``, and its read load balancer's ``_lock``.
-    Stands in for fork support, which the cluster client does not have."""
-    for client in clients:
-        client._lock = threading.RLock()
-    manager = clients[0].nodes_manager
-    manager._lock = threading.RLock()
-    manager._initialization_lock = threading.RLock()
-    if manager.read_load_balancer is not None:
-        manager.read_load_balancer._lock = threading.Lock()
 
 
 # -- dogpile.cache ------------------------------------------------------------------------

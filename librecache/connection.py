@@ -32,7 +32,7 @@ from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
 
 from . import forks
-from ._compat import renew_cluster_locks, renew_pool_in_child
+from ._compat import renew_locks, renew_pool_in_child
 from .config import CacheConfig
 from .health import UNAVAILABLE, Breaker, is_transient, ping_idle_connections, run_maintenance
 from .logs import RateLimitedLog
@@ -346,9 +346,7 @@ class RedisConnection:
         self._stop = threading.Event()
         if closed:
             self._stop.set()
-        client = self._client
-        if isinstance(client, RedisCluster):
-            renew_cluster_locks([client, self.prefixed])
+        renew_locks(self._client, self.prefixed)  # pools, nodes manager, dispatcher...
         for pool in self._all_pools():
             renew_pool_in_child(pool)
 

@@ -23,10 +23,19 @@ integer that each fork increments in the child) on the paths that start
 threads. Forks that bypass Python's hooks (a C extension calling
 ``fork()`` itself: uWSGI without ``py-call-uwsgi-fork-hooks``) are caught
 by :func:`check`, which compares process ids, on slow paths only.
+
+Python's own import locks are not renewed by a fork: a module that a
+background thread imports for the first time while another thread forks
+stays locked in the child, and the child's first import of it hangs for
+ever. Modules the background threads would import lazily are therefore
+imported here, up front (``encodings.idna``: ``socket.getaddrinfo`` imports
+it on the first connect, which happens in a background thread when a
+pre-fork server forks right after configuring).
 """
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401  (see the module's docstring)
 import logging
 import os
 import weakref

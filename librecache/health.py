@@ -186,9 +186,11 @@ def ping_idle_connections(pool: Any, idle_for: float, timeout: float, breaker: B
                 connection.read_response(timeout=timeout)
                 breaker.keepalive_pings += 1
             except Exception as exc:  # any failure: this connection is not usable
+                connection.disconnect()
+                if stop is not None and stop.is_set():
+                    return  # closed under our feet by close()
                 breaker.keepalive_drops += 1
                 breaker.limited.warning("keepalive", "keep-alive PING failed (%s); connection dropped", exc)
-                connection.disconnect()
 
 
 def run_maintenance(
