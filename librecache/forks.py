@@ -21,8 +21,9 @@ object registered here runs its ``_after_fork()``:
 The hook costs nothing per call: objects compare :data:`generation` (an
 integer that each fork increments in the child) on the paths that start
 threads. Forks that bypass Python's hooks (a C extension calling
-``fork()`` itself: uWSGI without ``py-call-uwsgi-fork-hooks``) are caught
-by :func:`check`, which compares process ids, on slow paths only.
+``fork()`` itself: uWSGI without ``py-call-osafterfork``) are caught by
+:func:`check`, which compares process ids, on slow paths only (the first
+failure a registry meets), so such servers should run the hooks.
 
 Python's own import locks are not renewed by a fork: a module that a
 background thread imports for the first time while another thread forks

@@ -300,7 +300,9 @@ class Caches:
         return self._connection.breaker.report(self._connection.pending_deletes)
 
     def reconnect(self) -> None:
-        """Start reconnecting again after REDIS_RETRY_MAX_ATTEMPTS gave up."""
+        """Try to reach Redis now, while it is marked unavailable (a new
+        quick burst of REDIS_RETRY_MAX_ATTEMPTS attempts; the background
+        thread never stops trying anyway)."""
         if self._connection is not None:
             self._connection.reconnect()
 
