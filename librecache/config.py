@@ -343,7 +343,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("REDIS_RETRY_MAX_DELAY", "milliseconds", "3000",
              "Cap of the reconnect back-off.", "3000"),
     Variable("REDIS_RETRY_MAX_ATTEMPTS", "count", "10",
-             "Reconnect attempts before giving up; 0 = keep trying forever.", "10"),
+             "Quick reconnect attempts of one burst; after it, one attempt every REDIS_RETRY_MAX_DELAY, never "
+             "giving up (LibreChat gives up); 0 = no burst limit.", "10"),
     Variable("REDIS_CONNECT_TIMEOUT", "milliseconds", "10000",
              "Time allowed to open one connection.", "10000"),
     Variable("FORCED_IN_MEMORY_CACHE_NAMESPACES", "namespaces", None,

@@ -31,6 +31,8 @@ from redis.connection import Connection, ConnectionPool, SSLConnection
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.retry import Retry
 
+from . import forks
+from ._compat import renew_locks, renew_pool_in_child
 from .config import CacheConfig
 from .health import FULL, OUTAGE, UNAVAILABLE, Breaker, classify, is_transient, ping_idle_connections, run_maintenance
 from .logs import RateLimitedLog
@@ -180,6 +182,10 @@ class HostnameBook:
         self._next_refresh = 0.0
         for host, port in self._seeds:
             self._remember(host, port)
+        forks.register(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def _remember(self, host: str, port: int, address: str | None = None) -> None:
         if _is_ip(host):
@@ -256,6 +262,10 @@ def client_options(config: CacheConfig) -> dict[str, Any]:
         "socket_timeout": config.socket_timeout,
         "retry": _retry(config),
     }
+    if config.ping_interval > 0:
+        # redis-py's lazy check: a PING before a command on a connection
+        # idle that long (the background keep-alive pings idle ones first)
+        options["health_check_interval"] = config.ping_interval
     if config.tls:
         options.update(tls_options(config))
     return options
@@ -289,7 +299,7 @@ class RedisConnection:
         self.root = f"{config.key_prefix}::" if config.key_prefix else ""
         self.breaker = Breaker(config.retry_max_delay, config.retry_max_attempts)
         self.key_specs = KeySpecs(self._command_info)
-        self.client: AnyRedis | None = None
+        self._client: AnyRedis | None = None
         self.prefixed: PrefixedRedis | PrefixedRedisCluster | None = None
         #: Called (in the maintenance thread) when Redis is back.
         self.on_recovery: list[Callable[[], None]] = []
@@ -298,13 +308,23 @@ class RedisConnection:
         self._pending_deletes: dict[str, Any] = {}
         self._pending_lock = threading.Lock()
         self._abandoned_locks: dict[str, tuple[str, float]] = {}
+        #: The reconnect probe's own connection while it runs (never a pooled one).
+        self._probe_connection: Connection | None = None
+        self._generation = forks.generation
+        self._start_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        forks.register(self)
         try:
             self._connect()
         except UNAVAILABLE as exc:
             if self.strict:
                 raise
             self.breaker.failure(exc, "connect")
-        self._stop = threading.Event()
+        self._start_thread()
+
+    def _start_thread(self) -> None:
+        config = self.config
         self._thread = threading.Thread(
             target=run_maintenance,
             args=(self.breaker, self._stop, self._probe, self._recover,
@@ -312,6 +332,55 @@ class RedisConnection:
             name=f"librecache-maintenance[{self.root or 'no prefix'}]", daemon=True,
         )
         self._thread.start()
+
+    @property
+    def client(self) -> AnyRedis | None:
+        """The client the backends use (keys given in full), or ``None``
+        while a cluster could not be reached yet. Every operation reads it:
+        in a forked child, the first read starts the child's maintenance
+        thread (see :mod:`librecache.forks`)."""
+        if self._generation != forks.generation:
+            self._start_in_child()
+        return self._client
+
+    @client.setter
+    def client(self, client: AnyRedis | None) -> None:
+        self._client = client
+
+    # -- fork safety (see librecache.forks) -----------------------------------------------
+
+    def _after_fork(self) -> None:
+        """In a forked child: new locks, no inherited connection, no thread
+        (it starts on first use)."""
+        self._pending_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._thread = None
+        self._probe_connection = None
+        closed = self._stop.is_set()
+        self._stop = threading.Event()
+        if closed:
+            self._stop.set()
+        renew_locks(self._client, self.prefixed)  # pools, nodes manager, dispatcher...
+        for pool in self._all_pools():
+            renew_pool_in_child(pool)
+
+    def _start_in_child(self) -> None:
+        with self._start_lock:
+            if self._generation == forks.generation:
+                return
+            self._generation = forks.generation
+            if not self._stop.is_set() and self._thread is None:
+                self._start_thread()
+
+    def _all_pools(self) -> list[ConnectionPool]:
+        """Every pool, the cluster's startup nodes' included."""
+        pools = self.pools()
+        client = self._client
+        if isinstance(client, RedisCluster):
+            for node in client.nodes_manager.startup_nodes.values():
+                if node.redis_connection is not None and node.redis_connection.connection_pool not in pools:
+                    pools.append(node.redis_connection.connection_pool)
+        return pools
 
     # -- clients ----------------------------------------------------------------------
 
@@ -345,7 +414,7 @@ class RedisConnection:
 
     def pools(self) -> list[ConnectionPool]:
         """Every connection pool of the client (one per node of a cluster)."""
-        client = self.client
+        client = self._client
         if client is None:
             return []
         if isinstance(client, RedisCluster):
@@ -357,11 +426,11 @@ class RedisConnection:
         """Forget every connection and the cluster's map, so that the next
         command reaches the current master (after a READONLY reply: a
         failover moved the master, or DNS now names another host)."""
-        client = self.client
+        client = self._client
         if isinstance(client, RedisCluster):
             client.nodes_manager.initialize()
         for pool in self.pools():
-            pool.disconnect()
+            pool.disconnect(inuse_connections=False)  # other threads' replies are not cut off
 
     # -- the guard every library operation goes through --------------------------------
 
@@ -484,17 +553,30 @@ class RedisConnection:
     # -- maintenance (in the maintenance thread) --------------------------------------
 
     def _probe(self) -> None:
-        if self.client is None:
+        """One reconnect attempt. Never touches a connection another thread
+        may be using: a single server is asked on a connection of the
+        probe's own; afterwards only idle pooled connections (which may
+        predate the outage) are dropped."""
+        if self._client is None:
             self._connect()
-        client = self.client
+        client = self._client
         assert client is not None
         if isinstance(client, RedisCluster):
-            client.nodes_manager.initialize()
+            client.nodes_manager.initialize()  # drops idle connections of the seeds only
             for node in client.get_primaries():
                 client.get_redis_connection(node).ping()
-        else:
-            client.connection_pool.disconnect()
-            client.ping()
+            return
+        pool = client.connection_pool
+        probe = pool.connection_class(**pool.connection_kwargs)
+        self._probe_connection = probe
+        try:
+            probe.connect()
+            probe.send_command("PING")
+            probe.read_response()
+        finally:
+            self._probe_connection = None
+            probe.disconnect()
+        pool.disconnect(inuse_connections=False)
 
     def _recover(self) -> None:
         with self._pending_lock:
@@ -511,11 +593,11 @@ class RedisConnection:
     def _keepalive(self) -> None:
         timeout = min(self.config.socket_timeout, max(0.5, self.config.ping_interval / 2))
         for pool in self.pools():
-            ping_idle_connections(pool, timeout, self.breaker)
+            ping_idle_connections(pool, self.config.ping_interval, timeout, self.breaker, self._stop)
 
     def reconnect(self) -> None:
-        """Start the reconnect schedule again after it gave up."""
-        self.breaker.gave_up = False
+        """Try to reconnect now, starting a new burst of
+        REDIS_RETRY_MAX_ATTEMPTS quick attempts."""
         self.breaker.wake.set()
 
     def _command_info(self, name: str) -> Any:
@@ -532,19 +614,29 @@ class RedisConnection:
         finally:
             pool.release(connection)
 
-    def close(self) -> None:
-        """Stop the maintenance thread and close every connection."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the maintenance thread and close every connection; return
+        within ``timeout`` seconds (REDIS_CONNECT_TIMEOUT by default) even
+        when Redis hangs: sockets are shut down first, which wakes a thread
+        blocked reading one, and the thread is waited for no longer than
+        that (it is a daemon and ends by itself)."""
         self._stop.set()
         self.breaker.wake.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        deadline = time.monotonic() + (self.config.connect_timeout if timeout is None else timeout)
+        client = self._client
         try:
-            if isinstance(self.client, RedisCluster):
-                self.client.close()
-            elif self.client is not None:
-                self.client.connection_pool.disconnect()
+            probe = self._probe_connection
+            if probe is not None:
+                probe.disconnect()
+            if isinstance(client, RedisCluster):
+                client.close()
+            elif client is not None:
+                client.connection_pool.disconnect()
         except Exception:  # closing must not raise on a dead server
             log.debug("error while closing Redis connections", exc_info=True)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 class AsyncFailFastRetry(AsyncRetry):

@@ -3,11 +3,14 @@
 When a command finds Redis unreachable (refused, timed out, cluster down),
 the breaker opens: cache calls stop touching the network and fall through
 at once (reads are misses, writes are dropped and deletes remembered), and
-a background thread reconnects with capped exponential back-off
-(REDIS_RETRY_MAX_DELAY, REDIS_RETRY_MAX_ATTEMPTS; 0 = for ever). When a
-probe succeeds the breaker closes and caching resumes by itself. The same
-thread pings every idle connection every REDIS_PING_INTERVAL seconds and
-drops those that do not answer.
+a background thread reconnects: a burst of REDIS_RETRY_MAX_ATTEMPTS
+attempts (0: no limit) with exponential back-off capped by
+REDIS_RETRY_MAX_DELAY, then one attempt every REDIS_RETRY_MAX_DELAY for as
+long as it takes: it never gives up. When a probe succeeds the breaker
+closes and caching resumes by itself. The same thread pings, every
+REDIS_PING_INTERVAL seconds, the pooled connections idle that long, one at
+a time and in place (callers keep every other connection), and drops those
+that do not answer.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from . import forks
+from ._compat import borrow_idle_connection
 from .logs import RateLimitedLog
 
 __all__ = ["FULL", "OUTAGE", "REFUSED", "UNAVAILABLE", "Breaker", "HealthReport", "classify", "is_transient"]
@@ -105,14 +110,15 @@ class HealthReport(dict[str, Any]):
     refused for lack of memory), ``refused`` (errors that are not outages:
     logged once per distinct error), ``pending_deletes``,
     ``recoveries``, ``keepalive_pings``, ``keepalive_drops``, ``last_error``,
-    ``down_for`` (seconds)."""
+    ``down_for`` (seconds), ``reconnect_attempts`` (in the current outage)."""
 
 
 class Breaker:
     """The state shared by a registry's Redis operations.
 
     :param retry_max_delay: cap of the reconnect back-off, seconds.
-    :param retry_max_attempts: reconnect attempts before giving up; 0 = for ever.
+    :param retry_max_attempts: quick reconnect attempts of one burst (0:
+        no limit); after them, one attempt every ``retry_max_delay``.
     """
 
     def __init__(self, retry_max_delay: float, retry_max_attempts: int) -> None:
@@ -130,13 +136,19 @@ class Breaker:
         self.keepalive_drops = 0
         self.last_error: str | None = None
         self.down_since: float | None = None
-        self.gave_up = False
+        self.reconnect_attempts = 0
         self.wake = threading.Event()
         self._lock = threading.Lock()
         self.limited = RateLimitedLog(log, interval=30.0)
+        forks.register(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self.wake = threading.Event()
 
     def failure(self, error: BaseException, operation: str) -> None:
         """Record that ``operation`` met an unavailable Redis; open the breaker."""
+        forks.check()  # a child forked without Python's hooks must still reconnect
         reason = f"{type(error).__name__}: {error}"
         with self._lock:
             self.errors += 1
@@ -191,19 +203,23 @@ class Breaker:
         with self._lock:
             away = time.monotonic() - (self.down_since or time.monotonic())
             self.up = True
-            self.gave_up = False
+            self.reconnect_attempts = 0
             self.down_since = None
             self.recoveries += 1
         log.warning("Redis is back after %.1f s; caching resumes", away)
         return away
 
     def backoff(self, attempt: int) -> float:
-        """Seconds before reconnect attempt ``attempt`` (0-based): doubling
-        from 50 ms, capped by REDIS_RETRY_MAX_DELAY, with jitter."""
+        """Seconds before reconnect attempt ``attempt`` (0-based) of a burst:
+        doubling from 50 ms, capped by REDIS_RETRY_MAX_DELAY, with jitter;
+        once the burst is over, the cap itself."""
+        if self.exhausted(attempt):
+            return self.retry_max_delay
         delay = min(self.retry_max_delay, 0.05 * (2 ** min(attempt, 20)))
         return float(delay * random.uniform(0.8, 1.0))
 
     def exhausted(self, attempt: int) -> bool:
+        """Whether ``attempt`` is past the quick burst (REDIS_RETRY_MAX_ATTEMPTS)."""
         return self.retry_max_attempts > 0 and attempt >= self.retry_max_attempts
 
     def report(self, pending_deletes: int = 0) -> HealthReport:
@@ -213,35 +229,35 @@ class Breaker:
             full=self.full, refused=self.refused,
             pending_deletes=pending_deletes, recoveries=self.recoveries, keepalive_pings=self.keepalive_pings,
             keepalive_drops=self.keepalive_drops, last_error=self.last_error, down_for=round(down_for, 3),
-            gave_up=self.gave_up,
+            reconnect_attempts=self.reconnect_attempts,
         )
 
 
-def ping_idle_connections(pool: Any, timeout: float, breaker: Breaker) -> None:
-    """PING every idle connection of ``pool``; drop those that do not answer
-    within ``timeout`` so that the next command reconnects."""
-    lock = getattr(pool, "_lock", None)
-    available = getattr(pool, "_available_connections", None)
-    in_use = getattr(pool, "_in_use_connections", None)
-    if lock is None or available is None or in_use is None:
-        return
-    with lock:
-        # only connected ones: pinging a closed connection would reconnect it
-        idle = [connection for connection in available if getattr(connection, "_sock", None) is not None]
-        for connection in idle:
-            available.remove(connection)
-        in_use.update(idle)
-    for connection in idle:
-        try:
-            connection.send_command("PING")
-            connection.read_response(timeout=timeout)
-            breaker.keepalive_pings += 1
-        except Exception as exc:  # any failure: this connection is not usable
-            breaker.keepalive_drops += 1
-            breaker.limited.warning("keepalive", "keep-alive PING failed (%s); connection dropped", exc)
-            connection.disconnect()
-        finally:
-            pool.release(connection)
+def ping_idle_connections(pool: Any, idle_for: float, timeout: float, breaker: Breaker,
+                          stop: threading.Event | None = None) -> None:
+    """PING, in place, each connection of ``pool`` that has been idle for
+    ``idle_for`` seconds; drop those that do not answer within ``timeout``
+    so that the next command reconnects.
+
+    At most one connection is out of the pool at a time, so callers never
+    run short of idle connections because of the keep-alive (the pool
+    grows by one at most), and busy connections are never pinged.
+    """
+    seen: set[int] = set()
+    while stop is None or not stop.is_set():
+        with borrow_idle_connection(pool, idle_for, seen) as connection:
+            if connection is None:
+                return
+            try:
+                connection.send_command("PING", check_health=False)
+                connection.read_response(timeout=timeout)
+                breaker.keepalive_pings += 1
+            except Exception as exc:  # any failure: this connection is not usable
+                connection.disconnect()
+                if stop is not None and stop.is_set():
+                    return  # closed under our feet by close()
+                breaker.keepalive_drops += 1
+                breaker.limited.warning("keepalive", "keep-alive PING failed (%s); connection dropped", exc)
 
 
 def run_maintenance(
@@ -253,33 +269,31 @@ def run_maintenance(
     ping_interval: float,
 ) -> None:
     """The loop of a registry's maintenance thread (see the module)."""
-    attempt = 0
     next_ping = time.monotonic() + ping_interval if ping_interval > 0 else float("inf")
     while not stop.is_set():
         if not breaker.up:
-            if breaker.exhausted(attempt):
-                if not breaker.gave_up:
-                    breaker.gave_up = True
-                    log.error("Redis unreachable after %d reconnect attempts; giving up (REDIS_RETRY_MAX_"
-                              "ATTEMPTS). Cache calls keep falling through; Caches.reconnect() tries again.",
-                              attempt)
-                breaker.wake.wait()
+            attempt = breaker.reconnect_attempts
+            if breaker.retry_max_attempts > 0 and attempt == breaker.retry_max_attempts:
+                log.error("Redis still unreachable after %d quick reconnect attempts (REDIS_RETRY_MAX_ATTEMPTS); "
+                          "trying again every %.1f s (REDIS_RETRY_MAX_DELAY) until it is back",
+                          attempt, breaker.retry_max_delay)
+            if breaker.wake.wait(breaker.backoff(attempt)):  # Caches.reconnect(): try now, a new burst
                 breaker.wake.clear()
-                attempt = 0 if not breaker.gave_up else attempt
-                continue
-            if stop.wait(breaker.backoff(attempt)):
+                if not stop.is_set():
+                    breaker.reconnect_attempts = attempt = 0
+            if stop.is_set():
                 return
             try:
                 probe()
-            except UNAVAILABLE as exc:
-                attempt += 1
-                breaker.limited.warning("reconnect", "reconnect attempt %d failed: %s", attempt, exc)
+            except Exception as exc:  # a probe must never kill the thread
+                breaker.reconnect_attempts = attempt + 1
+                if isinstance(exc, UNAVAILABLE):
+                    breaker.limited.warning("reconnect", "reconnect attempt %d failed: %s", attempt + 1, exc)
+                else:
+                    log.exception("reconnect attempt %d failed", attempt + 1)
                 continue
-            except Exception:  # a probe must never kill the thread
-                attempt += 1
-                log.exception("reconnect attempt %d failed", attempt)
-                continue
-            attempt = 0
+            if stop.is_set():
+                return
             breaker.recovered()
             try:
                 on_recovery()
@@ -292,8 +306,8 @@ def run_maintenance(
         if stop.is_set():
             return
         if keepalive is not None and ping_interval > 0 and time.monotonic() >= next_ping:
-            next_ping = time.monotonic() + ping_interval
             try:
                 keepalive()
             except Exception:
                 log.exception("keep-alive round failed")
+            next_ping = time.monotonic() + ping_interval

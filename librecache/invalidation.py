@@ -21,6 +21,7 @@ from typing import Any
 
 from dogpile.cache.region import RegionInvalidationStrategy
 
+from . import forks
 from .keying import KeySpace
 from .keys import CacheKeys
 from .logs import RateLimitedLog
@@ -108,6 +109,28 @@ class InvalidationBus:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._ping_sent = False
+        #: The listener's subscription while it has one (close() shuts its socket).
+        self._pubsub: Any = None
+        #: Whether a listener should run (start() was called, close() was not).
+        self._wanted = False
+        forks.register(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: new locks and events, no listener (the first
+        read starts the child's own), and the stored marks are read again
+        before the child trusts a cached value."""
+        self._load_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        closed = self._stop.is_set()
+        self._stop = threading.Event()
+        if closed:
+            self._stop.set()
+        self._thread = None
+        self._pubsub = None
+        self._ping_sent = False
+        self.loaded = False
+        self._retry_at = 0.0
 
     def strategy(self, namespace: CacheKeys) -> SharedInvalidation:
         """The strategy of ``namespace``'s region (one per namespace)."""
@@ -146,7 +169,8 @@ class InvalidationBus:
     def start(self) -> None:
         """Start the listener thread (once)."""
         with self._lock:
-            if self._thread is None:
+            self._wanted = True
+            if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(
                     target=self._listen, name=f"librecache-invalidations[{self.channel}]", daemon=True
                 )
@@ -156,12 +180,21 @@ class InvalidationBus:
         """Wait until the listener is subscribed; True if it is."""
         return self._subscribed.wait(timeout)
 
-    def close(self) -> None:
-        """Stop the listener thread."""
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the listener thread, waiting for it ``timeout`` seconds at
+        most: its subscription's socket is shut down first, which wakes it
+        even when Redis hangs (it is a daemon and ends by itself)."""
         self._stop.set()
+        pubsub = self._pubsub
+        connection = getattr(pubsub, "connection", None)
+        if connection is not None:
+            try:
+                connection.disconnect()
+            except Exception:  # the listener may be closing it at the same time
+                pass
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+            thread.join(timeout=timeout)
 
     # -- marks ------------------------------------------------------------
 
@@ -213,7 +246,10 @@ class InvalidationBus:
     def load(self, force: bool = False) -> None:
         """Read the stored marks, once (again when ``force``). While Redis
         fails, readers try again at most once a second."""
+        forks.check()
         with self._load_lock:
+            if self._wanted and self._thread is None:
+                self.start()  # first read in a forked child
             if self.loaded and not force:
                 return
             if not force and time.monotonic() < self._retry_at:
@@ -241,7 +277,7 @@ class InvalidationBus:
                 client = self._connection.client
                 if client is None:
                     raise ConnectionError("Redis is not reachable")
-                pubsub = client.pubsub()
+                pubsub = self._pubsub = client.pubsub()
                 pubsub.subscribe(self.channel, self.near_channel)
                 last_heard = time.monotonic()
                 while not self._stop.is_set():
@@ -274,6 +310,7 @@ class InvalidationBus:
                 if self._stop.is_set():
                     self._near_serving(False)
                 if pubsub is not None:
+                    self._pubsub = None
                     try:
                         pubsub.close()
                     except Exception:

@@ -7,6 +7,8 @@ import logging
 import threading
 import time
 
+from . import forks
+
 __all__ = ["RateLimitedLog"]
 
 
@@ -22,6 +24,10 @@ class RateLimitedLog:
         self.interval = interval
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+        forks.register(self)
+
+    def _after_fork(self) -> None:
         self._lock = threading.Lock()
 
     def warning(self, topic: str, message: str, *args: object) -> bool:

@@ -36,6 +36,8 @@ from typing import Any
 
 from dogpile.cache.api import NO_VALUE, CachedValue
 
+from . import forks
+
 __all__ = ["NEAR_SEPARATOR", "NearCache"]
 
 #: Separates the fields of a near-cache message: origin, namespace, keys...
@@ -81,6 +83,12 @@ class NearCache:
         #: Serving only while subscribed to the channel.
         self.enabled = False
         self.hits = 0
+        forks.register(self)
+
+    def _after_fork(self) -> None:
+        # empty and off until the child's own listener has subscribed
+        self._lock = threading.Lock()
+        self.clear(False)
 
     def lookup(self, key: str, expiration_time: float | None, invalidator: Any) -> Any:
         """The fresh :class:`CachedValue` under the (mangled) ``key``, or

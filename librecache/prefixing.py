@@ -20,6 +20,7 @@ import redis
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ResponseError
 
+from . import forks
 from .replies import text
 
 __all__ = ["KeySpecs", "PrefixedRedis", "PrefixedRedisCluster"]
@@ -119,6 +120,10 @@ class KeySpecs:
     def __init__(self, fetch: Callable[[str], Any]) -> None:
         self._fetch = fetch
         self._locators: dict[str, tuple[bool, list[_Locator]]] = {}
+        self._lock = threading.Lock()
+        forks.register(self)
+
+    def _after_fork(self) -> None:
         self._lock = threading.Lock()
 
     def _learn(self, name: str) -> tuple[bool, list[_Locator]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -24,6 +25,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import backends as _backends  # noqa: F401  (registers the backends)
 from . import keygen
+from . import forks
+from ._compat import renew_lock_registry
 from .config import CacheConfig
 from .connection import RedisConnection
 from .fastpath import LazyMutex, creating_uncached, memoize, parse_metadata
@@ -65,6 +68,10 @@ class LibreRegion(CacheRegion):
             function_key_generator=keygen.function_key_generator,
             function_multi_key_generator=keygen.function_multi_key_generator,
         )
+        forks.register(self)
+
+    def _after_fork(self) -> None:
+        renew_lock_registry(self)  # a parent thread may have held a creation mutex
 
     def __repr__(self) -> str:
         state = "configured" if self.is_configured else "not configured"
@@ -326,7 +333,9 @@ class Caches:
         return self._connection.breaker.report(self._connection.pending_deletes)
 
     def reconnect(self) -> None:
-        """Start reconnecting again after REDIS_RETRY_MAX_ATTEMPTS gave up."""
+        """Try to reach Redis now, while it is marked unavailable (a new
+        quick burst of REDIS_RETRY_MAX_ATTEMPTS attempts; the background
+        thread never stops trying anyway)."""
         if self._connection is not None:
             self._connection.reconnect()
 
@@ -368,10 +377,12 @@ class Caches:
         if self.closed:
             return
         self.closed = True
+        # within REDIS_CONNECT_TIMEOUT, even when Redis hangs
+        deadline = time.monotonic() + self.config.connect_timeout
         if self._bus is not None:
-            self._bus.close()
+            self._bus.close(timeout=self.config.connect_timeout / 2)
         if self._connection is not None:
-            self._connection.close()
+            self._connection.close(timeout=max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> Caches:
         return self
@@ -393,6 +404,14 @@ class Caches:
 
 _lock = threading.RLock()
 _default: Caches | None = None
+
+
+def _renew_lock() -> None:
+    global _lock
+    _lock = threading.RLock()
+
+
+forks.register_function(_renew_lock)
 
 
 def _ensure_default() -> None:

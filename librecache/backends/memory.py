@@ -11,6 +11,7 @@ from typing import Any
 
 from dogpile.cache.api import NO_VALUE, CacheBackend, CachedValue
 
+from .. import forks
 from ..errors import SerializationError
 from . import take_arguments
 
@@ -53,6 +54,10 @@ class MemoryBackend(CacheBackend):
             raise ValueError("librecache.memory backend: max_entries must be at least 1")
         self.expires_after: float | None = args.get("expires_after") or None
         self._data: OrderedDict[str, tuple[CachedValue, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        forks.register(self)
+
+    def _after_fork(self) -> None:
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
