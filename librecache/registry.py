@@ -24,8 +24,7 @@ from dogpile.util import memoized_property
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import backends as _backends  # noqa: F401  (registers the backends)
-from . import keygen
-from . import forks
+from . import forks, keygen
 from ._compat import renew_lock_registry
 from .config import CacheConfig
 from .connection import RedisConnection
