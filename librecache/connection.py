@@ -25,11 +25,14 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import Connection, ConnectionPool, SSLConnection
 from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection, SentinelManagedSSLConnection
 
 from .config import CacheConfig
 from .health import UNAVAILABLE, Breaker, is_transient, ping_idle_connections, run_maintenance
@@ -127,6 +130,14 @@ class BoundedSSLConnection(_BoundedConnect, SSLConnection):
     def _wrap_socket_with_ssl(self, sock: socket.socket) -> Any:
         sock.settimeout(self.socket_connect_timeout)
         return super()._wrap_socket_with_ssl(sock)
+
+
+class BoundedSentinelConnection(BoundedConnection, SentinelManagedConnection):
+    """A connection to the master the sentinels name, bounded as a whole."""
+
+
+class BoundedSentinelSSLConnection(BoundedSSLConnection, SentinelManagedSSLConnection):
+    """A TLS connection to the master the sentinels name, bounded as a whole."""
 
 
 def pool_class(connection_class: type[Connection]) -> type[ConnectionPool]:
@@ -259,6 +270,33 @@ def tls_options(config: CacheConfig) -> dict[str, Any]:
     }
 
 
+def sentinel_options(config: CacheConfig) -> dict[str, Any]:
+    """The keyword arguments of the connections to the sentinels themselves:
+    REDIS_SENTINEL_USERNAME/PASSWORD, the same time-outs as the data nodes,
+    and no retry (the next sentinel is the retry: one that is down is
+    skipped at once)."""
+    return {
+        "username": config.sentinel_username,
+        "password": config.sentinel_password,
+        "socket_connect_timeout": config.connect_timeout,
+        "socket_timeout": config.socket_timeout,
+        "retry": FailFastRetry(NoBackoff(), 0),
+    }
+
+
+def sentinel_pool(config: CacheConfig) -> SentinelConnectionPool:
+    """A pool of connections to the master the sentinels name: each new
+    connection asks them (the first that answers), so a reconnect after a
+    failover reaches the new master; a READONLY reply drops the connection
+    (redis-py turns it into a connection error, which is retried once)."""
+    assert config.sentinel_master is not None
+    manager = Sentinel([(uri.host, uri.port) for uri in config.redis_uris],
+                       sentinel_kwargs=sentinel_options(config))
+    connection_class = BoundedSentinelSSLConnection if config.tls else BoundedSentinelConnection
+    return SentinelConnectionPool(config.sentinel_master, manager, connection_class=connection_class,
+                                  db=config.redis_uris[0].db, **client_options(config))
+
+
 class RedisConnection:
     """The Redis side of one registry: its clients, their health, and the
     maintenance thread (reconnects, keep-alive).
@@ -320,6 +358,8 @@ class RedisConnection:
                 dynamic_startup_nodes=dynamic,
                 **options,
             )
+        elif config.sentinel:
+            client = redis.Redis(connection_pool=sentinel_pool(config))
         else:
             uri = config.redis_uris[0]
             pool = ConnectionPool(connection_class=connection_class, host=uri.host, port=uri.port, db=uri.db, **options)
@@ -501,5 +541,13 @@ def async_client(config: CacheConfig) -> AsyncRedis | AsyncRedisCluster:
             for node in cluster.nodes_manager.startup_nodes.values():
                 node.connection_class = connection_class
         return cluster
+    if config.sentinel:
+        assert config.sentinel_master is not None
+        sentinel_kwargs = sentinel_options(config)
+        sentinel_kwargs["retry"] = AsyncFailFastRetry(NoBackoff(), 0)
+        manager = AsyncSentinel([(uri.host, uri.port) for uri in config.redis_uris], sentinel_kwargs=sentinel_kwargs)
+        pool = AsyncSentinelConnectionPool(config.sentinel_master, manager, db=config.redis_uris[0].db,
+                                           max_connections=ASYNC_MAX_CONNECTIONS, **options)
+        return AsyncRedis.from_pool(pool)
     uri = config.redis_uris[0]
     return AsyncRedis(host=uri.host, port=uri.port, db=uri.db, **options)

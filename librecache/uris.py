@@ -13,7 +13,7 @@ import attrs
 
 __all__ = ["RedisURI", "mask_uri", "parse_redis_uris"]
 
-_SCHEMES = ("redis", "rediss")
+_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
 DEFAULT_PORT = 6379
 
 
@@ -21,10 +21,11 @@ DEFAULT_PORT = 6379
 class RedisURI:
     """One entry of ``REDIS_URI``, parsed.
 
-    :ivar scheme: ``redis`` or ``rediss`` (TLS).
+    :ivar scheme: ``redis`` or ``rediss`` (TLS); ``redis+sentinel`` or
+        ``rediss+sentinel`` for a sentinel seed (TLS to the data nodes).
     :ivar host: host name or IP address (IPv6 without brackets).
     :ivar port: TCP port.
-    :ivar db: database number (single server only).
+    :ivar db: database number (single server or Sentinel only).
     :ivar username: user name written in the URI, percent-decoding applied.
     :ivar password: password written in the URI; never shown in ``repr``.
     """
@@ -38,8 +39,13 @@ class RedisURI:
 
     @property
     def tls(self) -> bool:
-        """True for ``rediss://``."""
-        return self.scheme == "rediss"
+        """True for ``rediss://`` (and ``rediss+sentinel://``)."""
+        return self.scheme.startswith("rediss")
+
+    @property
+    def sentinel(self) -> bool:
+        """True for a sentinel seed (``redis+sentinel://``, ``rediss+sentinel://``)."""
+        return self.scheme.endswith("+sentinel")
 
     @property
     def address(self) -> str:
@@ -78,7 +84,7 @@ def _parse_one(text: str) -> RedisURI:
         raise ValueError(f"{shown!r} is not a valid URI ({exc})") from None
     if parts.scheme not in _SCHEMES:
         raise ValueError(
-            f"{shown!r} must start with redis:// or rediss://"
+            f"{shown!r} must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://"
         )
     if not parts.hostname:
         raise ValueError(f"{shown!r} has no host")
@@ -116,6 +122,7 @@ def parse_redis_uris(raw: str) -> tuple[RedisURI, ...]:
     if not all(entries):
         raise ValueError(f"{mask_uri(raw)!r} has an empty entry")
     uris = tuple(_parse_one(entry) for entry in entries)
+    check_sentinel_uris(uris)
     if len({uri.scheme for uri in uris}) > 1:
         raise ValueError("All REDIS_URI entries must use the same protocol")
     if len({(uri.username, uri.password) for uri in uris}) > 1:
@@ -123,3 +130,19 @@ def parse_redis_uris(raw: str) -> tuple[RedisURI, ...]:
     if len({uri.address for uri in uris}) != len(uris):
         raise ValueError("REDIS_URI lists the same address twice")
     return uris
+
+
+def check_sentinel_uris(uris: tuple[RedisURI, ...]) -> None:
+    """Sentinel seeds are all sentinel seeds, of one database.
+
+    :raises ValueError: sentinel and plain URIs are mixed, or the sentinel
+        seeds name different database numbers.
+    """
+    kinds = {uri.sentinel for uri in uris}
+    if len(kinds) > 1:
+        raise ValueError(
+            "REDIS_URI mixes sentinel seeds (redis+sentinel://) with plain URIs; "
+            "list either the sentinels or the Redis servers"
+        )
+    if True in kinds and len({uri.db for uri in uris}) > 1:
+        raise ValueError("REDIS_URI: every sentinel seed must name the same database number (/<db>)")
