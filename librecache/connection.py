@@ -297,6 +297,73 @@ def sentinel_pool(config: CacheConfig) -> SentinelConnectionPool:
                                   db=config.redis_uris[0].db, **client_options(config))
 
 
+class SentinelWatch:
+    """Follows the sentinels' ``+switch-master`` announcements, so that a
+    failover is acted on at once.
+
+    After ``SENTINEL FAILOVER`` the demoted master keeps answering the
+    connections it has, as a master, until Sentinel reconfigures it (about
+    ten seconds later): writes made there meanwhile are lost and the
+    invalidation channel hears nothing. On an announcement for our master
+    (and every :attr:`RECHECK` seconds, in case one was missed), the pool
+    asks the sentinels for the master; when it moved, the idle connections
+    are dropped at once, those in use when released, and the ``on_switch``
+    hooks run (the invalidation listener resubscribes).
+    """
+
+    #: Seconds between two checks when nothing is announced.
+    RECHECK = 5.0
+
+    def __init__(self, pool: SentinelConnectionPool, on_switch: list[Callable[[], None]]) -> None:
+        self._pool = pool
+        self._on_switch = on_switch
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"librecache-sentinel[{pool.service_name}]",
+                                        daemon=True)
+        self._thread.start()
+
+    def _check(self) -> None:
+        before = self._pool.master_address
+        try:
+            address = self._pool.get_master_address()  # drops idle connections when it moved
+        except (redis.RedisError, OSError) as exc:
+            limited.warning("sentinel", "no sentinel names the master: %s", exc)
+            return
+        if before is not None and address != before:
+            log.warning("Sentinel moved the master %s from %s:%s to %s:%s", self._pool.service_name,
+                        *before, *address)
+            for hook in self._on_switch:
+                hook()
+
+    def _run(self) -> None:
+        manager = self._pool.sentinel_manager
+        while not self._stop.is_set():
+            for sentinel in list(manager.sentinels):
+                pubsub = sentinel.pubsub()
+                try:
+                    pubsub.subscribe("+switch-master")
+                    checked = 0.0
+                    while not self._stop.is_set():
+                        message = pubsub.get_message(timeout=0.5)
+                        announced = message is not None and message["type"] == "message" and \
+                            text(message["data"]).split(" ", 1)[0] == self._pool.service_name
+                        if announced or time.monotonic() - checked > self.RECHECK:
+                            checked = time.monotonic()
+                            self._check()
+                except (redis.RedisError, OSError):
+                    continue  # the next sentinel
+                finally:
+                    pubsub.close()
+                if self._stop.is_set():
+                    return
+            self._stop.wait(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+
 class RedisConnection:
     """The Redis side of one registry: its clients, their health, and the
     maintenance thread (reconnects, keep-alive).
@@ -322,6 +389,9 @@ class RedisConnection:
         self.on_recovery: list[Callable[[], None]] = []
         self._pending_deletes: dict[str, None] = {}
         self._pending_lock = threading.Lock()
+        self._sentinel_watch: SentinelWatch | None = None
+        #: Called (in the sentinel watch thread) when Sentinel moved the master.
+        self.on_master_switch: list[Callable[[], None]] = []
         try:
             self._connect()
         except UNAVAILABLE as exc:
@@ -359,7 +429,9 @@ class RedisConnection:
                 **options,
             )
         elif config.sentinel:
-            client = redis.Redis(connection_pool=sentinel_pool(config))
+            sentinels = sentinel_pool(config)
+            client = redis.Redis(connection_pool=sentinels)
+            self._sentinel_watch = SentinelWatch(sentinels, self.on_master_switch)
         else:
             uri = config.redis_uris[0]
             pool = ConnectionPool(connection_class=connection_class, host=uri.host, port=uri.port, db=uri.db, **options)
@@ -488,6 +560,8 @@ class RedisConnection:
         self.breaker.wake.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+        if self._sentinel_watch is not None:
+            self._sentinel_watch.stop()
         try:
             if isinstance(self.client, RedisCluster):
                 self.client.close()
