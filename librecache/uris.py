@@ -84,7 +84,7 @@ def _parse_one(text: str) -> RedisURI:
         raise ValueError(f"{shown!r} is not a valid URI ({exc})") from None
     if parts.scheme not in _SCHEMES:
         raise ValueError(
-            f"{shown!r} must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://"
+            f"{shown!r} must start with redis:// or rediss:// (redis+sentinel:// or rediss+sentinel:// for sentinels)"
         )
     if not parts.hostname:
         raise ValueError(f"{shown!r} has no host")
