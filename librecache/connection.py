@@ -8,6 +8,7 @@ which shares the same connections.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import ipaddress
 import logging
@@ -345,9 +346,8 @@ class SentinelWatch:
                     checked = 0.0
                     while not self._stop.is_set():
                         message = pubsub.get_message(timeout=0.5)
-                        announced = message is not None and message["type"] == "message" and \
-                            text(message["data"]).split(" ", 1)[0] == self._pool.service_name
-                        if announced or time.monotonic() - checked > self.RECHECK:
+                        if _announces(message, self._pool.service_name) or \
+                                time.monotonic() - checked > self.RECHECK:
                             checked = time.monotonic()
                             self._check()
                 except (redis.RedisError, OSError):
@@ -590,6 +590,59 @@ class AsyncFailFastRetry(AsyncRetry):
 ASYNC_MAX_CONNECTIONS = 10_000
 
 
+def _announces(message: Any, service_name: str) -> bool:
+    """True for a ``+switch-master`` message about ``service_name``."""
+    return message is not None and message["type"] == "message" and \
+        text(message["data"]).split(" ", 1)[0] == service_name
+
+
+class AsyncSentinelPool(AsyncSentinelConnectionPool):
+    """The asyncio pool of the master the sentinels name, following their
+    ``+switch-master`` announcements like :class:`SentinelWatch`: a task of
+    the event loop that uses the pool (started by the first connection,
+    cancelled when the client is closed) asks the sentinels again on each
+    announcement, which drops the idle connections; busy ones (a blocked
+    ``XREAD``) are dropped when released."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watch: asyncio.Task[None] | None = None
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.get_running_loop().create_task(self._follow())
+        return await super().get_connection(*args, **kwargs)
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        watch = self._watch
+        if inuse_connections and watch is not None and watch is not asyncio.current_task():
+            self._watch = None
+            watch.cancel()
+        await super().disconnect(inuse_connections)
+
+    async def _follow(self) -> None:
+        while True:
+            for sentinel in list(self.sentinel_manager.sentinels):
+                pubsub = sentinel.pubsub()
+                try:
+                    await pubsub.subscribe("+switch-master")
+                    checked = 0.0
+                    while True:
+                        message = await pubsub.get_message(timeout=0.5)
+                        if _announces(message, self.service_name) or \
+                                time.monotonic() - checked > SentinelWatch.RECHECK:
+                            checked = time.monotonic()
+                            try:
+                                await self.get_master_address()
+                            except (redis.RedisError, OSError) as exc:
+                                limited.warning("sentinel", "no sentinel names the master: %s", exc)
+                except (redis.RedisError, OSError):
+                    continue  # the next sentinel
+                finally:
+                    await pubsub.aclose()
+            await asyncio.sleep(1.0)
+
+
 def async_client(config: CacheConfig) -> AsyncRedis | AsyncRedisCluster:
     """A :mod:`redis.asyncio` client of the configured Redis, with the same
     credentials, TLS verification, time-outs and retry rules as the
@@ -620,7 +673,7 @@ def async_client(config: CacheConfig) -> AsyncRedis | AsyncRedisCluster:
         sentinel_kwargs = sentinel_options(config)
         sentinel_kwargs["retry"] = AsyncFailFastRetry(NoBackoff(), 0)
         manager = AsyncSentinel([(uri.host, uri.port) for uri in config.redis_uris], sentinel_kwargs=sentinel_kwargs)
-        pool = AsyncSentinelConnectionPool(config.sentinel_master, manager, db=config.redis_uris[0].db,
+        pool = AsyncSentinelPool(config.sentinel_master, manager, db=config.redis_uris[0].db,
                                            max_connections=ASYNC_MAX_CONNECTIONS, **options)
         return AsyncRedis.from_pool(pool)
     uri = config.redis_uris[0]
