@@ -674,7 +674,7 @@ def async_client(config: CacheConfig) -> AsyncRedis | AsyncRedisCluster:
         sentinel_kwargs["retry"] = AsyncFailFastRetry(NoBackoff(), 0)
         manager = AsyncSentinel([(uri.host, uri.port) for uri in config.redis_uris], sentinel_kwargs=sentinel_kwargs)
         pool = AsyncSentinelPool(config.sentinel_master, manager, db=config.redis_uris[0].db,
-                                           max_connections=ASYNC_MAX_CONNECTIONS, **options)
+                                 max_connections=ASYNC_MAX_CONNECTIONS, **options)
         return AsyncRedis.from_pool(pool)
     uri = config.redis_uris[0]
     return AsyncRedis(host=uri.host, port=uri.port, db=uri.db, **options)

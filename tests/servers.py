@@ -436,19 +436,29 @@ class RedisSentinelFarm:
 
     Sentinel rewrites its configuration file, so each sentinel keeps its own
     (written once: a restarted sentinel remembers what it learnt).
+
+    :param tls: ``(cert, key, ca)``: the data nodes listen with TLS only
+        (replication too); the sentinels listen in plain TCP and reach the
+        data nodes with TLS.
+    :param sentinel_password: the sentinels require this password.
     """
 
     def __init__(self, root: Path, *, master_name: str = "mymaster", sentinels: int = 3,
-                 config_lines: Sequence[str] = (), sentinel_password: str | None = None) -> None:
+                 config_lines: Sequence[str] = (), sentinel_password: str | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
         self.root = root / f"sentinel-{free_port()}"
         self.master_name = master_name
-        data = (*config_lines, "repl-diskless-sync-delay 0", "replica-announce-ip 127.0.0.1")
-        self.data_nodes = [RedisServer(self.root, config_lines=data)]
+        self.tls = tls
+        data = (*config_lines, "repl-diskless-sync-delay 0", "replica-announce-ip 127.0.0.1",
+                *(["tls-replication yes"] if tls else []))
+        self.data_nodes = [RedisServer(self.root, config_lines=data, tls=tls)]
         self.data_nodes.append(RedisServer(
-            self.root, config_lines=(*data, f"replicaof {LOOPBACK} {self.data_nodes[0].port}")))
+            self.root, config_lines=(*data, f"replicaof {LOOPBACK} {self.data_nodes[0].port}"), tls=tls))
         self.sentinel_password = sentinel_password
-        self.sentinels = [_SentinelServer(self.root, master_name, self.data_nodes[0].port, sentinel_password)
-                          for _ in range(sentinels)]
+        tls_lines = [f"tls-cert-file {tls[0]}", f"tls-key-file {tls[1]}", f"tls-ca-cert-file {tls[2]}",
+                     "tls-replication yes"] if tls else []
+        self.sentinels = [_SentinelServer(self.root, master_name, self.data_nodes[0].port, sentinel_password,
+                                          tls_lines) for _ in range(sentinels)]
 
     @property
     def servers(self) -> list[RedisServer]:
@@ -480,10 +490,15 @@ class RedisSentinelFarm:
 
     # -- what the sentinels say --------------------------------------------------
 
-    def client(self, server: RedisServer) -> redis.Redis:
-        password = self.sentinel_password if isinstance(server, _SentinelServer) else None
-        return redis.Redis(host=LOOPBACK, port=server.port, socket_timeout=5, decode_responses=True,
-                           password=password)
+    def client(self, server: RedisServer, decode_responses: bool = True) -> redis.Redis:
+        """A plain client of ``server`` (a data node or a sentinel)."""
+        options: dict[str, object] = {"host": LOOPBACK, "port": server.port, "socket_timeout": 5,
+                                      "decode_responses": decode_responses}
+        if isinstance(server, _SentinelServer):
+            options["password"] = self.sentinel_password
+        elif self.tls:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls[2]), ssl_check_hostname=False)
+        return redis.Redis(**options)  # type: ignore[arg-type]
 
     def _role(self, server: RedisServer) -> dict[str, object]:
         client = self.client(server)
@@ -584,7 +599,8 @@ class _SentinelServer(RedisServer):
     """One ``redis-server --sentinel`` with a configuration file of its own,
     written at the first start only (Sentinel rewrites it)."""
 
-    def __init__(self, root: Path, master_name: str, master_port: int, password: str | None) -> None:
+    def __init__(self, root: Path, master_name: str, master_port: int, password: str | None,
+                 tls_lines: Sequence[str] = ()) -> None:
         auth = [f"requirepass {password}", f"sentinel sentinel-pass {password}"] if password else []
         super().__init__(root, extra=["--sentinel"], config_lines=[
             f"sentinel announce-ip {LOOPBACK}",
@@ -592,6 +608,7 @@ class _SentinelServer(RedisServer):
             f"sentinel down-after-milliseconds {master_name} 1000",
             f"sentinel failover-timeout {master_name} 5000",
             *auth,
+            *tls_lines,
         ])
 
     def command(self) -> list[str]:

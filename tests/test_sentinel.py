@@ -10,6 +10,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -19,6 +20,7 @@ import librecache
 from librecache import CacheKeys
 from librecache.cli import main
 from librecache.streams import open_streams
+from tests.certs import TestCA
 from tests.conformance import RegionConformance
 from tests.conftest import ACL_PASSWORD, ACL_PREFIX, ACL_USER
 from tests.servers import RedisSentinelFarm, ServerFarm
@@ -192,6 +194,38 @@ def test_sentinels_that_require_a_password(make_caches: Make, farm: ServerFarm, 
         caches.region("ROLES").set("k", 1)
         assert caches.region("ROLES").get("k") == 1
         assert password not in repr(caches.config) + str(list(caches.config.describe()))
+    finally:
+        sentinel.stop()
+
+
+def test_tls_to_the_data_nodes_verified_against_redis_ca(make_caches: Make, farm: ServerFarm, test_ca: TestCA,
+                                                         prefix: str) -> None:
+    cert, key = test_ca.issue("redis-sentinel-data", dns=("localhost",), ips=("127.0.0.1",))
+    sentinel = RedisSentinelFarm(farm.root, tls=(cert, key, test_ca.path))
+    farm.servers.extend(sentinel.servers)
+    sentinel.start()
+    try:
+        env = {**sentinel.env(prefix), "REDIS_URI": sentinel.uri("rediss+sentinel"), "LIBRECACHE_STRICT": "true",
+               **FAST_RETRY}
+        caches = make_caches({**env, "REDIS_CA": str(test_ca.path)})
+        caches.region("ROLES").set("k", "over TLS")
+        assert caches.region("ROLES").get("k") == "over TLS"
+        master = sentinel.client(sentinel.master, decode_responses=False)
+        assert master.exists(f"{prefix}::ROLES:k") == 1
+        master.close()
+
+        async def stream() -> list[Any]:
+            store = open_streams({**env, "REDIS_CA": str(test_ca.path)})
+            await store.create("tls-1")
+            await store.append("tls-1", {"n": 1})
+            await store.finish("tls-1")
+            events = [event.data async for event in store.subscribe("tls-1")]
+            await store.close()
+            return events
+
+        assert asyncio.run(stream())[0] == {"n": 1}
+        with pytest.raises(redis.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            make_caches(env).region("ROLES").get("k")  # the system's CAs do not know the test CA
     finally:
         sentinel.stop()
 
