@@ -28,6 +28,8 @@ from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
+from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
+from redis.asyncio.sentinel import SentinelManagedSSLConnection as AsyncSentinelManagedSSLConnection
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import Connection, ConnectionPool, SSLConnection
@@ -133,11 +135,26 @@ class BoundedSSLConnection(_BoundedConnect, SSLConnection):
         return super()._wrap_socket_with_ssl(sock)
 
 
-class BoundedSentinelConnection(BoundedConnection, SentinelManagedConnection):
+class _AskSentinelsOnReconnect:
+    """A dropped sentinel-managed connection reconnects through the
+    sentinels. redis-py (7.x, 8.x: redis/redis-py#3874) reconnects it in
+    ``send_packed_command`` with ``connect_check_health``, which skips the
+    sentinel lookup of ``connect`` and returns to the last address: after a
+    READONLY reply (the demoted master) the retry went there again."""
+
+    _sock: Any
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:
+            self.connect()  # type: ignore[attr-defined]
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+
+class BoundedSentinelConnection(_AskSentinelsOnReconnect, BoundedConnection, SentinelManagedConnection):
     """A connection to the master the sentinels name, bounded as a whole."""
 
 
-class BoundedSentinelSSLConnection(BoundedSSLConnection, SentinelManagedSSLConnection):
+class BoundedSentinelSSLConnection(_AskSentinelsOnReconnect, BoundedSSLConnection, SentinelManagedSSLConnection):
     """A TLS connection to the master the sentinels name, bounded as a whole."""
 
 
@@ -596,6 +613,25 @@ def _announces(message: Any, service_name: str) -> bool:
         text(message["data"]).split(" ", 1)[0] == service_name
 
 
+class _AsyncAskSentinelsOnReconnect:
+    """The asyncio twin of :class:`_AskSentinelsOnReconnect`."""
+
+    is_connected: bool
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:
+            await self.connect()  # type: ignore[attr-defined]
+        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+
+class AsyncSentinelConnection(_AsyncAskSentinelsOnReconnect, AsyncSentinelManagedConnection):
+    """An asyncio connection to the master the sentinels name."""
+
+
+class AsyncSentinelSSLConnection(_AsyncAskSentinelsOnReconnect, AsyncSentinelManagedSSLConnection):
+    """An asyncio TLS connection to the master the sentinels name."""
+
+
 class AsyncSentinelPool(AsyncSentinelConnectionPool):
     """The asyncio pool of the master the sentinels name, following their
     ``+switch-master`` announcements like :class:`SentinelWatch`: a task of
@@ -673,6 +709,8 @@ def async_client(config: CacheConfig) -> AsyncRedis | AsyncRedisCluster:
         sentinel_kwargs = sentinel_options(config)
         sentinel_kwargs["retry"] = AsyncFailFastRetry(NoBackoff(), 0)
         manager = AsyncSentinel([(uri.host, uri.port) for uri in config.redis_uris], sentinel_kwargs=sentinel_kwargs)
+        options.pop("ssl", None)
+        options["connection_class"] = AsyncSentinelSSLConnection if config.tls else AsyncSentinelConnection
         pool = AsyncSentinelPool(config.sentinel_master, manager, db=config.redis_uris[0].db,
                                  max_connections=ASYNC_MAX_CONNECTIONS, **options)
         return AsyncRedis.from_pool(pool)

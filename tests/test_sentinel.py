@@ -333,6 +333,36 @@ def test_an_idle_registry_follows_the_announcement_not_the_demotion(
 
 
 @pytest.mark.slow
+def test_a_readonly_reply_sends_the_next_attempt_to_the_sentinels(
+    make_caches: Make, redis_sentinel: RedisSentinelFarm, sentinel_env: dict[str, str], prefix: str
+) -> None:
+    """Without the sentinel watch (stopped here), a pooled connection to the
+    demoted master gets READONLY once it is a replica: the command goes to
+    the master the sentinels name, and no error is counted."""
+    caches = make_caches(sentinel_env)
+    region = caches.region("ROLES")
+    region.set("k", "before")
+    assert caches._connection is not None and caches._connection._sentinel_watch is not None
+    caches._connection._sentinel_watch.stop()
+    redis_sentinel.wait_healthy()
+    old = redis_sentinel.master
+    new = redis_sentinel.failover()
+    demoted = redis.Redis(port=old.port)
+    if demoted.info("replication")["role"] == "master":  # as Sentinel will do, without dropping clients
+        demoted.replicaof("127.0.0.1", new.port)
+    region.set("k", "after")
+    master = redis.Redis(port=new.port)
+    assert region.get("k") == "after" and master.exists(f"{prefix}::ROLES:k") == 1
+    health = caches.health()
+    assert health is not None and health["errors"] == 0 and health["fallthroughs"] == 0
+    caches._connection.reset()  # what guard does on READONLY: the next connection asks the sentinels
+    region.set("k", "again")
+    assert b"again" in (master.get(f"{prefix}::ROLES:k") or b"")
+    demoted.close()
+    master.close()
+
+
+@pytest.mark.slow
 def test_streams_follow_a_failover(redis_sentinel: RedisSentinelFarm, sentinel_env: dict[str, str],
                                    prefix: str) -> None:
     """Appends made just after the sentinels name the new master reach it
