@@ -140,13 +140,11 @@ class _AskSentinelsOnReconnect:
     sentinels. redis-py (7.x, 8.x: redis/redis-py#3874) reconnects it in
     ``send_packed_command`` with ``connect_check_health``, which skips the
     sentinel lookup of ``connect`` and returns to the last address: after a
-    READONLY reply (the demoted master) the retry went there again."""
-
-    _sock: Any
+    READONLY reply (the demoted master) the retry went there again.
+    Sentinel's ``connect`` returns at once when connected."""
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        if not self._sock:
-            self.connect()  # type: ignore[attr-defined]
+        self.connect()  # type: ignore[attr-defined]
         super().send_packed_command(command, check_health)  # type: ignore[misc]
 
 
