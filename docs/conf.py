@@ -62,13 +62,14 @@ _farm: Any = None
 
 
 def _start_servers(app: Any) -> None:
-    """Real servers for the examples: a single server, a 6-node cluster and
-    a TLS server with a CA made for the build."""
+    """Real servers for the examples: a single server, a 6-node cluster, a
+    TLS server with a CA made for the build, and a master with a replica
+    and three sentinels."""
     global _farm
     if app.builder.name != "doctest":
         return
     from tests.certs import TestCA
-    from tests.servers import ServerFarm
+    from tests.servers import RedisSentinelFarm, ServerFarm
 
     _farm = ServerFarm()
     ca = TestCA(_farm.root / "ca")
@@ -76,9 +77,13 @@ def _start_servers(app: Any) -> None:
     single = _farm.server(config_lines=("user librechat on >s3cr!t ~prod::* &prod::* +@all",))
     tls = _farm.server(tls=(cert, key, ca.path))
     cluster = _farm.cluster()
+    sentinel = RedisSentinelFarm(_farm.root)
+    _farm.servers.extend(sentinel.servers)
+    sentinel.start()
     os.environ.update(
         DOCS_SINGLE=single.url, DOCS_CLUSTER=cluster.uri(3), DOCS_TLS=tls.url, DOCS_CA=str(ca.path),
-        DOCS_CLUSTER_SEED=cluster.uri(1),
+        DOCS_CLUSTER_SEED=cluster.uri(1), DOCS_SENTINELS=sentinel.uri(),
+        DOCS_SENTINEL_MASTER=f"127.0.0.1:{sentinel.master.port}",
     )
 
 

@@ -15,14 +15,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+from redis import Redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from .config import CacheConfig
+from .connection import sentinel_options
 from .errors import LibrecacheError
 from .keying import KeySpace
 from .keys import CacheKeys, parse_namespace
 from .registry import Caches
+from .replies import text
 
 __all__ = ["main"]
 
@@ -116,6 +119,8 @@ def cmd_check(config: CacheConfig, args: argparse.Namespace) -> int:
             print(f"ok    authenticated as {whoami.decode() if isinstance(whoami, bytes) else whoami}")
             if isinstance(raw, RedisCluster):
                 problems += _check_cluster(raw)
+            elif config.sentinel:
+                problems += _check_sentinel(config, raw)
         except (RedisError, RedisClusterException, OSError) as exc:
             print(f"FAIL  connect: {exc}")
             return 1
@@ -137,7 +142,7 @@ def cmd_check(config: CacheConfig, args: argparse.Namespace) -> int:
             elif args.verbose:
                 print(f"ok    {namespace.value}: round trip {1000 * (time.perf_counter() - started):.1f} ms")
         redis_count = sum(config.uses_redis(ns) for ns in CacheKeys)
-        failed = sum(1 for line in problems if not line.startswith("FAIL  cluster"))
+        failed = sum(1 for line in problems if not line.startswith(("FAIL  cluster", "FAIL  sentinel")))
         if redis_count - failed:
             print(f"ok    {redis_count - failed} of {redis_count} Redis namespaces round-trip a key")
     for line in problems:
@@ -164,6 +169,45 @@ def _check_cluster(client: RedisCluster) -> list[str]:
     replicas = sum("slave" in flag for flag in flags.values())
     if not problems:
         print(f"ok    cluster: state ok on {primaries} masters, {replicas} replicas")
+    return problems
+
+
+def _check_sentinel(config: CacheConfig, client: Any) -> list[str]:
+    """The master the library reached and its replicas (its INFO
+    replication), then each sentinel's view: the master it names, the
+    replicas and other sentinels it knows. A sentinel that is down or names
+    another master is a problem."""
+    problems = []
+    master = client.connection_pool.get_master_address()
+    info = client.info("replication")
+    replicas = [value for name, value in info.items() if name.startswith("slave") and isinstance(value, dict)]
+    listed = ", ".join(f"replica {r['ip']}:{r['port']} ({r['state']}, lag {r['lag']})" for r in replicas)
+    print(f"ok    master {master[0]}:{master[1]} (role {info.get('role')}): {listed or 'no replicas'}")
+    name = config.sentinel_master
+    named: Any
+    state: Any
+    known: Any
+    for uri in config.redis_uris:
+        sentinel = Redis(host=uri.host, port=uri.port, **sentinel_options(config))
+        try:
+            named = sentinel.sentinel_get_master_addr_by_name(name)
+            state = sentinel.sentinel_master(name)
+            known = sentinel.sentinel_slaves(name)
+        except RedisError as exc:
+            problems.append(f"FAIL  sentinel {uri.address}: {exc}")
+            continue
+        finally:
+            sentinel.close()
+        named = (text(named[0]), int(named[1])) if named else None
+        address = f"{named[0]}:{named[1]}" if named else "none"
+        up = sum(1 for replica in known if not replica["is_sdown"] and not replica["is_odown"])
+        line = (f"sentinel {uri.address}: names master {address} ({state['flags']}), "
+                f"{up} of {len(known)} replicas up, {state['num-other-sentinels']} other sentinels, "
+                f"quorum {state['quorum']}")
+        if named != (text(master[0]), int(master[1])):
+            problems.append(f"FAIL  {line}: not the master reached")
+        else:
+            print(f"ok    {line}")
     return problems
 
 

@@ -118,7 +118,8 @@ def parse_text(raw: str | None) -> str | None:
 
 
 def parse_uris(raw: str | None) -> tuple[RedisURI, ...] | None:
-    """One ``redis://`` or ``rediss://`` URI, or several separated by commas."""
+    """One ``redis://`` or ``rediss://`` URI, or several separated by commas;
+    or sentinel seeds (``redis+sentinel://``, ``rediss+sentinel://``)."""
     if raw is None:
         return None
     try:
@@ -232,7 +233,7 @@ KIND_DESCRIPTIONS: dict[str, str] = {
     "milliseconds": "milliseconds (number or arithmetic)",
     "text": "text",
     "secret": "text, never shown",
-    "uris": "redis:// or rediss:// URI, or a comma-separated list",
+    "uris": "redis:// or rediss:// URI, or a comma-separated list (redis+sentinel:// for sentinels)",
     "namespaces": "comma-separated CacheKeys names",
     "ttls": "NAMESPACE=seconds pairs, comma-separated; none = no expiry",
     "cafile": "path of a PEM file",
@@ -305,16 +306,22 @@ VARIABLES: tuple[Variable, ...] = (
              "(default 6379); database 0 to 15 (default 0; a server whose 'databases' setting "
              "refuses it is reported at first use, naming REDIS_URI). The user name and password "
              "end at the last '@' and may hold any character; percent-encoding is decoded "
-             "(write a literal '%' as %25). No part of them is ever shown.",
+             "(write a literal '%' as %25). No part of them is ever shown. "
+             "redis+sentinel:// URIs (rediss+sentinel:// for TLS to the data nodes) name the "
+             "sentinels of a Sentinel-managed master instead (see REDIS_SENTINEL_MASTER); the "
+             "path is the database number, the same in each.",
              "redis://127.0.0.1:6379",
              accepts=("rediss://user:p%40ss@cache.example.com:6380/2", "redis://[::1]:6379",
                       "redis://:p@ss/w#rd?@10.0.0.5:6379/1",
-                      "redis://10.0.0.1:7001,redis://10.0.0.2:7002"),
+                      "redis://10.0.0.1:7001,redis://10.0.0.2:7002",
+                      "redis+sentinel://10.0.0.5:26379/0,redis+sentinel://10.0.0.6:26379/0"),
              rejects=("redis://my host:6379", "redis:// 127.0.0.1", "redis://127.0.0.1:0",
                       "redis://127.0.0.1:65536", "redis://user:p@ss/w#rd@127.0.0.1:63 79",
                       "redis://127.0.0.1/16", "redis://::1", "redis://[::1:6379",
                       "redis://999.0.0.1", "redis://127.0.0.1?ssl=true", "redis://127.0.0.1/x",
-                      "redis://127.0.0.1,,redis://127.0.0.2")),
+                      "redis://127.0.0.1,,redis://127.0.0.2",
+                      "redis+sentinel://127.0.0.1:26379,redis://127.0.0.1:6379",
+                      "redis+sentinel://127.0.0.1:26379/0,redis+sentinel://127.0.0.1:26380/1")),
     Variable("USE_REDIS_CLUSTER", "flag", "false",
              "Cluster mode with a single seed URI.", "true"),
     Variable("USE_REDIS_STREAMS", "flag", None,
@@ -323,6 +330,19 @@ VARIABLES: tuple[Variable, ...] = (
              "ACL user name; overrides a user name written in REDIS_URI.", "librechat_user"),
     Variable("REDIS_PASSWORD", "secret", None,
              "Password; overrides a password written in REDIS_URI. Never shown.", "s3cret"),
+    Variable("REDIS_SENTINEL_MASTER", "text", None,
+             "The name the sentinels monitor the master by (their 'sentinel monitor <name> ...'). "
+             "Required with redis+sentinel:// URIs, refused with any other.", "mymaster",
+             rejects=("mymaster",)),
+    Variable("REDIS_SENTINEL_USERNAME", "text", None,
+             "ACL user name for sentinels that require authentication (the data nodes use "
+             "REDIS_USERNAME or the URI's). Only with redis+sentinel:// URIs.", "sentinel-user",
+             rejects=("sentinel-user",)),
+    Variable("REDIS_SENTINEL_PASSWORD", "secret", None,
+             "Password for sentinels that require authentication ('requirepass' of the sentinels; "
+             "the data nodes use REDIS_PASSWORD or the URI's). Only with redis+sentinel:// URIs. "
+             "Never shown.", "s3ntinel",
+             rejects=("s3ntinel",)),
     Variable("REDIS_CA", "cafile", None,
              "PEM file of the CA that signed the server's certificate; requires rediss://.",
              "/etc/ssl/redis-ca.pem"),
@@ -431,6 +451,9 @@ class CacheConfig:
     redis_username: str | None = None
     redis_password: str | None = attrs.field(default=None, repr=False)
     redis_ca: Path | None = None
+    sentinel_master: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = attrs.field(default=None, repr=False)
     alternative_dns_lookup: bool = False
     key_prefix: str = ""
     key_prefix_source: str | None = None
@@ -482,7 +505,8 @@ class CacheConfig:
             env.add_parser(kind, parser)
 
         values: dict[str, Any] = {}
-        secrets = [source.get("REDIS_PASSWORD") or "", env._environ.get("REDIS_PASSWORD") or ""]
+        secrets = [found for name in ("REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD")
+                   for found in (source.get(name) or "", env._environ.get(name) or "")]
         for variable in VARIABLES:
             try:
                 values[variable.name] = getattr(env, variable.kind)(variable.name, variable.default)
@@ -507,6 +531,9 @@ class CacheConfig:
             redis_username=values["REDIS_USERNAME"],
             redis_password=values["REDIS_PASSWORD"],
             redis_ca=values["REDIS_CA"],
+            sentinel_master=values["REDIS_SENTINEL_MASTER"],
+            sentinel_username=values["REDIS_SENTINEL_USERNAME"],
+            sentinel_password=values["REDIS_SENTINEL_PASSWORD"],
             alternative_dns_lookup=bool(values["REDIS_USE_ALTERNATIVE_DNS_LOOKUP"]),
             key_prefix=prefix,
             key_prefix_source=prefix_source,
@@ -568,6 +595,7 @@ class CacheConfig:
             )
         if self.redis_ca is not None and self.redis_uris and not self.tls:
             raise ConfigurationError("REDIS_CA requires REDIS_URI to use rediss://", "REDIS_CA")
+        self._check_sentinel()
         if self.cluster and any(uri.db for uri in self.redis_uris):
             raise ConfigurationError(
                 "REDIS_URI: a cluster has only database 0; remove the /<db> path", "REDIS_URI"
@@ -594,16 +622,44 @@ class CacheConfig:
                 "LIBRECACHE_MEMORY_MAX_ENTRIES: must be at least 1", "LIBRECACHE_MEMORY_MAX_ENTRIES"
             )
 
+    def _check_sentinel(self) -> None:
+        """Sentinel seeds come with a master name and without cluster mode;
+        the sentinel variables come only with sentinel seeds."""
+        if self.sentinel:
+            if not self.sentinel_master:
+                raise ConfigurationError(
+                    "REDIS_SENTINEL_MASTER is required with redis+sentinel:// URIs: "
+                    "the name the sentinels monitor the master by", "REDIS_SENTINEL_MASTER")
+            if self.use_redis_cluster:
+                raise ConfigurationError(
+                    "USE_REDIS_CLUSTER cannot be used with redis+sentinel:// URIs: "
+                    "Sentinel manages one master, not a cluster", "USE_REDIS_CLUSTER")
+            return
+        for name, value in (("REDIS_SENTINEL_MASTER", self.sentinel_master),
+                            ("REDIS_SENTINEL_USERNAME", self.sentinel_username),
+                            ("REDIS_SENTINEL_PASSWORD", self.sentinel_password)):
+            if value:
+                raise ConfigurationError(
+                    f"{name} is set but REDIS_URI lists no redis+sentinel:// URIs; "
+                    f"name the sentinels in REDIS_URI or unset {name}", name)
+
     # -- derived facts ----------------------------------------------------
 
     @property
     def cluster(self) -> bool:
         """True when Redis is a cluster: several URIs, or USE_REDIS_CLUSTER."""
+        if self.sentinel:
+            return False
         return len(self.redis_uris) > 1 or (self.use_redis_cluster and bool(self.redis_uris))
 
     @property
+    def sentinel(self) -> bool:
+        """True when the URIs name the sentinels of a master (``redis+sentinel://``)."""
+        return bool(self.redis_uris) and self.redis_uris[0].sentinel
+
+    @property
     def tls(self) -> bool:
-        """True when the URIs use ``rediss://``."""
+        """True when the URIs use ``rediss://`` (or ``rediss+sentinel://``)."""
         return bool(self.redis_uris) and self.redis_uris[0].tls
 
     @property
@@ -671,7 +727,11 @@ class CacheConfig:
         yield "redis", ("on" if self.use_redis else "off")
         if self.redis_uris:
             yield "uris", ", ".join(uri.display() for uri in self.redis_uris)
-            yield "topology", "cluster" if self.cluster else "single"
+            yield "topology", "cluster" if self.cluster else "sentinel" if self.sentinel else "single"
+            if self.sentinel:
+                yield "sentinel master", self.sentinel_master or "-"
+                yield "sentinel user", self.sentinel_username or "-"
+                yield "sentinel password", "***" if self.sentinel_password else "-"
             yield "tls", ("on" + (f" (CA {self.redis_ca})" if self.redis_ca else "")) if self.tls else "off"
             yield "user", self.username or "-"
             yield "password", "***" if self.password else "-"

@@ -101,6 +101,8 @@ class InvalidationBus:
         self._pending: dict[str, float] = {}
         connection.on_recovery.append(self._announce_pending)
         connection.on_overflow.append(self._invalidate_all)
+        connection.on_master_switch.append(self._resubscribe)
+        self._master_moved = False
         self.loaded = False
         self._retry_at = 0.0
         self._load_lock = threading.Lock()
@@ -282,6 +284,9 @@ class InvalidationBus:
                 last_heard = time.monotonic()
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.2)
+                    if self._master_moved:
+                        self._master_moved = False
+                        raise ConnectionError("Sentinel moved the master; subscribing there")
                     if message is None:
                         self._keep_alive(pubsub, last_heard)
                         continue
@@ -316,6 +321,10 @@ class InvalidationBus:
                     except Exception:
                         pass
 
+
+    def _resubscribe(self) -> None:
+        """Subscribe again (on the new master, after a Sentinel failover)."""
+        self._master_moved = True
 
     def _keep_alive(self, pubsub: Any, last_heard: float) -> None:
         """With REDIS_PING_INTERVAL, PING the subscription when it has been

@@ -23,7 +23,7 @@ import attrs
 
 __all__ = ["MAX_DATABASE", "RedisURI", "mask_uri", "parse_redis_uris"]
 
-_SCHEMES = ("redis", "rediss")
+_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
 DEFAULT_PORT = 6379
 #: Highest database number accepted (Redis' default ``databases 16``).
 MAX_DATABASE = 15
@@ -41,10 +41,11 @@ _DOTTED = re.compile(r"^[0-9.]+$")
 class RedisURI:
     """One entry of ``REDIS_URI``, parsed.
 
-    :ivar scheme: ``redis`` or ``rediss`` (TLS).
+    :ivar scheme: ``redis`` or ``rediss`` (TLS); ``redis+sentinel`` or
+        ``rediss+sentinel`` for a sentinel seed (TLS to the data nodes).
     :ivar host: host name or IP address (IPv6 without brackets).
     :ivar port: TCP port.
-    :ivar db: database number (single server only).
+    :ivar db: database number (single server or Sentinel only).
     :ivar username: user name written in the URI, percent-decoding applied.
     :ivar password: password written in the URI; never shown in ``repr``.
     """
@@ -58,8 +59,13 @@ class RedisURI:
 
     @property
     def tls(self) -> bool:
-        """True for ``rediss://``."""
-        return self.scheme == "rediss"
+        """True for ``rediss://`` (and ``rediss+sentinel://``)."""
+        return self.scheme.startswith("rediss")
+
+    @property
+    def sentinel(self) -> bool:
+        """True for a sentinel seed (``redis+sentinel://``, ``rediss+sentinel://``)."""
+        return self.scheme.endswith("+sentinel")
 
     @property
     def address(self) -> str:
@@ -152,7 +158,9 @@ def _parse_one(text: str) -> RedisURI:
     head, userinfo, rest = _split_userinfo(text)
     scheme = head[:-3].lower()
     if scheme not in _SCHEMES:
-        raise ValueError(f"{shown!r} must start with redis:// or rediss://")
+        raise ValueError(
+            f"{shown!r} must start with redis:// or rediss:// (redis+sentinel:// or rediss+sentinel:// for sentinels)"
+        )
     if userinfo is not None and any(ch.isspace() for ch in userinfo):
         raise ValueError(f"{shown!r}: the user name or password holds a blank; percent-encode it (%20)")
     if "," in rest:
@@ -200,6 +208,7 @@ def parse_redis_uris(raw: str) -> tuple[RedisURI, ...]:
             or raw.lstrip().startswith(","):
         raise ValueError("REDIS_URI has an empty entry (two commas in a row, or a comma at either end)")
     uris = tuple(_parse_one(entry) for entry in entries)
+    check_sentinel_uris(uris)
     if len({uri.scheme for uri in uris}) > 1:
         raise ValueError("All REDIS_URI entries must use the same protocol")
     if len({(uri.username, uri.password) for uri in uris}) > 1:
@@ -207,3 +216,19 @@ def parse_redis_uris(raw: str) -> tuple[RedisURI, ...]:
     if len({uri.address for uri in uris}) != len(uris):
         raise ValueError("REDIS_URI lists the same address twice")
     return uris
+
+
+def check_sentinel_uris(uris: tuple[RedisURI, ...]) -> None:
+    """Sentinel seeds are all sentinel seeds, of one database.
+
+    :raises ValueError: sentinel and plain URIs are mixed, or the sentinel
+        seeds name different database numbers.
+    """
+    kinds = {uri.sentinel for uri in uris}
+    if len(kinds) > 1:
+        raise ValueError(
+            "REDIS_URI mixes sentinel seeds (redis+sentinel://) with plain URIs; "
+            "list either the sentinels or the Redis servers"
+        )
+    if True in kinds and len({uri.db for uri in uris}) > 1:
+        raise ValueError("REDIS_URI: every sentinel seed must name the same database number (/<db>)")

@@ -12,7 +12,7 @@ from redis.cluster import RedisCluster
 
 import librecache
 from tests.certs import TestCA
-from tests.servers import RedisClusterFarm, RedisServer, ServerFarm
+from tests.servers import RedisClusterFarm, RedisSentinelFarm, RedisServer, ServerFarm
 
 
 @pytest.fixture(scope="session")
@@ -172,3 +172,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     shots = sorted(folder.glob("*.png"))
     if shots:
         terminalreporter.write_line(f"screenshots of what the browser showed ({len(shots)}): {folder}")
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(farm: ServerFarm) -> RedisSentinelFarm:
+    """A master, its replica and three sentinels for the whole session
+    (tests may fail it over: ask the farm who is master)."""
+    sentinel = RedisSentinelFarm(farm.root, config_lines=ACL_LINES)
+    farm.servers.extend(sentinel.servers)
+    return sentinel.start()

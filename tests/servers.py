@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -371,3 +371,192 @@ class SilentPeer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RedisSentinelFarm:
+    """A master, one replica and three sentinels (``redis-server
+    --sentinel``) monitoring them as ``master_name``, all on 127.0.0.1.
+
+    Sentinel rewrites its configuration file, so each sentinel keeps its own
+    (written once: a restarted sentinel remembers what it learnt).
+
+    :param tls: ``(cert, key, ca)``: the data nodes listen with TLS only
+        (replication too); the sentinels listen in plain TCP and reach the
+        data nodes with TLS.
+    :param sentinel_password: the sentinels require this password.
+    """
+
+    def __init__(self, root: Path, *, master_name: str = "mymaster", sentinels: int = 3,
+                 config_lines: Sequence[str] = (), sentinel_password: str | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        self.root = root / f"sentinel-{free_port()}"
+        self.master_name = master_name
+        self.tls = tls
+        data = (*config_lines, "repl-diskless-sync-delay 0", "replica-announce-ip 127.0.0.1",
+                *(["tls-replication yes"] if tls else []))
+        self.data_nodes = [RedisServer(self.root, config_lines=data, tls=tls)]
+        self.data_nodes.append(RedisServer(
+            self.root, config_lines=(*data, f"replicaof {LOOPBACK} {self.data_nodes[0].port}"), tls=tls))
+        self.sentinel_password = sentinel_password
+        tls_lines = [f"tls-cert-file {tls[0]}", f"tls-key-file {tls[1]}", f"tls-ca-cert-file {tls[2]}",
+                     "tls-replication yes"] if tls else []
+        self.sentinels = [_SentinelServer(self.root, master_name, self.data_nodes[0].port, sentinel_password,
+                                          tls_lines) for _ in range(sentinels)]
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return [*self.data_nodes, *self.sentinels]
+
+    def uri(self, scheme: str = "redis+sentinel", db: int = 0, count: int | None = None) -> str:
+        """A REDIS_URI value naming the sentinels (the first ``count``)."""
+        return ",".join(f"{scheme}://{LOOPBACK}:{s.port}/{db}" for s in self.sentinels[:count])
+
+    def env(self, prefix: str) -> dict[str, str]:
+        """Variables of a deployment on this farm."""
+        return {"USE_REDIS": "true", "REDIS_URI": self.uri(), "REDIS_SENTINEL_MASTER": self.master_name,
+                "REDIS_KEY_PREFIX": prefix}
+
+    def start(self, timeout: float = 60.0) -> RedisSentinelFarm:
+        for node in self.data_nodes:
+            node.start()
+        # the sentinels start once the replica is synced: their first INFO of the master lists it
+        self._wait(lambda: self._role(self.data_nodes[1]).get("master_link_status") == "up", timeout,
+                   "the replica did not sync")
+        for sentinel in self.sentinels:
+            sentinel.start()
+        self.wait_healthy(timeout)
+        return self
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    # -- what the sentinels say --------------------------------------------------
+
+    def client(self, server: RedisServer, decode_responses: bool = True) -> redis.Redis:
+        """A plain client of ``server`` (a data node or a sentinel)."""
+        options: dict[str, object] = {"host": LOOPBACK, "port": server.port, "socket_timeout": 5,
+                                      "decode_responses": decode_responses}
+        if isinstance(server, _SentinelServer):
+            options["password"] = self.sentinel_password
+        elif self.tls:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls[2]), ssl_check_hostname=False)
+        return redis.Redis(**options)  # type: ignore[arg-type]
+
+    def _role(self, server: RedisServer) -> dict[str, object]:
+        client = self.client(server)
+        try:
+            return dict(client.info("replication"))
+        finally:
+            client.close()
+
+    def _ask(self, sentinel: RedisServer, *command: str) -> object:
+        client = self.client(sentinel)
+        try:
+            return client.execute_command(*command)
+        finally:
+            client.close()
+
+    def master_port(self, sentinel: RedisServer | None = None) -> int:
+        """The master's port, as a running sentinel names it."""
+        sentinel = sentinel or next(s for s in self.sentinels if s.process is not None)
+        reply = self._ask(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        return int(reply[1])  # type: ignore[index]
+
+    @property
+    def master(self) -> RedisServer:
+        port = self.master_port()
+        return next(node for node in self.data_nodes if node.port == port)
+
+    @property
+    def replica(self) -> RedisServer:
+        return next(node for node in self.data_nodes if node is not self.master)
+
+    def _healthy(self) -> bool:
+        running = [s for s in self.sentinels if s.process is not None]
+        master = self.master
+        if any(self.master_port(s) != master.port for s in running):
+            return False
+        for node in self.data_nodes:
+            role = self._role(node)
+            if node is master and role.get("role") != "master":
+                return False
+            if node is not master and (role.get("role") != "slave" or role.get("master_link_status") != "up"
+                                       or role.get("master_port") != master.port):
+                return False
+        for sentinel in running:
+            replicas = self._ask(sentinel, "SENTINEL", "REPLICAS", self.master_name)
+            healthy = [r for r in replicas if "s_down" not in r["flags"] and "disconnected" not in r["flags"]]  # type: ignore[attr-defined]
+            others = self._ask(sentinel, "SENTINEL", "SENTINELS", self.master_name)
+            if len(healthy) < len(self.data_nodes) - 1 or len(others) < len(self.sentinels) - 1:  # type: ignore[arg-type]
+                return False
+        return True
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Until every sentinel names the same master, the replica is synced
+        to it and every sentinel lists the replica and the other sentinels."""
+        self._wait(self._healthy, timeout, "the sentinels did not agree on a healthy master")
+
+    def _wait(self, condition: Callable[[], bool], timeout: float, failure: str) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                if condition():
+                    return
+            except Exception as exc:  # still starting
+                last = repr(exc)
+            time.sleep(0.05)
+        raise RuntimeError(f"{failure} within {timeout} s {last}")
+
+    def failover(self, timeout: float = 60.0) -> RedisServer:
+        """``SENTINEL FAILOVER`` (retried while a sentinel answers
+        NOGOODSLAVE or INPROG); returns once every running sentinel names
+        the new master, which is returned."""
+        self.wait_healthy(timeout)
+        old = self.master
+        sentinel = next(s for s in self.sentinels if s.process is not None)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._ask(sentinel, "SENTINEL", "FAILOVER", self.master_name)
+                break
+            except redis.ResponseError as exc:
+                if time.monotonic() > deadline or not str(exc).startswith(("NOGOODSLAVE", "INPROG")):
+                    raise
+                time.sleep(0.1)
+        running = [s for s in self.sentinels if s.process is not None]
+        self._wait(lambda: all(self.master_port(s) != old.port for s in running), timeout,
+                   "the sentinels did not name a new master")
+        return self.master
+
+    def stop_sentinel(self, index: int) -> RedisServer:
+        self.sentinels[index].stop()
+        return self.sentinels[index]
+
+    def start_sentinel(self, index: int) -> RedisServer:
+        return self.sentinels[index].start()
+
+
+class _SentinelServer(RedisServer):
+    """One ``redis-server --sentinel`` with a configuration file of its own,
+    written at the first start only (Sentinel rewrites it)."""
+
+    def __init__(self, root: Path, master_name: str, master_port: int, password: str | None,
+                 tls_lines: Sequence[str] = ()) -> None:
+        auth = [f"requirepass {password}", f"sentinel sentinel-pass {password}"] if password else []
+        super().__init__(root, extra=["--sentinel"], config_lines=[
+            f"sentinel announce-ip {LOOPBACK}",
+            f"sentinel monitor {master_name} {LOOPBACK} {master_port} 2",
+            f"sentinel down-after-milliseconds {master_name} 1000",
+            f"sentinel failover-timeout {master_name} 5000",
+            *auth,
+            *tls_lines,
+        ])
+
+    def command(self) -> list[str]:
+        conf = self.dir / "redis.conf"
+        if not conf.exists():
+            conf.write_text("\n".join(self.config_lines) + "\n")
+        return [redis_server_binary(), str(conf), "--bind", LOOPBACK, "--dir", str(self.dir),
+                "--logfile", str(self.logfile), "--protected-mode", "no", "--port", str(self.port), *self.extra]

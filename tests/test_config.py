@@ -333,6 +333,9 @@ def test_every_variable_is_declared_once_with_help_and_a_valid_example() -> None
             environ["REDIS_URI"] = "redis://h"
         if variable.name == "USE_REDIS_STREAMS":
             environ["REDIS_URI"] = "redis://h"
+        if variable.name.startswith("REDIS_SENTINEL_"):
+            environ.setdefault("REDIS_SENTINEL_MASTER", "mymaster")
+            environ["REDIS_URI"] = "redis+sentinel://h:26379/0"
         if variable.name == "REDIS_KEY_PREFIX_VAR":
             environ[variable.example] = "rev1"
         CacheConfig.from_env(environ)
