@@ -442,7 +442,8 @@ def test_documented_forms_behave_as_documented(name: str) -> None:
     (variable,) = [variable for variable in VARIABLES if variable.name == name]
     assert variable.accepts and variable.rejects
     for good in (variable.example, *variable.accepts):
-        build(**{name: good})
+        companions = {"REDIS_SENTINEL_MASTER": "mymaster"} if "+sentinel://" in good else {}
+        build(**{name: good}, **companions)
     for bad in variable.bad_values():
         assert error_of(**{name: bad}).variable == name
 

@@ -485,7 +485,7 @@ def test_sentinel_configuration_is_described_and_passwords_never_shown() -> None
     settings = dict(config.describe())
     assert settings["topology"] == "sentinel" and settings["sentinel master"] == "mymaster"
     assert settings["sentinel user"] == "watcher" and settings["sentinel password"] == "***"
-    assert settings["uris"] == "rediss+sentinel://app:***@10.0.0.5:26379/2, rediss+sentinel://app:***@10.0.0.6:26379/2"
+    assert settings["uris"] == "rediss+sentinel://***@10.0.0.5:26379/2, rediss+sentinel://***@10.0.0.6:26379/2"
     shown = repr(config) + str(settings)
     assert "data-secret-1" not in shown and "sentinel-secret-2" not in shown
 
