@@ -25,12 +25,12 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import Connection, ConnectionPool, SSLConnection
 from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
 
+from ._compat import call_transient_only, call_transient_only_async, jitter_backoff
 from .config import CacheConfig
 from .health import UNAVAILABLE, Breaker, is_transient, ping_idle_connections, run_maintenance
 from .logs import RateLimitedLog
@@ -57,36 +57,19 @@ AnyRedis = redis.Redis | RedisCluster
 MAX_COMMAND_RETRIES = 1
 
 
-def _only_transient(is_retryable: Callable[[Exception], bool] | None) -> Callable[[Exception], bool]:
-    """``is_retryable`` narrowed to transient failures (:func:`is_transient`)."""
-
-    def retryable(error: Exception) -> bool:
-        return is_transient(error) and (is_retryable is None or is_retryable(error))
-
-    return retryable
-
-
 class FailFastRetry(Retry):
     """redis-py's :class:`~redis.retry.Retry` that does not retry permanent
     failures (:func:`is_transient`): they are reported at once, with the
     reason, instead of after the whole back-off schedule."""
 
-    def call_with_retry(  # type: ignore[override]
-        self,
-        do: Callable[[], Any],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
-    ) -> Any:
-        return super().call_with_retry(
-            do, fail, is_retryable=_only_transient(is_retryable), with_failure_count=with_failure_count
-        )
+    def call_with_retry(self, do: Callable[[], Any], fail: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return call_transient_only(super().call_with_retry, do, fail, args, kwargs, is_transient)
 
 
-def _retry(config: CacheConfig) -> Retry:
+def _retry(config: CacheConfig, retry_class: type[Retry] | type[AsyncRetry] = FailFastRetry) -> Any:
     attempts = config.retry_max_attempts
     retries = MAX_COMMAND_RETRIES if attempts == 0 else min(attempts, MAX_COMMAND_RETRIES)
-    return FailFastRetry(ExponentialWithJitterBackoff(base=0.01, cap=config.retry_max_delay), retries)
+    return retry_class(jitter_backoff(base=0.01, cap=config.retry_max_delay), retries)
 
 
 def _is_ip(host: str) -> bool:
@@ -101,20 +84,28 @@ def _is_ip(host: str) -> bool:
 class _BoundedConnect:
     """REDIS_CONNECT_TIMEOUT bounds the whole connect: TCP, the TLS
     handshake and the AUTH/HELLO exchange (redis-py bounds only the TCP
-    connect by it and the rest by the reply time-out)."""
+    connect by it and the rest by the reply time-out). Uses redis-py's
+    ``_sock`` and ``_wrap_socket_with_ssl``: see librecache._compat."""
 
     socket_connect_timeout: float | None
     socket_timeout: float | None
     _sock: Any
 
-    def on_connect_check_health(self, check_health: bool = True) -> None:
+    def _bounded(self, handshake: Callable[[], None]) -> None:
         if self._sock is not None:
             self._sock.settimeout(self.socket_connect_timeout)
         try:
-            super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
+            handshake()
         finally:
             if self._sock is not None:
                 self._sock.settimeout(self.socket_timeout)
+
+    def on_connect_check_health(self, check_health: bool = True) -> None:  # redis-py >= 6
+        self._bounded(lambda: super(_BoundedConnect, self).on_connect_check_health(  # type: ignore[misc]
+            check_health=check_health))
+
+    def on_connect(self) -> None:  # redis-py 5: the handshake itself (>= 6: calls the above)
+        self._bounded(lambda: super(_BoundedConnect, self).on_connect())  # type: ignore[misc]
 
 
 class BoundedConnection(_BoundedConnect, Connection):
@@ -461,15 +452,9 @@ class AsyncFailFastRetry(AsyncRetry):
     """The asyncio twin of :class:`FailFastRetry`."""
 
     async def call_with_retry(  # type: ignore[override]
-        self,
-        do: Callable[[], Any],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
+        self, do: Callable[[], Any], fail: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Any:
-        return await super().call_with_retry(
-            do, fail, is_retryable=_only_transient(is_retryable), with_failure_count=with_failure_count
-        )
+        return await call_transient_only_async(super().call_with_retry, do, fail, args, kwargs, is_transient)
 
 
 #: Connections per node of an asyncio client (stream subscribers block on one each).
@@ -481,8 +466,7 @@ def async_client(config: CacheConfig) -> AsyncRedis | AsyncRedisCluster:
     credentials, TLS verification, time-outs and retry rules as the
     registry's client (keys given in full: no prefixing)."""
     options = client_options(config)
-    retry = options.pop("retry")
-    options["retry"] = AsyncFailFastRetry(retry._backoff, retry.get_retries())
+    options["retry"] = _retry(config, AsyncFailFastRetry)
     if config.tls:
         options["ssl"] = True
     if config.cluster:
