@@ -9,10 +9,13 @@ it. Sections per library: environs, dogpile.cache, redis-py.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import AbstractBackoff, FullJitterBackoff
+from redis.connection import ConnectionPool
 
 T = TypeVar("T")
 
@@ -135,6 +138,27 @@ async def call_transient_only_async(
     except _Permanent as wrapped:
         error = wrapped.error
     raise error
+
+
+_POOL_NEEDS_COMMAND_NAME = (
+    inspect.signature(ConnectionPool.get_connection).parameters["command_name"].default is inspect.Parameter.empty
+)
+
+
+def pooled_connection(pool: ConnectionPool) -> Any:
+    """``pool.get_connection()`` on every redis-py version: before 5.3 it
+    requires a command name, from 5.3 on passing one is deprecated."""
+    return pool.get_connection("PING") if _POOL_NEEDS_COMMAND_NAME else pool.get_connection()
+
+
+def async_cluster_options(dynamic_startup_nodes: bool) -> dict[str, Any]:
+    """``dynamic_startup_nodes`` for :class:`redis.asyncio.cluster.RedisCluster`
+    where it exists (redis-py 6.1 on); older versions keep the given
+    startup nodes only until the first slot refresh, as their sync client
+    does with ``dynamic_startup_nodes=True``."""
+    if "dynamic_startup_nodes" in inspect.signature(AsyncRedisCluster.__init__).parameters:
+        return {"dynamic_startup_nodes": dynamic_startup_nodes}
+    return {}
 
 
 #: redis-py privates still used, and the public behaviour each stands in for:

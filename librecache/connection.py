@@ -12,7 +12,6 @@ import copy
 import ipaddress
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +29,13 @@ from redis.connection import Connection, ConnectionPool, SSLConnection
 from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
 
-from ._compat import call_transient_only, call_transient_only_async, jitter_backoff
+from ._compat import (
+    async_cluster_options,
+    call_transient_only,
+    call_transient_only_async,
+    jitter_backoff,
+    pooled_connection,
+)
 from .config import CacheConfig
 from .health import UNAVAILABLE, Breaker, is_transient, ping_idle_connections, run_maintenance
 from .logs import RateLimitedLog
@@ -244,7 +249,7 @@ def client_options(config: CacheConfig) -> dict[str, Any]:
 def tls_options(config: CacheConfig) -> dict[str, Any]:
     """Certificate and host name verification, with REDIS_CA if given."""
     return {
-        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_cert_reqs": "required",  # a string: redis-py 5.x's asyncio client takes no ssl.VerifyMode
         "ssl_check_hostname": True,
         "ssl_ca_certs": str(config.redis_ca) if config.redis_ca else None,
     }
@@ -426,7 +431,7 @@ class RedisConnection:
         else:
             assert client is not None
             pool = client.connection_pool
-        connection = pool.get_connection()
+        connection = pooled_connection(pool)
         try:
             connection.send_command("COMMAND", "INFO", name)
             return connection.read_response()
@@ -473,7 +478,7 @@ def async_client(config: CacheConfig) -> AsyncRedis | AsyncRedisCluster:
         # every blocked stream subscriber holds a connection to its node
         cluster = AsyncRedisCluster(
             startup_nodes=[AsyncClusterNode(uri.host, uri.port) for uri in config.redis_uris],
-            max_connections=ASYNC_MAX_CONNECTIONS, dynamic_startup_nodes=not config.alternative_dns_lookup,
+            max_connections=ASYNC_MAX_CONNECTIONS, **async_cluster_options(not config.alternative_dns_lookup),
             **options,
         )
         if config.alternative_dns_lookup:

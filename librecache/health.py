@@ -167,7 +167,9 @@ def ping_idle_connections(pool: Any, timeout: float, breaker: Breaker) -> None:
     for connection in idle:
         try:
             connection.send_command("PING")
-            connection.read_response(timeout=timeout)
+            if not connection.can_read(timeout=timeout):  # read_response(timeout=) is redis-py 6+ only
+                raise TimeoutError(f"no PING reply within {timeout} s")
+            connection.read_response()
             breaker.keepalive_pings += 1
         except Exception as exc:  # any failure: this connection is not usable
             breaker.keepalive_drops += 1
