@@ -48,9 +48,9 @@ def upstream_tests(version: str = DOGPILE_VERSION) -> Path:
     """The ``tests/cache`` folder of dogpile.cache ``version``'s sdist,
     fetched from the package index the first time."""
     folder = ROOT / ".dogpile-tests" / version
-    tests = folder / f"dogpile_cache-{version}" / "tests" / "cache"
-    if tests.is_dir():
-        return tests
+    found = sorted(folder.glob("*/tests/cache"))  # dogpile.cache-1.3.0/ or dogpile_cache-1.5.0/
+    if found:
+        return found[0]
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
@@ -60,7 +60,9 @@ def upstream_tests(version: str = DOGPILE_VERSION) -> Path:
     (sdist,) = folder.glob("dogpile*cache-*.tar.gz")
     with tarfile.open(sdist) as archive:
         members = [m for m in archive.getmembers() if "/tests/" in m.name]
-        archive.extractall(folder, members=members, filter="data")
+        safe: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
+        archive.extractall(folder, members=members, **safe)
+    (tests,) = folder.glob("*/tests/cache")
     return tests
 
 
@@ -153,6 +155,21 @@ FIXED_ON_OTHER_BRANCHES: dict[str, str] = {
 # --------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="class")
+def _shared(request: pytest.FixtureRequest) -> Iterator[librecache.Caches]:
+    """One registry per test class: its connection serves every test of the
+    class, each test under its own prefix."""
+    kind = request.cls.kind
+    env: dict[str, str] = {}
+    if kind != "memory":
+        servers = request.getfixturevalue("redis_server" if kind == "single" else "redis_cluster")
+        uri = servers.url if kind == "single" else servers.uri(3)
+        env = {"USE_REDIS": "true", "REDIS_URI": uri, "REDIS_KEY_PREFIX": "dogpile-suites"}
+    with librecache.Caches(env) as caches:
+        yield caches
+
+
+
 class Stack:
     """A backend under test: the ``backend`` name and the ``arguments``
     the registry builds, set per test by :meth:`_stack`."""
@@ -175,18 +192,6 @@ class Stack:
             return {}
         env: dict[str, str] = request.getfixturevalue("redis_env" if self.kind == "single" else "cluster_env")
         return env
-
-    @pytest.fixture(scope="class")
-    def _shared(self, request: pytest.FixtureRequest) -> Iterator[librecache.Caches]:
-        """One registry per class: its connection serves every test, each
-        test under its own prefix."""
-        env: dict[str, str] = {}
-        if self.kind != "memory":
-            servers = request.getfixturevalue("redis_server" if self.kind == "single" else "redis_cluster")
-            uri = servers.url if self.kind == "single" else servers.uri(3)
-            env = {"USE_REDIS": "true", "REDIS_URI": uri, "REDIS_KEY_PREFIX": "dogpile-suites"}
-        with librecache.Caches(env) as caches:
-            yield caches
 
     @pytest.fixture(autouse=True)
     def _stack(
