@@ -1,30 +1,177 @@
-"""The private names of redis-py and dogpile.cache that librecache relies on.
+"""Every use of another library's private names, in one place, and the
+wrappers that make librecache work on every version its dependencies'
+declared ranges allow.
 
-Each function stands in for a public behaviour those libraries do not offer
-(named in its docstring); ``tests/test_compat.py`` has one test per name, so
-that an upgrade which removes one fails loudly, naming it.
+Each entry says which public behaviour it stands in for; ``tests/test_compat.py``
+has one test per private name that fails, naming it, when an upgrade removes
+it. Sections per library: environs, dogpile.cache, redis-py.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from dogpile.util import NameRegistry
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.backoff import AbstractBackoff, FullJitterBackoff
 from redis.connection import ConnectionPool
 
-__all__ = [
-    "borrow_idle_connection",
-    "pool_connections",
-    "renew_lock_registry",
-    "renew_locks",
-    "renew_pool_in_child",
-]
+T = TypeVar("T")
+
+# ==========================================================================
+# environs
+# ==========================================================================
+#
+# None. librecache reads the raw text of each variable itself (the given
+# mapping, then the env file read with python-dotenv, which environs itself
+# uses) and parses it with its own parsers, which raise environs.EnvError
+# (public). Nothing depends on environs' ``Env._environ``, ``Env._get_value``
+# or the text of its error messages any more.
+
+# ==========================================================================
+# dogpile.cache
+# ==========================================================================
+
+#: ``CacheRegion`` private methods :class:`librecache.registry.LibreRegion`
+#: overrides or calls, and why (dogpile has no public hook for them):
+#:
+#: - ``_get_from_backend``, ``_get_multi_from_backend``,
+#:   ``_set_cached_value_to_backend``, ``_set_multi_cached_value_to_backend``:
+#:   the near cache reads and writes through at the level of dogpile's
+#:   ``CachedValue`` (metadata included), after the key mangler. A
+#:   ``ProxyBackend`` sees the same calls but on a BytesBackend only bytes,
+#:   so the near cache would unpickle every hit again (docs/performance.rst:
+#:   a near hit is a dictionary lookup, measured by the benchmarks).
+#: - ``_parse_serialized_from_backend``: a corrupt or foreign value is a
+#:   logged miss instead of an exception (documented in docs/resilience.rst);
+#:   dogpile's ``deserializer`` hook sees only the payload, not the header.
+#: - ``_mutex``: the creation mutex is fetched only when a value must be
+#:   created (:class:`librecache.fastpath.LazyMutex`; docs/performance.rst,
+#:   measured by the benchmarks); ``_lock_registry`` is the registry it is
+#:   fetched from.
+#: - ``_user_defined_key_mangler``: set with ``key_mangler`` so that
+#:   dogpile's ``configure(replace_existing_backend=True)`` keeps the
+#:   backend's mangler when a registry re-points a region.
+DOGPILE_REGION_PRIVATES: tuple[str, ...] = (
+    "_get_from_backend",
+    "_get_multi_from_backend",
+    "_set_cached_value_to_backend",
+    "_set_multi_cached_value_to_backend",
+    "_parse_serialized_from_backend",
+    "_mutex",
+    "_lock_registry",
+    "_user_defined_key_mangler",
+)
+
+#: dogpile's wire format for serialized values: ``{metadata json}|payload``
+#: (``CacheRegion._serialized_cached_value``); librecache reads it in
+#: ``LibreRegion._parse_serialized_from_backend`` (without json when the
+#: header has dogpile's usual shape: measured, see librecache.fastpath).
+DOGPILE_METADATA_DELIMITER = b"|"
 
 
-# -- redis-py: connection pools ---------------------------------------------------------
+def renew_lock_registry(region: Any) -> None:
+    """In a forked child: a fresh registry of creation mutexes for a
+    configured region (``region._lock_registry``, made by ``configure()``
+    from ``region._create_mutex``), since a parent thread may have held one
+    of them, or the registry's own lock, at the fork."""
+    if "_lock_registry" in region.__dict__:
+        region._lock_registry = NameRegistry(region._create_mutex)
+
+# ==========================================================================
+# redis-py
+# ==========================================================================
+
+
+def jitter_backoff(base: float, cap: float) -> AbstractBackoff:
+    """Exponential back-off with full jitter, capped, on every redis-py
+    version (``ExponentialWithJitterBackoff`` appeared in redis-py 5.3;
+    ``FullJitterBackoff`` draws from the same range and exists since 4.x)."""
+    return FullJitterBackoff(cap=cap, base=base)
+
+
+class _Permanent(Exception):
+    """Carries a failure that must not be retried through redis-py's
+    ``Retry``, which re-raises any error outside its supported errors at
+    once, without calling its ``fail`` handler."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _marked(do: Callable[[], T], transient: Callable[[Exception], bool]) -> Callable[[], T]:
+    def attempt() -> T:
+        try:
+            return do()
+        except Exception as exc:
+            if transient(exc):
+                raise
+            raise _Permanent(exc) from exc
+
+    return attempt
+
+
+def call_transient_only(
+    call: Callable[..., T], do: Callable[[], T], fail: Callable[..., Any], args: tuple[Any, ...],
+    kwargs: dict[str, Any], transient: Callable[[Exception], bool],
+) -> T:
+    """``Retry.call_with_retry`` (passed as ``call``, with whatever
+    arguments this redis-py version passes) that retries only failures
+    ``transient`` accepts: the others are raised at once. Public API only:
+    redis-py's ``is_retryable`` argument exists from 6.x/7.x on only."""
+    try:
+        return call(_marked(do, transient), fail, *args, **kwargs)
+    except _Permanent as wrapped:
+        error = wrapped.error
+    raise error
+
+
+async def call_transient_only_async(
+    call: Callable[..., Awaitable[T]], do: Callable[[], Awaitable[T]], fail: Callable[..., Any],
+    args: tuple[Any, ...], kwargs: dict[str, Any], transient: Callable[[Exception], bool],
+) -> T:
+    """The asyncio twin of :func:`call_transient_only`."""
+
+    async def attempt() -> T:
+        try:
+            return await do()
+        except Exception as exc:
+            if transient(exc):
+                raise
+            raise _Permanent(exc) from exc
+
+    try:
+        return await call(attempt, fail, *args, **kwargs)
+    except _Permanent as wrapped:
+        error = wrapped.error
+    raise error
+
+
+_POOL_NEEDS_COMMAND_NAME = (
+    inspect.signature(ConnectionPool.get_connection).parameters["command_name"].default is inspect.Parameter.empty
+)
+
+
+def pooled_connection(pool: ConnectionPool) -> Any:
+    """``pool.get_connection()`` on every redis-py version: before 5.3 it
+    requires a command name, from 5.3 on passing one is deprecated."""
+    return pool.get_connection("PING") if _POOL_NEEDS_COMMAND_NAME else pool.get_connection()
+
+
+def async_cluster_options(dynamic_startup_nodes: bool) -> dict[str, Any]:
+    """``dynamic_startup_nodes`` for :class:`redis.asyncio.cluster.RedisCluster`
+    where it exists (redis-py 6.1 on); older versions keep the given
+    startup nodes only until the first slot refresh, as their sync client
+    does with ``dynamic_startup_nodes=True``."""
+    if "dynamic_startup_nodes" in inspect.signature(AsyncRedisCluster.__init__).parameters:
+        return {"dynamic_startup_nodes": dynamic_startup_nodes}
+    return {}
 
 
 def pool_connections(pool: ConnectionPool) -> list[Any]:
@@ -127,8 +274,6 @@ def borrow_idle_connection(pool: ConnectionPool, idle_for: float, seen: set[int]
     connection's ``_sock`` (connected or not) and ``next_health_check``
     (when it was last used, with ``health_check_interval`` set).
     """
-    import time
-
     chosen = None
     now = time.monotonic()
     with pool._lock:
@@ -152,13 +297,22 @@ def borrow_idle_connection(pool: ConnectionPool, idle_for: float, seen: set[int]
             pool.release(chosen)
 
 
-# -- dogpile.cache ------------------------------------------------------------------------
-
-
-def renew_lock_registry(region: Any) -> None:
-    """In a forked child: a fresh registry of creation mutexes for a
-    configured region (``region._lock_registry``, made by ``configure()``
-    from ``region._create_mutex``), since a parent thread may have held one
-    of them, or the registry's own lock, at the fork."""
-    if "_lock_registry" in region.__dict__:
-        region._lock_registry = NameRegistry(region._create_mutex)
+#: redis-py privates still used, and the public behaviour each stands in for:
+#:
+#: - ``RedisCluster._partition_keys_by_slot`` (librecache/prefixing.py): the
+#:   prefixed cluster client prefixes keys before redis-py groups them per
+#:   slot for ``mget_nonatomic``/``mset_nonatomic``, so that the slots are
+#:   those of the keys actually sent.
+#: - ``__class__`` assignment on a copied live client (``prefixing._adopt``):
+#:   the prefixed client shares the registry client's pools and nodes instead
+#:   of opening its own connections.
+#: - ``Connection._sock`` and ``SSLConnection._wrap_socket_with_ssl``
+#:   (``connection._BoundedConnect``): REDIS_CONNECT_TIMEOUT bounds the TLS
+#:   handshake and AUTH/HELLO, which redis-py bounds by the reply time-out.
+REDIS_PRIVATES: dict[str, tuple[str, ...]] = {
+    "redis.cluster.RedisCluster": ("_partition_keys_by_slot",),
+    "redis.connection.AbstractConnection": ("_sock",),
+    "redis.connection.SSLConnection": ("_wrap_socket_with_ssl",),
+    # fork safety and the keep-alive (the functions above)
+    "redis.connection.ConnectionPool": ("_lock", "_available_connections", "_in_use_connections"),
+}

@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 import environs
+from dotenv import dotenv_values
 
 from .errors import ConfigurationError
 from .keys import DEFAULT_TTLS, CacheKeys, parse_namespace
@@ -220,6 +221,7 @@ _PARSERS: dict[str, Callable[[str | None], Any]] = {
     "uris": parse_uris,
     "namespaces": parse_namespaces,
     "ttls": parse_ttls,
+    "graces": parse_ttls,
     "cafile": parse_cafile,
     "prefix": parse_prefix,
     "varname": parse_variable_name,
@@ -236,6 +238,7 @@ KIND_DESCRIPTIONS: dict[str, str] = {
     "uris": "redis:// or rediss:// URI, or a comma-separated list (redis+sentinel:// for sentinels)",
     "namespaces": "comma-separated CacheKeys names",
     "ttls": "NAMESPACE=seconds pairs, comma-separated; none = no expiry",
+    "graces": "NAMESPACE=seconds pairs, comma-separated; none = dropped at the TTL",
     "cafile": "path of a PEM file",
     "prefix": "text without blanks, braces or '::', not ending in ':', at most 128 characters",
     "varname": "name of an environment variable",
@@ -253,6 +256,7 @@ KIND_BAD_EXAMPLES: dict[str, str | None] = {
     "uris": "http://127.0.0.1:6379",
     "namespaces": "STATIC_CONFIG",
     "ttls": "ROLES",
+    "graces": "ROLES",
     "cafile": "/missing/ca.pem",
     "prefix": "has space",
     "varname": "1ST",
@@ -375,6 +379,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LIBRECACHE_NAMESPACE_TTLS", "ttls", None,
              "Per-namespace time-to-live overrides in seconds; none = no expiry.",
              "ROLES=300,MESSAGES=none"),
+    Variable("LIBRECACHE_NAMESPACE_GRACE", "graces", None,
+             "Per-namespace grace in seconds: how long an entry is kept past its TTL (in memory and "
+             "in Redis), so that a caller whose creator fails can still serve the stale value with "
+             "get(key, ignore_expiration=True); none = dropped at the TTL. Default: a tenth of the "
+             "TTL, between 1 and 60 seconds.", "ROLES=3600,MESSAGES=none"),
     Variable("LIBRECACHE_MEMORY_MAX_ENTRIES", "count", "10000",
              "Most entries one in-memory namespace holds; the least recently used go first.",
              "50000"),
@@ -406,21 +415,24 @@ VARIABLES: tuple[Variable, ...] = (
              "Most streams the in-memory stream store keeps (finished ones go first).", "5000"),
 )
 
-class _MappingEnv(environs.Env):
-    """An :class:`environs.Env` that reads a given mapping instead of
-    :data:`os.environ` (values read from an env file come second)."""
+class _Source:
+    """The raw text of each variable: the given mapping first, then the env
+    file (read with python-dotenv, as environs reads one); blank values
+    count as unset. Public API only: environs has no public way to read a
+    mapping other than :data:`os.environ`, so the text is read here and
+    parsed by librecache's parsers, which raise :class:`environs.EnvError`."""
 
-    def __init__(self, source: Mapping[str, str]) -> None:
-        super().__init__(eager=True)
-        self._source = source
+    def __init__(self, mapping: Mapping[str, str], env_file: Path | None = None) -> None:
+        self._sources: list[Mapping[str, Any]] = [mapping]
+        if env_file is not None:
+            self._sources.append(dotenv_values(env_file))
 
-    def _get_value(self, env_key: str, default: Any) -> Any:
-        value = self._source.get(env_key)
-        if value is None or not str(value).strip():
-            value = self._environ.get(env_key)
-        if value is None or not str(value).strip():
-            return default
-        return value
+    def get(self, name: str) -> str | None:
+        for source in self._sources:
+            value = source.get(name)
+            if value is not None and str(value).strip():
+                return str(value)
+        return None
 
 
 def _secret_free(message: str, secrets: list[str]) -> str:
@@ -465,6 +477,7 @@ class CacheConfig:
     forced_in_memory: frozenset[CacheKeys] = frozenset()
     ban_duration: float = 7200.0
     ttl_overrides: tuple[tuple[CacheKeys, float | None], ...] = ()
+    grace_overrides: tuple[tuple[CacheKeys, float | None], ...] = ()
     memory_max_entries: int = 10000
     lock_timeout: float = 30.0
     redis_retention: float = 604800.0
@@ -495,24 +508,19 @@ class CacheConfig:
             ``environ`` wins over the file. Blank values count as unset.
         :raises ConfigurationError: on the first problem, naming the variable.
         """
-        source: Mapping[str, str] = os.environ if environ is None else environ
-        env = _MappingEnv(source)
-        if env_file is not None:
-            if not Path(env_file).is_file():
-                raise ConfigurationError(f"env file {os.fspath(env_file)!r} does not exist")
-            env.read_env(Path(env_file), recurse=False)
-        for kind, parser in _PARSERS.items():
-            env.add_parser(kind, parser)
+        if env_file is not None and not Path(env_file).is_file():
+            raise ConfigurationError(f"env file {os.fspath(env_file)!r} does not exist")
+        env = _Source(os.environ if environ is None else environ, None if env_file is None else Path(env_file))
 
         values: dict[str, Any] = {}
-        secrets = [found for name in ("REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD")
-                   for found in (source.get(name) or "", env._environ.get(name) or "")]
+        secrets = [env.get(name) or "" for name in ("REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD")]
         for variable in VARIABLES:
+            raw = env.get(variable.name)
             try:
-                values[variable.name] = getattr(env, variable.kind)(variable.name, variable.default)
+                values[variable.name] = _PARSERS[variable.kind](variable.default if raw is None else raw)
             except environs.EnvError as exc:
                 detail = str(exc.args[0]) if exc.args else str(exc)
-                detail = detail.split(" invalid: ", 1)[-1].replace("{variable}", variable.name)
+                detail = detail.replace("{variable}", variable.name)
                 if variable.secret:
                     detail = "the value is not valid"
                 if variable.name not in detail:
@@ -545,6 +553,7 @@ class CacheConfig:
             forced_in_memory=values["FORCED_IN_MEMORY_CACHE_NAMESPACES"],
             ban_duration=values["BAN_DURATION"],
             ttl_overrides=values["LIBRECACHE_NAMESPACE_TTLS"],
+            grace_overrides=values["LIBRECACHE_NAMESPACE_GRACE"],
             memory_max_entries=values["LIBRECACHE_MEMORY_MAX_ENTRIES"],
             lock_timeout=values["LIBRECACHE_LOCK_TIMEOUT"],
             redis_retention=values["LIBRECACHE_REDIS_RETENTION"],
@@ -559,7 +568,7 @@ class CacheConfig:
         )
 
     @staticmethod
-    def _resolve_prefix(env: _MappingEnv, values: dict[str, Any]) -> tuple[str, str | None]:
+    def _resolve_prefix(env: _Source, values: dict[str, Any]) -> tuple[str, str | None]:
         var, static = values["REDIS_KEY_PREFIX_VAR"], values["REDIS_KEY_PREFIX"]
         if var and static:
             raise ConfigurationError(
@@ -570,7 +579,7 @@ class CacheConfig:
             return static, "REDIS_KEY_PREFIX"
         if not var:
             return "", None
-        raw = env._get_value(var, None)
+        raw = env.get(var)
         if raw is None:
             raise ConfigurationError(
                 f"REDIS_KEY_PREFIX_VAR names {var}, which is not set (or is blank); "
@@ -699,14 +708,20 @@ class CacheConfig:
     def storage_expiry(self, namespace: CacheKeys | str) -> float | None:
         """When a stored entry of ``namespace`` is dropped, in seconds.
 
-        The TTL plus a grace of a tenth of it (at least 1 s, at most 60 s):
-        dogpile regards the value as expired at the TTL, and during the grace
-        one caller regenerates it while the others are still served the old
-        value instead of all waiting. ``None`` for namespaces without TTL.
+        The TTL plus a grace, LIBRECACHE_NAMESPACE_GRACE's or by default a
+        tenth of the TTL (at least 1 s, at most 60 s): dogpile regards the
+        value as expired at the TTL, and during the grace one caller
+        regenerates it while the others are still served the old value
+        instead of all waiting (and ``get(key, ignore_expiration=True)``
+        still finds it). ``None`` for namespaces without TTL.
         """
         ttl = self.ttl(namespace)
         if ttl is None:
             return None
+        graces = dict(self.grace_overrides)
+        member = parse_namespace(namespace)
+        if member in graces:
+            return ttl + (graces[member] or 0.0)
         return ttl + min(max(ttl / 10.0, 1.0), 60.0)
 
     def redis_expiry(self, namespace: CacheKeys | str) -> float | None:

@@ -13,7 +13,6 @@ import copy
 import ipaddress
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
 from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
 from redis.asyncio.sentinel import SentinelManagedSSLConnection as AsyncSentinelManagedSSLConnection
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import Connection, ConnectionPool, SSLConnection
 from redis.exceptions import ReadOnlyError, ResponseError
@@ -38,7 +37,15 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection, SentinelManagedSSLConnection
 
 from . import forks
-from ._compat import renew_locks, renew_pool_in_child
+from ._compat import (
+    async_cluster_options,
+    call_transient_only,
+    call_transient_only_async,
+    jitter_backoff,
+    pooled_connection,
+    renew_locks,
+    renew_pool_in_child,
+)
 from .config import CacheConfig
 from .health import FULL, OUTAGE, UNAVAILABLE, Breaker, classify, is_transient, ping_idle_connections, run_maintenance
 from .logs import RateLimitedLog
@@ -68,36 +75,19 @@ AnyRedis = redis.Redis | RedisCluster
 MAX_COMMAND_RETRIES = 1
 
 
-def _only_transient(is_retryable: Callable[[Exception], bool] | None) -> Callable[[Exception], bool]:
-    """``is_retryable`` narrowed to transient failures (:func:`is_transient`)."""
-
-    def retryable(error: Exception) -> bool:
-        return is_transient(error) and (is_retryable is None or is_retryable(error))
-
-    return retryable
-
-
 class FailFastRetry(Retry):
     """redis-py's :class:`~redis.retry.Retry` that does not retry permanent
     failures (:func:`is_transient`): they are reported at once, with the
     reason, instead of after the whole back-off schedule."""
 
-    def call_with_retry(  # type: ignore[override]
-        self,
-        do: Callable[[], Any],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
-    ) -> Any:
-        return super().call_with_retry(
-            do, fail, is_retryable=_only_transient(is_retryable), with_failure_count=with_failure_count
-        )
+    def call_with_retry(self, do: Callable[[], Any], fail: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return call_transient_only(super().call_with_retry, do, fail, args, kwargs, is_transient)
 
 
-def _retry(config: CacheConfig) -> Retry:
+def _retry(config: CacheConfig, retry_class: type[Retry] | type[AsyncRetry] = FailFastRetry) -> Any:
     attempts = config.retry_max_attempts
     retries = MAX_COMMAND_RETRIES if attempts == 0 else min(attempts, MAX_COMMAND_RETRIES)
-    return FailFastRetry(ExponentialWithJitterBackoff(base=0.01, cap=config.retry_max_delay), retries)
+    return retry_class(jitter_backoff(base=0.01, cap=config.retry_max_delay), retries)
 
 
 def _is_ip(host: str) -> bool:
@@ -112,17 +102,18 @@ def _is_ip(host: str) -> bool:
 class _BoundedConnect:
     """REDIS_CONNECT_TIMEOUT bounds the whole connect: TCP, the TLS
     handshake and the AUTH/HELLO exchange (redis-py bounds only the TCP
-    connect by it and the rest by the reply time-out)."""
+    connect by it and the rest by the reply time-out). Uses redis-py's
+    ``_sock`` and ``_wrap_socket_with_ssl``: see librecache._compat."""
 
     socket_connect_timeout: float | None
     socket_timeout: float | None
     _sock: Any
 
-    def on_connect_check_health(self, check_health: bool = True) -> None:
+    def _bounded(self, handshake: Callable[[], None]) -> None:
         if self._sock is not None:
             self._sock.settimeout(self.socket_connect_timeout)
         try:
-            super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
+            handshake()
         except ResponseError as exc:
             if "DB index" not in str(exc):
                 raise
@@ -134,6 +125,13 @@ class _BoundedConnect:
         finally:
             if self._sock is not None:
                 self._sock.settimeout(self.socket_timeout)
+
+    def on_connect_check_health(self, check_health: bool = True) -> None:  # redis-py >= 6
+        self._bounded(lambda: super(_BoundedConnect, self).on_connect_check_health(  # type: ignore[misc]
+            check_health=check_health))
+
+    def on_connect(self) -> None:  # redis-py 5: the handshake itself (>= 6: calls the above)
+        self._bounded(lambda: super(_BoundedConnect, self).on_connect())  # type: ignore[misc]
 
 
 class BoundedConnection(_BoundedConnect, Connection):
@@ -301,7 +299,7 @@ def client_options(config: CacheConfig) -> dict[str, Any]:
 def tls_options(config: CacheConfig) -> dict[str, Any]:
     """Certificate and host name verification, with REDIS_CA if given."""
     return {
-        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_cert_reqs": "required",  # a string: redis-py 5.x's asyncio client takes no ssl.VerifyMode
         "ssl_check_hostname": True,
         "ssl_ca_certs": str(config.redis_ca) if config.redis_ca else None,
     }
@@ -738,7 +736,7 @@ class RedisConnection:
         else:
             assert client is not None
             pool = client.connection_pool
-        connection = pool.get_connection()
+        connection = pooled_connection(pool)
         try:
             connection.send_command("COMMAND", "INFO", name)
             return connection.read_response()
@@ -776,15 +774,9 @@ class AsyncFailFastRetry(AsyncRetry):
     """The asyncio twin of :class:`FailFastRetry`."""
 
     async def call_with_retry(  # type: ignore[override]
-        self,
-        do: Callable[[], Any],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
+        self, do: Callable[[], Any], fail: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Any:
-        return await super().call_with_retry(
-            do, fail, is_retryable=_only_transient(is_retryable), with_failure_count=with_failure_count
-        )
+        return await call_transient_only_async(super().call_with_retry, do, fail, args, kwargs, is_transient)
 
 
 #: Connections per node of an asyncio client (stream subscribers block on one each).
@@ -868,15 +860,14 @@ def async_client(config: CacheConfig) -> AsyncRedis | AsyncRedisCluster:
     credentials, TLS verification, time-outs and retry rules as the
     registry's client (keys given in full: no prefixing)."""
     options = client_options(config)
-    retry = options.pop("retry")
-    options["retry"] = AsyncFailFastRetry(retry._backoff, retry.get_retries())
+    options["retry"] = _retry(config, AsyncFailFastRetry)
     if config.tls:
         options["ssl"] = True
     if config.cluster:
         # every blocked stream subscriber holds a connection to its node
         cluster = AsyncRedisCluster(
             startup_nodes=[AsyncClusterNode(uri.host, uri.port) for uri in config.redis_uris],
-            max_connections=ASYNC_MAX_CONNECTIONS, dynamic_startup_nodes=not config.alternative_dns_lookup,
+            max_connections=ASYNC_MAX_CONNECTIONS, **async_cluster_options(not config.alternative_dns_lookup),
             **options,
         )
         if config.alternative_dns_lookup:

@@ -250,7 +250,9 @@ def ping_idle_connections(pool: Any, idle_for: float, timeout: float, breaker: B
                 return
             try:
                 connection.send_command("PING", check_health=False)
-                connection.read_response(timeout=timeout)
+                if not connection.can_read(timeout=timeout):  # read_response(timeout=) is redis-py 6+ only
+                    raise TimeoutError(f"no PING reply within {timeout} s")
+                connection.read_response()
                 breaker.keepalive_pings += 1
             except Exception as exc:  # any failure: this connection is not usable
                 connection.disconnect()

@@ -297,7 +297,7 @@ class PrefixedRedisCluster(_Prefixing, RedisCluster):
         )
         return pipe
 
-    def _partition_keys_by_slot(self, keys: Any) -> dict[int, list[Any]]:
+    def _partition_keys_by_slot(self, keys: Any) -> dict[int, list[Any]]:  # redis-py private: see _compat
         # Multi-key helpers (mget_nonatomic, delete, unlink, ...) group keys
         # by slot before sending one command per slot; the slot must be the
         # one of the prefixed key, which is what the server will see.
@@ -319,7 +319,7 @@ class PrefixedClusterPipeline(_Prefixing, ClusterPipeline):
 def _adopt(built: Any, cls: type, key_prefix: str, key_specs: KeySpecs) -> Any:
     """Turn a client or pipeline redis-py built into its prefixing subclass
     ``cls`` (redis-py's own constructors stay in charge of building it)."""
-    built.__class__ = cls
+    built.__class__ = cls  # a private move on redis-py's objects: see librecache._compat
     built._key_prefix = key_prefix
     built._key_specs = key_specs
     return built

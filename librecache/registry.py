@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import backends as _backends  # noqa: F401  (registers the backends)
 from . import forks, keygen
-from ._compat import renew_lock_registry
+from ._compat import DOGPILE_METADATA_DELIMITER, renew_lock_registry
 from .config import CacheConfig
 from .connection import RedisConnection
 from .fastpath import LazyMutex, creating_uncached, memoize, parse_metadata
@@ -46,6 +46,8 @@ ConfigSource = CacheConfig | Mapping[str, str] | None
 
 
 class LibreRegion(CacheRegion):
+    # The dogpile internals overridden or called here, and why, are listed in
+    # librecache._compat (DOGPILE_REGION_PRIVATES); tests/test_compat.py checks them.
     """The :class:`~dogpile.cache.region.CacheRegion` of one namespace.
 
     All of dogpile's API is here unchanged. Two additions: a region of the
@@ -124,7 +126,7 @@ class LibreRegion(CacheRegion):
         if value is None or value is NO_VALUE:
             return NO_VALUE
         try:
-            header, _, payload = value.partition(b"|")
+            header, _, payload = value.partition(DOGPILE_METADATA_DELIMITER)
             metadata = parse_metadata(header)
             if not isinstance(metadata.get("ct"), (int, float)):
                 raise ValueError("no creation time in the metadata")
@@ -251,41 +253,43 @@ class Caches:
             self._bus.start()
         self.closed = False
 
-    def _configure(self, region: LibreRegion, namespace: CacheKeys) -> None:
+    def backend_arguments(self, name: CacheKeys | str) -> tuple[str, dict[str, Any]]:
+        """The dogpile backend name and the arguments this registry gives the
+        backend of a namespace (to configure a region of one's own alike)."""
+        namespace = parse_namespace(name)
         config = self.config
-        ttl = config.ttl(namespace)
-        if config.uses_redis(namespace):
-            assert self._connection is not None and self._bus is not None
-            arguments: dict[str, Any] = {
-                "connection": self._connection,
-                "signer": self._signer,
-                "keyspace": self.keyspace,
-                "namespace": namespace,
-                "expires_after": config.redis_expiry(namespace),
-                "lock_timeout": config.lock_timeout,
-            }
-            near = None
-            if config.uses_near_cache(namespace):
-                near = self._bus.near_cache(namespace, config.memory_max_entries)
-                arguments["near"] = (near, self._bus.publish_drop)
-            region.configure(
-                "librecache.redis", expiration_time=ttl, arguments=arguments,
-                replace_existing_backend=True, region_invalidator=self._bus.strategy(namespace),
-            )
-            region._adopt(region.backend.key_mangler)
-            region._near = near
-        else:
-            arguments = {
+        if not config.uses_redis(namespace):
+            return "librecache.memory", {
                 "name": namespace.value,
                 "max_entries": config.memory_max_entries,
                 "expires_after": config.storage_expiry(namespace),
             }
-            region.configure(
-                "librecache.memory", expiration_time=ttl, arguments=arguments,
-                replace_existing_backend=True, region_invalidator=DefaultInvalidationStrategy(),
-            )
-            region._adopt(memory_mangler(namespace))
-            region._near = None
+        assert self._connection is not None and self._bus is not None
+        arguments: dict[str, Any] = {
+            "connection": self._connection,
+            "signer": self._signer,
+            "keyspace": self.keyspace,
+            "namespace": namespace,
+            "expires_after": config.redis_expiry(namespace),
+            "lock_timeout": config.lock_timeout,
+        }
+        if config.uses_near_cache(namespace):
+            near = self._bus.near_cache(namespace, config.memory_max_entries)
+            arguments["near"] = (near, self._bus.publish_drop)
+        return "librecache.redis", arguments
+
+    def _configure(self, region: LibreRegion, namespace: CacheKeys) -> None:
+        backend, arguments = self.backend_arguments(namespace)
+        if self._bus is not None and backend == "librecache.redis":
+            invalidator: Any = self._bus.strategy(namespace)
+        else:
+            invalidator = DefaultInvalidationStrategy()
+        region.configure(
+            backend, expiration_time=self.config.ttl(namespace), arguments=arguments,
+            replace_existing_backend=True, region_invalidator=invalidator,
+        )
+        region._adopt(region.backend.key_mangler if backend == "librecache.redis" else memory_mangler(namespace))
+        region._near = arguments["near"][0] if "near" in arguments else None
 
     # -- lookup -----------------------------------------------------------
 

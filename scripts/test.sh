@@ -24,4 +24,21 @@ fi
 rm -rf docs/_build
 .venv/bin/sphinx-build -q -W --keep-going -b html docs docs/_build/html
 .venv/bin/sphinx-build -q -W --keep-going -b doctest docs docs/_build/doctest
+# -- dependency floors: the whole suite again in .venv-floors, with exactly
+# the lowest version setup.cfg's install_requires allows of each runtime
+# dependency (redis 5.1.0, dogpile.cache 1.3.0, ...) and the test tools
+[ -x .venv-floors/bin/python ] || python3 -m venv .venv-floors
+.venv/bin/python - > .venv-floors/floors.txt <<'PY'
+import configparser, re
+config = configparser.ConfigParser()
+config.read("setup.cfg")
+for line in config["options"]["install_requires"].split("\n"):
+    if line.strip():
+        name, floor = re.match(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9.]*)", line.strip()).groups()
+        print(f"{name}=={floor}")
+PY
+.venv-floors/bin/python -m pip install -q -c .venv-floors/floors.txt -e '.[test]'
+echo "dependency floors: $(tr '\n' ' ' < .venv-floors/floors.txt)"
+.venv-floors/bin/python -m pytest "$@"
+# -- end of the dependency floors
 exec .venv/bin/python -m pytest "$@"

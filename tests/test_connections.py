@@ -143,8 +143,9 @@ def test_hostname_only_certificates_need_the_alternative_dns_lookup(
 ) -> None:  # type: ignore[no-untyped-def]
     env = {"USE_REDIS": "true", "REDIS_URI": hostname_tls_cluster.uri(3, host="localhost"), "REDIS_CA": str(ca_file),
            "REDIS_KEY_PREFIX": "altdns", **STRICT}
-    with pytest.raises(Exception, match="certificate"):  # redis-py alone swaps localhost for 127.0.0.1
-        make_caches(env).region("ROLES").get("k")
+    if int(redis.__version__.split(".")[0]) >= 6:  # redis-py 5.1 (the floor) keeps the host names
+        with pytest.raises(Exception, match="certificate"):  # redis-py alone swaps localhost for 127.0.0.1
+            make_caches(env).region("ROLES").get("k")
     caches = make_caches({**env, "REDIS_USE_ALTERNATIVE_DNS_LOOKUP": "true"})
     region = caches.region("ROLES")
     region.set_multi({f"k{i}": i for i in range(300)})
@@ -259,7 +260,7 @@ def test_retry_settings_reach_single_and_cluster_clients(make_caches: Make, requ
     client = caches.region("ROLES").backend.client
     retry = client.retry if topology == "cluster" else client.get_retry()
     assert isinstance(retry, FailFastRetry)
-    assert retry.get_retries() == 1
+    assert retry._retries == 1  # get_retries() exists from redis-py 6 on
     assert retry._backoff._cap == 0.25
     assert FailFastRetry.__module__ == "librecache.connection"
     if topology == "single":

@@ -74,7 +74,7 @@ def test_hashes_lists_sets_sorted_sets(client, raw: redis.Redis, prefix: str) ->
     client.lmove("{t}l", "{t}l2")
     client.sadd("{t}s1", "x", "y")
     client.sadd("{t}s2", "y")
-    assert client.sinter("{t}s1", "{t}s2") == {b"y"}
+    assert set(client.sinter("{t}s1", "{t}s2")) == {b"y"}  # a list before redis-py 6, a set after
     client.zadd("{t}z1", {"m": 1})
     client.zadd("{t}z2", {"m": 2})
     assert client.zunionstore("{t}zu", ["{t}z1", "{t}z2"]) == 1

@@ -30,6 +30,13 @@ def check_picklable(value: Any, where: str) -> bytes:
         ) from exc
 
 
+def _check_value(value: Any, where: str) -> None:
+    """Refuse a value object whose payload cannot be pickled. Bytes (a region
+    with a ``serializer``, or ``set_serialized``) are stored as they are."""
+    if isinstance(value, CachedValue):
+        check_picklable(value.payload, where)
+
+
 class MemoryBackend(CacheBackend):
     """Process memory, bounded in time and size.
 
@@ -40,7 +47,8 @@ class MemoryBackend(CacheBackend):
     Values are stored as they are (no copy), as dogpile's memory backend
     does, but a value that could not be stored in Redis (one that cannot be
     pickled) is refused here too, so that the same code behaves the same
-    with memory and with Redis.
+    with memory and with Redis. A region with a ``serializer`` hands this
+    backend bytes (``set_serialized``), which are stored as they are.
 
     Arguments: ``name`` (for messages), ``max_entries`` (required),
     ``expires_after`` (seconds or ``None``).
@@ -92,7 +100,7 @@ class MemoryBackend(CacheBackend):
         return found
 
     def set(self, key: str, value: Any) -> None:
-        check_picklable(value.payload, f"namespace {self.name}, key {key!r}")
+        _check_value(value, f"namespace {self.name}, key {key!r}")
         self._store(key, value)
 
     def _store(self, key: str, value: Any) -> None:
@@ -105,7 +113,7 @@ class MemoryBackend(CacheBackend):
 
     def set_multi(self, mapping: Mapping[str, Any]) -> None:
         for value in mapping.values():  # all or nothing
-            check_picklable(value.payload, f"namespace {self.name}")
+            _check_value(value, f"namespace {self.name}")
         for key, value in mapping.items():
             self._store(key, value)
 
