@@ -20,12 +20,12 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from .config import CacheConfig
-from .connection import sentinel_options
 from .errors import LibrecacheError
 from .keying import KeySpace
 from .keys import CacheKeys, parse_namespace
 from .registry import Caches
 from .replies import text
+from .sentinel import sentinel_options
 
 __all__ = ["main"]
 

@@ -26,9 +26,10 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from librecache import CacheConfig, _compat, config
-from librecache.connection import FailFastRetry, RedisConnection
+from librecache.connection import RedisConnection
 from librecache.fastpath import parse_metadata
 from librecache.prefixing import PrefixedRedis, _adopt
+from librecache.retries import FailFastRetry
 from tests.servers import RedisClusterFarm, RedisServer
 
 DOGPILE = f"dogpile.cache {importlib.metadata.version('dogpile.cache')}"

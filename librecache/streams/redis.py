@@ -25,8 +25,8 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from ..clients import async_client
 from ..config import CacheConfig
-from ..connection import async_client
 from ..keying import KeySpace
 from ..replies import text
 from .base import (

@@ -1,0 +1,58 @@
+"""What happens when one Redis command fails: the retry policy.
+
+A transient failure (a dropped connection, a time-out) is retried once, to
+replace a pooled connection that the server or a provider dropped; a
+permanent one (a refused password or certificate: :func:`is_transient`) is
+reported at once. What a failure then means for the caller (fall through,
+the breaker, strict mode) is :meth:`librecache.connection.RedisConnection.guard`'s
+business, and which failures are outages is :func:`librecache.health.classify`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.retry import Retry
+
+from ._compat import call_transient_only, call_transient_only_async, jitter_backoff
+from .config import CacheConfig
+from .health import is_transient
+
+__all__ = ["MAX_COMMAND_RETRIES", "AsyncFailFastRetry", "FailFastRetry", "retry_policy"]
+
+#: Retries of one command after a connection error or time-out: one, to
+#: replace a pooled connection that the server or a provider dropped. The
+#: whole schedule of REDIS_RETRY_MAX_ATTEMPTS is never waited out by a call:
+#: it governs the background reconnects (see librecache.health). So a cache
+#: call waits at most two attempts, each bounded by REDIS_CONNECT_TIMEOUT
+#: (connect, TLS, AUTH) and LIBRECACHE_SOCKET_TIMEOUT (the reply); once one
+#: call has failed, the breaker is open and calls fall through at once.
+MAX_COMMAND_RETRIES = 1
+
+
+class FailFastRetry(Retry):
+    """redis-py's :class:`~redis.retry.Retry` that does not retry permanent
+    failures (:func:`is_transient`): they are reported at once, with the
+    reason, instead of after the whole back-off schedule."""
+
+    def call_with_retry(self, do: Callable[[], Any], fail: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return call_transient_only(super().call_with_retry, do, fail, args, kwargs, is_transient)
+
+
+def retry_policy(config: CacheConfig, retry_class: type[Retry] | type[AsyncRetry] = FailFastRetry) -> Any:
+    """The retry object of one client: at most :data:`MAX_COMMAND_RETRIES`
+    retry of a transient failure, after a short jittered back-off."""
+    attempts = config.retry_max_attempts
+    retries = MAX_COMMAND_RETRIES if attempts == 0 else min(attempts, MAX_COMMAND_RETRIES)
+    return retry_class(jitter_backoff(base=0.01, cap=config.retry_max_delay), retries)
+
+
+class AsyncFailFastRetry(AsyncRetry):
+    """The asyncio twin of :class:`FailFastRetry`."""
+
+    async def call_with_retry(  # type: ignore[override]
+        self, do: Callable[[], Any], fail: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        return await call_transient_only_async(super().call_with_retry, do, fail, args, kwargs, is_transient)
