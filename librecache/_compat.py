@@ -262,6 +262,12 @@ def renew_locks(*roots: Any, depth: int = 8) -> int:
     return len(renewed)
 
 
+#: ``next_health_check`` is on ``time.time`` before redis-py 6 (about 1.7e9
+#: now) and on ``time.monotonic`` since (seconds since boot): anything past
+#: this is a wall-clock stamp.
+_WALL_CLOCK_STAMP = 1e9
+
+
 @contextmanager
 def borrow_idle_connection(pool: ConnectionPool, idle_for: float, seen: set[int]) -> Iterator[Any]:
     """One connected connection of ``pool`` that nobody used for ``idle_for``
@@ -272,17 +278,19 @@ def borrow_idle_connection(pool: ConnectionPool, idle_for: float, seen: set[int]
     ``health_check_interval`` only pings lazily, before a command). Reads
     ``_lock``, ``_available_connections``, ``_in_use_connections``, the
     connection's ``_sock`` (connected or not) and ``next_health_check``
-    (when it was last used, with ``health_check_interval`` set).
+    (when it was last used, with ``health_check_interval`` set, on the
+    clock that redis-py version stamps it with).
     """
     chosen = None
-    now = time.monotonic()
+    now, wall_now = time.monotonic(), time.time()
     with pool._lock:
         for connection in pool._available_connections:
             if id(connection) in seen or connection._sock is None:
                 continue
             interval = connection.health_check_interval or 0
             last_used = connection.next_health_check - interval if interval else 0.0
-            if now - last_used < idle_for:
+            clock = wall_now if last_used > _WALL_CLOCK_STAMP else now
+            if clock - last_used < idle_for:
                 continue
             chosen = connection
             break

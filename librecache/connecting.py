@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.connection import Connection, ConnectionPool, SSLConnection
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from .config import CacheConfig
 from .retries import retry_policy
@@ -26,6 +26,9 @@ def client_options(config: CacheConfig) -> dict[str, Any]:
         "socket_connect_timeout": config.connect_timeout,
         "socket_timeout": config.socket_timeout,
         "retry": retry_policy(config),
+        # what the retry policy retries: redis-py before 6 retries only these
+        # (its Retry's own list is ignored), redis-py 6 on adds them to it
+        "retry_on_error": [ConnectionError, TimeoutError],
     }
     if config.ping_interval > 0:
         # redis-py's lazy check: a PING before a command on a connection

@@ -21,6 +21,7 @@ from typing import Any
 
 from redis.cluster import RedisCluster
 from redis.connection import Connection, ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 
 from . import forks
@@ -42,6 +43,13 @@ limited = RateLimitedLog(log, interval=30.0)
 MAX_PENDING_DELETES = 100_000
 #: Creation locks whose acquisition failed midway, remembered at most.
 MAX_ABANDONED_LOCKS = 10_000
+
+
+def _demoted(error: Exception) -> bool:
+    """A READONLY reply: the server is no longer the master. redis-py's
+    sentinel-managed connections turn it into a connection error (``The
+    previous master is now a slave``)."""
+    return isinstance(error, ReadOnlyError) or "previous master is now a slave" in str(error)
 
 
 class RedisConnection:
@@ -210,7 +218,9 @@ class RedisConnection:
         try:
             try:
                 return action(client)
-            except ReadOnlyError:
+            except (ReadOnlyError, RedisConnectionError) as exc:
+                if not _demoted(exc):
+                    raise
                 limited.warning("readonly", "READONLY reply during %s: reconnecting to the current master", operation)
                 self.reset()
                 return action(self.client)

@@ -373,6 +373,10 @@ class SilentPeer:
         self.close()
 
 
+def _text(value: object) -> object:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RedisSentinelFarm:
     """A master, one replica and three sentinels (``redis-server
     --sentinel``) monitoring them as ``master_name``, all on 127.0.0.1.
@@ -451,11 +455,17 @@ class RedisSentinelFarm:
             client.close()
 
     def _ask(self, sentinel: RedisServer, *command: str) -> object:
+        """A sentinel's reply; each entry of a ``SENTINEL REPLICAS`` /
+        ``SENTINELS`` reply as a dict (redis-py before 6 leaves them flat
+        lists of field, value)."""
         client = self.client(sentinel)
         try:
-            return client.execute_command(*command)
+            reply = client.execute_command(*command)
         finally:
             client.close()
+        if isinstance(reply, list) and reply and isinstance(reply[0], list) and command[1].upper() != "GET-MASTER-ADDR-BY-NAME":
+            return [{_text(k): _text(v) for k, v in zip(entry[::2], entry[1::2], strict=False)} for entry in reply]
+        return reply
 
     def master_port(self, sentinel: RedisServer | None = None) -> int:
         """The master's port, as a running sentinel names it."""

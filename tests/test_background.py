@@ -16,6 +16,7 @@ import pytest
 import redis
 
 import librecache
+from librecache import _compat
 from tests.servers import RedisServer, ServerFarm, SilentPeer
 from tests.test_resilience import FAST_RETRY, wait_until
 
@@ -94,7 +95,7 @@ def test_the_reconnect_probe_never_closes_a_connection_in_use(make_caches: Make,
     assert connection is not None and isinstance(connection.client, redis.Redis)
     pool = connection.client.connection_pool
     key = f"{redis_env['REDIS_KEY_PREFIX']}::queue"
-    held = pool.get_connection()  # another thread's connection, waiting for a reply
+    held = _compat.pooled_connection(pool)  # another thread's connection, waiting for a reply
     replies: list[Any] = []
 
     def blocked_reader() -> None:
