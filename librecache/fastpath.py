@@ -27,7 +27,7 @@ from typing import Any
 
 from dogpile.cache.api import NO_VALUE
 
-from .metrics import thread_creations
+from .metrics import Creation, thread_creations
 
 __all__ = ["LazyMutex", "creating_uncached", "memoize", "parse_metadata"]
 
@@ -80,7 +80,8 @@ def memoize(
     (``set``, ``get``, ``invalidate``, ``refresh``, ``original``)."""
     bind = binder(user_func)
     expiration_is_callable = callable(expiration_time)
-    get_or_create = region.get_or_create
+    get_or_create = region._get_or_create_counted
+    creation = Creation(region, user_func)
 
     count = _positional_count(user_func)
 
@@ -103,7 +104,7 @@ def memoize(
                 if stats is not None:
                     stats.hits += 1
                 return value.payload
-        return get_or_create(key, user_func, timeout, should_cache_fn, (args, kwargs))
+        return get_or_create(key, creation, timeout, should_cache_fn, (args, kwargs))
 
     def refresh(*args: Any, **kwargs: Any) -> Any:
         value = user_func(*args, **kwargs)

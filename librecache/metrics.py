@@ -128,25 +128,27 @@ class NamespaceStats:
 
 
 class Creation:
-    """A creator wrapped for counting: what :meth:`LibreRegion.get_or_create`
-    hands to dogpile (one per call; an asynchronous twin counts through the
-    same :meth:`NamespaceStats.created`)."""
+    """A creator wrapped for counting its runs in its region's counters (as
+    they are when it runs, so one made at decoration time follows
+    ``configure()``), and in this thread's count of creator runs, which
+    tells a call whether its own creator ran. An asynchronous twin counts
+    through the same :meth:`NamespaceStats.created`."""
 
-    __slots__ = ("creator", "ran", "stats")
+    __slots__ = ("creator", "region")
 
-    def __init__(self, stats: NamespaceStats, creator: Callable[..., Any]) -> None:
-        self.stats = stats
+    def __init__(self, region: Any, creator: Callable[..., Any]) -> None:
+        self.region = region
         self.creator = creator
-        self.ran = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
             return self.creator(*args, **kwargs)
         finally:
-            self.ran = True
             _thread.creations = thread_creations() + 1
-            self.stats.created(time.perf_counter() - started)
+            stats = self.region._stats
+            if stats is not None:
+                stats.created(time.perf_counter() - started)
 
 
 def snapshot(stats: Mapping[str, NamespaceStats]) -> dict[str, dict[str, Any]]:

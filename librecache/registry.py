@@ -35,7 +35,7 @@ from .invalidation import InvalidationBus
 from .keying import KeySpace, memory_mangler
 from .keys import CacheKeys, parse_namespace
 from .logs import RateLimitedLog
-from .metrics import Creation, NamespaceStats, snapshot
+from .metrics import Creation, NamespaceStats, snapshot, thread_creations
 from .nearcache import NearCache
 from .prefixing import PrefixedRedis, PrefixedRedisCluster
 from .signing import Signer
@@ -45,6 +45,10 @@ __all__ = ["Caches", "LibreRegion", "configure", "get_caches", "get_region", "re
 log = logging.getLogger(__name__)
 
 ConfigSource = CacheConfig | Mapping[str, str] | None
+
+# dogpile's own methods, called without super() on the hot path
+_region_get = CacheRegion.get
+_region_get_or_create = CacheRegion.get_or_create
 
 #: dogpile :class:`~dogpile.cache.proxy.ProxyBackend` classes (or factories
 #: returning one) to wrap every namespace's backend with, or a mapping
@@ -223,7 +227,9 @@ class LibreRegion(CacheRegion):
     # -- counting (librecache.metrics): each call once, as a hit or a miss ---------------
 
     def get(self, key: Any, expiration_time: float | None = None, ignore_expiration: bool = False) -> Any:
-        value = super().get(key, expiration_time, ignore_expiration)
+        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get`, counted
+        as a hit or a miss (:mod:`librecache.metrics`)."""
+        value = _region_get(self, key, expiration_time, ignore_expiration)
         stats = self._stats
         if stats is not None:
             if value is NO_VALUE:
@@ -233,6 +239,8 @@ class LibreRegion(CacheRegion):
         return value
 
     def get_multi(self, keys: Any, expiration_time: float | None = None, ignore_expiration: bool = False) -> Any:
+        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_multi`;
+        each key counted as a hit or a miss."""
         values = super().get_multi(keys, expiration_time, ignore_expiration)
         stats = self._stats
         if stats is not None:
@@ -244,17 +252,34 @@ class LibreRegion(CacheRegion):
     def get_or_create(self, key: Any, creator: Callable[..., Any], expiration_time: float | None = None,
                       should_cache_fn: Callable[[Any], bool] | None = None,
                       creator_args: tuple[Any, Mapping[str, Any]] | None = None) -> Any:
+        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create`,
+        counted once: a hit, or a miss whose creator run is a creation (a
+        call that queued on the creation lock and got another creator's
+        value is a hit and a lock wait)."""
         stats = self._stats
         if stats is None:
-            return super().get_or_create(key, creator, expiration_time, should_cache_fn, creator_args)
-        creation = Creation(stats, creator)
-        value = super().get_or_create(key, creation, expiration_time, should_cache_fn, creator_args)
-        if not creation.ran:
+            return _region_get_or_create(self, key, creator, expiration_time, should_cache_fn, creator_args)
+        return self._get_or_create_counted(key, Creation(self, creator), expiration_time, should_cache_fn,
+                                           creator_args)
+
+    def _get_or_create_counted(self, key: Any, creation: Creation, expiration_time: float | None,
+                               should_cache_fn: Callable[[Any], bool] | None,
+                               creator_args: tuple[Any, Mapping[str, Any]] | None) -> Any:
+        """``get_or_create`` with a creator that counts its runs: a call
+        during which this thread ran no creator was answered by the cache."""
+        stats = self._stats
+        if stats is None:
+            return _region_get_or_create(self, key, creation, expiration_time, should_cache_fn, creator_args)
+        before = thread_creations()
+        value = _region_get_or_create(self, key, creation, expiration_time, should_cache_fn, creator_args)
+        if thread_creations() == before:
             stats.hits += 1
         return value
 
     def get_or_create_multi(self, keys: Any, creator: Callable[..., Any], expiration_time: float | None = None,
                             should_cache_fn: Callable[[Any], bool] | None = None) -> Any:
+        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create_multi`;
+        each key counted as a hit or a miss, each creator run as a creation."""
         stats = self._stats
         if stats is None:
             return super().get_or_create_multi(keys, creator, expiration_time, should_cache_fn)
@@ -265,7 +290,7 @@ class LibreRegion(CacheRegion):
             asked.append(len(missing))
             return creation(*missing)
 
-        creation = Creation(stats, creator)
+        creation = Creation(self, creator)
         values = super().get_or_create_multi(keys, create, expiration_time, should_cache_fn)
         created = sum(asked)
         # a creator run counted one miss; its other keys are misses too
