@@ -47,6 +47,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from . import forks
+
 if TYPE_CHECKING:
     from .registry import Caches
 
@@ -78,6 +80,7 @@ class NamespaceStats:
     """The counters of one namespace in one registry (see the module)."""
 
     __slots__ = (
+        "__weakref__",
         "buckets",
         "creation_sum",
         "creations",
@@ -92,6 +95,12 @@ class NamespaceStats:
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
+        #: The namespace's near cache (it counts its own hits), when it has one.
+        self.near: Any = None
+        self._reset()
+        forks.register(self)
+
+    def _reset(self) -> None:
         self.hits = 0
         self.misses = 0
         self.creations = 0
@@ -101,8 +110,10 @@ class NamespaceStats:
         #: Seconds spent in creators, and creations per bucket (the last: above every bound).
         self.creation_sum = 0.0
         self.buckets = [0] * (len(BUCKETS) + 1)
-        #: The namespace's near cache (it counts its own hits), when it has one.
-        self.near: Any = None
+
+    def _after_fork(self) -> None:
+        # a forked worker counts its own calls, not its parent's
+        self._reset()
 
     def created(self, seconds: float) -> None:
         """Count a creator run of ``seconds``."""
@@ -227,8 +238,7 @@ class PrometheusCollector:
                                          value=1 if health["up"] else 0)
 
     def describe(self) -> Iterable[Any]:
-        # no description: prometheus_client then calls collect() at register time only
-        # when auto_describe is on; an empty description is always valid.
+        """Nothing: registering does not scrape, and no name is reserved."""
         return []
 
 

@@ -408,7 +408,8 @@ class Caches:
                 replace_existing_backend=True, region_invalidator=self._bus.strategy(namespace),
             )
             region._adopt(region.unwrapped_backend.key_mangler)
-            region._near = stats.near = near
+            region._near = near
+            stats.near = near if config.metrics else None
         else:
             arguments = {
                 "name": namespace.value,

@@ -5,6 +5,7 @@ given with ``wrap=`` that survive ``configure()``."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -347,3 +348,24 @@ def test_wrap_names_an_unknown_namespace() -> None:
     with pytest.raises(librecache.UnknownNamespaceError, match="NOPE"):
         librecache.Caches({}, wrap={"NOPE": [CountingProxy]})
 
+
+
+def test_a_forked_child_counts_its_own_calls(make_caches: Make) -> None:
+    caches = make_caches({})
+    region = caches.region("ROLES")
+    region.get_or_create("k", lambda: 1)
+    region.get("k")
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its counters start at zero
+        try:
+            region.get("k")
+            os.write(writer, json.dumps(counts(caches)).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        seen = json.loads(pipe.read())
+    os.waitpid(child, 0)
+    assert seen == expect(hits=1)
+    assert counts(caches) == expect(hits=1, misses=1, creations=1)  # the parent's, untouched
