@@ -369,3 +369,8 @@ def test_a_forked_child_counts_its_own_calls(make_caches: Make) -> None:
     os.waitpid(child, 0)
     assert seen == expect(hits=1)
     assert counts(caches) == expect(hits=1, misses=1, creations=1)  # the parent's, untouched
+
+
+def test_a_missing_exporter_names_the_extra() -> None:
+    with pytest.raises(ImportError, match=r"librecache\[prometheus\]"):
+        metrics._need("librecache_no_such_exporter", "prometheus")
