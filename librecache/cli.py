@@ -322,7 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     clear.add_argument("namespace", metavar="NAMESPACE", nargs="?")
     clear.add_argument("--all", action="store_true", help="every namespace")
     clear.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    stats = commands.add_parser("stats", parents=[common], help="key count and memory per namespace")
+    stats = commands.add_parser(
+        "stats", parents=[common], help="key count and memory per namespace",
+        description="What Redis holds per namespace (keys, memory), shared by every process. "
+                    "Hits, misses and creations are counted in each process: read them with "
+                    "Caches.stats() or librecache.metrics.PrometheusCollector.",
+    )
     stats.add_argument("--json", action="store_true", help="print JSON for machines")
     return parser
 

@@ -402,6 +402,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LIBRECACHE_STRICT", "flag", "false",
              "Raise Redis errors to callers instead of degrading (reads as misses, writes dropped, "
              "memoised functions called through) while Redis is unavailable.", "true"),
+    Variable("LIBRECACHE_METRICS", "flag", "true",
+             "Count hits, misses, creations, lock waits, near hits, errors and fall-throughs per "
+             "namespace in each process (Caches.stats(), librecache.metrics); false turns the "
+             "counting off.", "false"),
     Variable("LIBRECACHE_SIGNING_KEY", "secret", None,
              "Sign cached values with HMAC-SHA256 and never unpickle a value whose signature does not "
              "verify, so that write access to Redis is not code execution in every instance. Several "
@@ -486,6 +490,7 @@ class CacheConfig:
     stream_idle_ttl: float = 1200.0
     stream_memory_max: int = 1000
     strict: bool = False
+    metrics: bool = True
     near_cache: frozenset[CacheKeys] = frozenset()
     signing_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
 
@@ -562,6 +567,7 @@ class CacheConfig:
             stream_idle_ttl=values["LIBRECACHE_STREAM_IDLE_TTL"],
             stream_memory_max=values["LIBRECACHE_STREAM_MEMORY_MAX"],
             strict=bool(values["LIBRECACHE_STRICT"]),
+            metrics=bool(values["LIBRECACHE_METRICS"]),
             near_cache=values["LIBRECACHE_NEAR_CACHE_NAMESPACES"],
             signing_keys=tuple(key.strip() for key in (values["LIBRECACHE_SIGNING_KEY"] or "").split(",")
                                if key.strip()),

@@ -200,7 +200,7 @@ class RedisConnection:
         return 2 * (self.config.connect_timeout + self.config.socket_timeout)
 
     def guard(self, operation: str, action: Callable[[Any], Any], fallback: Callable[[], Any],
-              write: bool = False) -> Any:
+              write: bool = False, stats: Any = None) -> Any:
         """Run ``action(client)``; when it fails, count it and return
         ``fallback()`` instead (or raise, in strict mode). A READONLY reply
         resets the connections and runs ``action`` once more.
@@ -209,11 +209,16 @@ class RedisConnection:
         an outage opens the breaker (later calls fall through at once until
         the background reconnect succeeds); a full Redis (``OOM``) and
         errors that are not outages are counted and logged, and the breaker
-        stays closed. No exception reaches the caller in default mode."""
+        stays closed. No exception reaches the caller in default mode.
+
+        ``stats``: the namespace's :class:`~librecache.metrics.NamespaceStats`,
+        whose ``errors`` and ``fallthroughs`` count this operation too."""
         breaker = self.breaker
         client = self.client
         if not self.strict and (not breaker.up or client is None):
             breaker.fallthrough(write)
+            if stats is not None:
+                stats.fallthroughs += 1
             return fallback()
         try:
             try:
@@ -235,6 +240,9 @@ class RedisConnection:
             else:
                 breaker.refusal(exc, operation)
             breaker.fallthrough(write)
+            if stats is not None:
+                stats.errors += 1
+                stats.fallthroughs += 1
             return fallback()
 
     # -- writes that did not happen ------------------------------------------------------

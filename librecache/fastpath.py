@@ -27,6 +27,8 @@ from typing import Any
 
 from dogpile.cache.api import NO_VALUE
 
+from .metrics import Creation, thread_creations
+
 __all__ = ["LazyMutex", "creating_uncached", "memoize", "parse_metadata"]
 
 _SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -78,7 +80,8 @@ def memoize(
     (``set``, ``get``, ``invalidate``, ``refresh``, ``original``)."""
     bind = binder(user_func)
     expiration_is_callable = callable(expiration_time)
-    get_or_create = region.get_or_create
+    get_or_create = region._get_or_create_counted
+    creation = Creation(region, user_func)
 
     count = _positional_count(user_func)
 
@@ -97,8 +100,11 @@ def memoize(
             value = near.lookup(region.key_mangler(key), region.expiration_time if timeout is None else timeout,
                                 region.region_invalidator)
             if value is not NO_VALUE:
+                stats = region._stats
+                if stats is not None:
+                    stats.hits += 1
                 return value.payload
-        return get_or_create(key, user_func, timeout, should_cache_fn, (args, kwargs))
+        return get_or_create(key, creation, timeout, should_cache_fn, (args, kwargs))
 
     def refresh(*args: Any, **kwargs: Any) -> Any:
         value = user_func(*args, **kwargs)
@@ -157,15 +163,21 @@ class LazyMutex:
     the value it creates is not stored (:func:`creating_uncached`), so no
     call ever waits for a lock timeout."""
 
-    __slots__ = ("_key", "_mutex", "_registry", "_started")
+    __slots__ = ("_created", "_key", "_mutex", "_registry", "_started", "_stats")
 
-    def __init__(self, registry: Any, key: str) -> None:
+    def __init__(self, registry: Any, key: str, stats: Any = None) -> None:
         self._registry = registry
         self._key = key
         self._mutex: Any = None
         self._started = time.monotonic()
+        #: The namespace's counters: a holder that releases without having
+        #: created the value got another creator's (a lock wait).
+        self._stats = stats
+        self._created = 0
 
     def acquire(self, wait: bool = True) -> bool:
+        if self._stats is not None:
+            self._created = thread_creations()
         mutex = self._mutex = self._registry.get(self._key)
         within = getattr(mutex, "acquire_within", None) if wait else None
         if within is None:
@@ -180,6 +192,9 @@ class LazyMutex:
         return True
 
     def release(self) -> None:
+        stats = self._stats
+        if stats is not None and thread_creations() == self._created:
+            stats.lock_waits += 1
         mutex, self._mutex = self._mutex, None
         if mutex is None:
             getattr(_uncached, "keys", set()).discard(self._key)

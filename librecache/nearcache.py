@@ -88,6 +88,7 @@ class NearCache:
     def _after_fork(self) -> None:
         # empty and off until the child's own listener has subscribed
         self._lock = threading.Lock()
+        self.hits = 0  # the child's own
         self.clear(False)
 
     def lookup(self, key: str, expiration_time: float | None, invalidator: Any) -> Any:

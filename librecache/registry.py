@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE, CachedValue, CantDeserializeException
 from dogpile.cache.exception import DogpileCacheException
+from dogpile.cache.proxy import ProxyBackend
 from dogpile.cache.region import CacheRegion, DefaultInvalidationStrategy
 from dogpile.util import memoized_property
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,6 +35,7 @@ from .invalidation import InvalidationBus
 from .keying import KeySpace, memory_mangler
 from .keys import CacheKeys, parse_namespace
 from .logs import RateLimitedLog
+from .metrics import Creation, NamespaceStats, snapshot, thread_creations
 from .nearcache import NearCache
 from .prefixing import PrefixedRedis, PrefixedRedisCluster
 from .signing import Signer
@@ -43,6 +45,40 @@ __all__ = ["Caches", "LibreRegion", "configure", "get_caches", "get_region", "re
 log = logging.getLogger(__name__)
 
 ConfigSource = CacheConfig | Mapping[str, str] | None
+
+# dogpile's own methods, called without super() on the hot path
+_region_get = CacheRegion.get
+_region_get_or_create = CacheRegion.get_or_create
+
+#: dogpile :class:`~dogpile.cache.proxy.ProxyBackend` classes (or factories
+#: returning one) to wrap every namespace's backend with, or a mapping
+#: ``{namespace: [...]}`` for some namespaces only.
+Wrap = Sequence[Callable[[], ProxyBackend]] | Mapping[CacheKeys | str, Sequence[Callable[[], ProxyBackend]]] | None
+
+
+def wrappers_of(wrap: Wrap) -> Callable[[CacheKeys], list[ProxyBackend]]:
+    """The proxies of each namespace: fresh instances per region (dogpile
+    binds a proxy instance to one backend).
+
+    :raises UnknownNamespaceError: a mapping names an unknown namespace.
+    :raises TypeError: something given is not callable.
+    """
+    if wrap is None:
+        return lambda namespace: []
+    if isinstance(wrap, Mapping):
+        per_namespace = {parse_namespace(name): list(proxies) for name, proxies in wrap.items()}
+    else:
+        per_namespace = {namespace: list(wrap) for namespace in CacheKeys}
+    for proxies in per_namespace.values():
+        for proxy in proxies:
+            if not callable(proxy):
+                raise TypeError(f"wrap: {proxy!r} is not a ProxyBackend class or factory")
+
+    def build(namespace: CacheKeys) -> list[ProxyBackend]:
+        proxies = per_namespace.get(namespace)
+        return [make() for make in proxies] if proxies else []
+
+    return build
 
 
 class LibreRegion(CacheRegion):
@@ -64,6 +100,8 @@ class LibreRegion(CacheRegion):
         self._limited = RateLimitedLog(log)
         #: The near cache of this namespace, when configured.
         self._near: NearCache | None = None
+        #: The counters of this namespace in its registry (``None``: LIBRECACHE_METRICS=false).
+        self._stats: NamespaceStats | None = None
         super().__init__(
             name=namespace.value, key_mangler=self._mangle_on_first_use,
             function_key_generator=keygen.function_key_generator,
@@ -188,6 +226,80 @@ class LibreRegion(CacheRegion):
             for key, value in mapping.items():
                 near.store(key, value, generation)
 
+    # -- counting (librecache.metrics): each call once, as a hit or a miss ---------------
+
+    def get(self, key: Any, expiration_time: float | None = None, ignore_expiration: bool = False) -> Any:
+        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get`, counted
+        as a hit or a miss (:mod:`librecache.metrics`)."""
+        value = _region_get(self, key, expiration_time, ignore_expiration)
+        stats = self._stats
+        if stats is not None:
+            if value is NO_VALUE:
+                stats.misses += 1
+            else:
+                stats.hits += 1
+        return value
+
+    def get_multi(self, keys: Any, expiration_time: float | None = None, ignore_expiration: bool = False) -> Any:
+        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_multi`;
+        each key counted as a hit or a miss."""
+        values = super().get_multi(keys, expiration_time, ignore_expiration)
+        stats = self._stats
+        if stats is not None:
+            missed = sum(value is NO_VALUE for value in values)
+            stats.misses += missed
+            stats.hits += len(values) - missed
+        return values
+
+    def get_or_create(self, key: Any, creator: Callable[..., Any], expiration_time: float | None = None,
+                      should_cache_fn: Callable[[Any], bool] | None = None,
+                      creator_args: tuple[Any, Mapping[str, Any]] | None = None) -> Any:
+        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create`,
+        counted once: a hit, or a miss whose creator run is a creation (a
+        call that queued on the creation lock and got another creator's
+        value is a hit and a lock wait)."""
+        stats = self._stats
+        if stats is None:
+            return _region_get_or_create(self, key, creator, expiration_time, should_cache_fn, creator_args)
+        return self._get_or_create_counted(key, Creation(self, creator), expiration_time, should_cache_fn,
+                                           creator_args)
+
+    def _get_or_create_counted(self, key: Any, creation: Creation, expiration_time: float | None,
+                               should_cache_fn: Callable[[Any], bool] | None,
+                               creator_args: tuple[Any, Mapping[str, Any]] | None) -> Any:
+        """``get_or_create`` with a creator that counts its runs: a call
+        during which this thread ran no creator was answered by the cache."""
+        stats = self._stats
+        if stats is None:
+            return _region_get_or_create(self, key, creation, expiration_time, should_cache_fn, creator_args)
+        before = thread_creations()
+        value = _region_get_or_create(self, key, creation, expiration_time, should_cache_fn, creator_args)
+        if thread_creations() == before:
+            stats.hits += 1
+        return value
+
+    def get_or_create_multi(self, keys: Any, creator: Callable[..., Any], expiration_time: float | None = None,
+                            should_cache_fn: Callable[[Any], bool] | None = None) -> Any:
+        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create_multi`;
+        each key counted as a hit or a miss, each creator run as a creation."""
+        stats = self._stats
+        if stats is None:
+            return super().get_or_create_multi(keys, creator, expiration_time, should_cache_fn)
+        keys = list(keys)
+        asked: list[int] = []
+
+        def create(*missing: Any) -> Any:
+            asked.append(len(missing))
+            return creation(*missing)
+
+        creation = Creation(self, creator)
+        values = super().get_or_create_multi(keys, create, expiration_time, should_cache_fn)
+        created = sum(asked)
+        # a creator run counted one miss; its other keys are misses too
+        stats.misses += created - len(asked)
+        stats.hits += len(keys) - created
+        return values
+
     def cache_on_arguments(  # type: ignore[override]
         self,
         namespace: str | None = None,
@@ -213,7 +325,7 @@ class LibreRegion(CacheRegion):
 
     def _mutex(self, key: str) -> Any:
         # the real mutex is fetched only when a value must be created
-        return LazyMutex(self._lock_registry, key)
+        return LazyMutex(self._lock_registry, key, self._stats)
 
     def key_is_locked(self, key: Any) -> bool:
         """True while a creator holds ``key``'s creation lock, in this
@@ -226,6 +338,16 @@ class LibreRegion(CacheRegion):
             return True
         return mangled != key and bool(self._mutex(key).locked())
 
+    @property
+    def unwrapped_backend(self) -> Any:
+        """The librecache backend under the ``wrap=`` proxies (dogpile's
+        ``actual_backend`` is computed once and not renewed by a new
+        ``configure``)."""
+        backend = self.backend
+        while isinstance(backend, ProxyBackend):
+            backend = backend.proxied
+        return backend
+
     def _adopt(self, mangler: Callable[[Any], str] | None) -> None:
         self.key_mangler = self._user_defined_key_mangler = mangler
 
@@ -235,18 +357,27 @@ class Caches:
 
     :param config: a :class:`CacheConfig`, a mapping of environment
         variables, or ``None`` to read :data:`os.environ`.
+    :param wrap: dogpile :class:`~dogpile.cache.proxy.ProxyBackend` classes
+        (or factories) wrapping every namespace's backend, in dogpile's
+        ``wrap=`` order, or ``{namespace: [...]}`` for some namespaces;
+        each region gets its own instances.
 
     Iterating yields ``(name, region)`` pairs. Close it (or use it as a
     context manager) to release its connections and its listener thread.
     """
 
-    def __init__(self, config: ConfigSource = None, *, _regions: Mapping[CacheKeys, LibreRegion] | None = None) -> None:
+    def __init__(self, config: ConfigSource = None, *, wrap: Wrap = None,
+                 _regions: Mapping[CacheKeys, LibreRegion] | None = None) -> None:
         self.config = config if isinstance(config, CacheConfig) else CacheConfig.from_env(config)
+        self.wrap = wrap
+        self._wrappers = wrappers_of(wrap)
         self.keyspace = KeySpace(self.config.key_prefix)
         self._connection = RedisConnection(self.config) if self.config.use_redis else None
         self._bus = InvalidationBus(self._connection, self.keyspace) if self._connection else None
         self._signer = Signer(self.config.signing_keys) if self.config.signing_keys else None
         self._regions: dict[CacheKeys, LibreRegion] = dict(_regions or {ns: LibreRegion(ns) for ns in CacheKeys})
+        #: This registry's counters (:mod:`librecache.metrics`), fresh for every registry.
+        self._stats = {namespace.value: NamespaceStats(namespace.value) for namespace in self._regions}
         for namespace, region in self._regions.items():
             self._configure(region, namespace)
         if self._bus is not None and any(self.config.uses_redis(ns) for ns in CacheKeys):
@@ -272,6 +403,7 @@ class Caches:
             "namespace": namespace,
             "expires_after": config.redis_expiry(namespace),
             "lock_timeout": config.lock_timeout,
+            "stats": self._stats[namespace.value] if config.metrics else None,
         }
         if config.uses_near_cache(namespace):
             near = self._bus.near_cache(namespace, config.memory_max_entries)
@@ -279,17 +411,23 @@ class Caches:
         return "librecache.redis", arguments
 
     def _configure(self, region: LibreRegion, namespace: CacheKeys) -> None:
+        config = self.config
         backend, arguments = self.backend_arguments(namespace)
         if self._bus is not None and backend == "librecache.redis":
             invalidator: Any = self._bus.strategy(namespace)
         else:
             invalidator = DefaultInvalidationStrategy()
         region.configure(
-            backend, expiration_time=self.config.ttl(namespace), arguments=arguments,
+            backend, expiration_time=config.ttl(namespace), arguments=arguments, wrap=self._wrappers(namespace),
             replace_existing_backend=True, region_invalidator=invalidator,
         )
-        region._adopt(region.backend.key_mangler if backend == "librecache.redis" else memory_mangler(namespace))
-        region._near = arguments["near"][0] if "near" in arguments else None
+        redis = backend == "librecache.redis"
+        region._adopt(region.unwrapped_backend.key_mangler if redis else memory_mangler(namespace))
+        near = arguments["near"][0] if "near" in arguments else None
+        region._near = near
+        stats = self._stats[namespace.value]
+        stats.near = near if config.metrics else None
+        region._stats = stats if config.metrics else None
 
     # -- lookup -----------------------------------------------------------
 
@@ -335,6 +473,17 @@ class Caches:
             return None
         return self._connection.breaker.report(self._connection.pending_deletes)
 
+    def stats(self) -> dict[str, Any]:
+        """This process's counters of this registry, as a plain mapping:
+        ``{namespace: {"hits": ..., "misses": ..., "creations": ...,
+        "lock_waits": ..., "near_hits": ..., "errors": ..., "fallthroughs":
+        ..., "creation_seconds": {"sum", "count", "buckets"}}}`` (see
+        :mod:`librecache.metrics`), plus ``"redis"``: :meth:`health` (``None``
+        when Redis is off). All zero with LIBRECACHE_METRICS=false."""
+        report: dict[str, Any] = snapshot(self._stats)
+        report["redis"] = self.health()
+        return report
+
     def reconnect(self) -> None:
         """Try to reach Redis now, while it is marked unavailable (a new
         quick burst of REDIS_RETRY_MAX_ATTEMPTS attempts; the background
@@ -359,7 +508,7 @@ class Caches:
     def stored_keys(self, name: CacheKeys | str, limit: int | None = None) -> list[str]:
         """The keys stored in a namespace (full Redis key names for Redis
         namespaces), at most ``limit``."""
-        backend = self.region(name).backend
+        backend = self.region(name).unwrapped_backend
         if hasattr(backend, "scan_keys"):
             return list(backend.scan_keys(limit))
         return list(backend.keys()[:limit])
@@ -371,7 +520,7 @@ class Caches:
 
         :param progress: called with the running count on large clears.
         """
-        return int(self.region(name).backend.clear(progress))
+        return int(self.region(name).unwrapped_backend.clear(progress))
 
     # -- lifetime ---------------------------------------------------------
 
@@ -429,11 +578,18 @@ _default_regions: dict[CacheKeys, LibreRegion] = {
 }
 
 
-def configure(config: ConfigSource = None) -> Caches:
+_KEEP: Any = object()
+
+
+def configure(config: ConfigSource = None, wrap: Wrap = _KEEP) -> Caches:
     """Build the process default registry and return it.
 
     :param config: a :class:`CacheConfig`, a mapping of variables, or
         ``None`` to read :data:`os.environ`.
+    :param wrap: dogpile ``ProxyBackend`` classes for every namespace's
+        backend, or ``{namespace: [...]}`` (see :class:`Caches`); when not
+        given, those of the previous default are kept, so proxies survive
+        reconfiguration; ``None`` removes them.
     :raises ConfigurationError: the configuration is not valid; the
         previous default, if any, stays in place.
 
@@ -443,7 +599,9 @@ def configure(config: ConfigSource = None) -> Caches:
     global _default
     built = config if isinstance(config, CacheConfig) else CacheConfig.from_env(config)
     with _lock:
-        caches = Caches(built, _regions=_default_regions)
+        if wrap is _KEEP:
+            wrap = _default.wrap if _default is not None else None
+        caches = Caches(built, wrap=wrap, _regions=_default_regions)
         previous, _default = _default, caches
     if previous is not None:
         previous.close()

@@ -159,7 +159,7 @@ def _pages(site: Path) -> list[str]:
 
 def test_the_site_has_the_pages_the_proof_names(site: Path) -> None:
     pages = _pages(site)
-    for page in ("index.html", "configuration.html", "streams.html", "cli.html"):
+    for page in ("index.html", "configuration.html", "streams.html", "cli.html", "metrics.html"):
         assert page in pages
 
 

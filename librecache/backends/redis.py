@@ -54,7 +54,8 @@ class RedisMutex(CacheMutex):
     but may land later) is taken over rather than waited for.
     """
 
-    def __init__(self, connection: RedisConnection, name: str, timeout: float) -> None:
+    def __init__(self, connection: RedisConnection, name: str, timeout: float, stats: Any = None) -> None:
+        self._stats = stats
         self._local = threading.Lock()
         self._connection = connection
         self._name = name
@@ -116,7 +117,7 @@ class RedisMutex(CacheMutex):
                     connection.abandon_lock(self._name, token, self._timeout)
                 return _LOCAL_ONLY
 
-            result = connection.guard("lock", attempt, unsure)
+            result = connection.guard("lock", attempt, unsure, stats=self._stats)
             if result is None:
                 continue
             if result is _LOCAL_ONLY:  # Redis cannot take the lock now: the thread lock alone serves
@@ -181,7 +182,7 @@ class RedisBackend(BytesBackend):
     def __init__(self, arguments: Mapping[str, Any]) -> None:
         args = take_arguments(
             "librecache.redis", arguments,
-            {"connection", "keyspace", "namespace", "lock_timeout"}, {"expires_after", "signer", "near"},
+            {"connection", "keyspace", "namespace", "lock_timeout"}, {"expires_after", "signer", "near", "stats"},
         )
         self.connection: RedisConnection = args["connection"]
         self.cluster = self.connection.cluster
@@ -193,6 +194,8 @@ class RedisBackend(BytesBackend):
         self.near: tuple[NearCache, Callable[[CacheKeys, list[str]], None]] | None = args.get("near")
         expires = args.get("expires_after")
         self.expires_after_ms: int | None = max(1, int(expires * 1000)) if expires else None
+        #: The namespace's counters (:mod:`librecache.metrics`), or ``None``.
+        self.stats: Any = args.get("stats")
         self.key_mangler = self.keyspace.mangler(self.namespace)
         self._limited = RateLimitedLog(log)
 
@@ -231,7 +234,8 @@ class RedisBackend(BytesBackend):
         connection = self.connection
         if connection.is_pending(key):  # a write of it was lost: what Redis holds may be older
             return NO_VALUE
-        return self._opened(key, connection.guard("get", lambda c: c.get(key), lambda: None))
+        return self._opened(key, connection.guard("get", lambda c: c.get(key), lambda: None,
+                                                     stats=self.stats))
 
     def get_serialized_multi(self, keys: Iterable[str]) -> Sequence[SerializedReturnType]:
         keys = list(keys)
@@ -242,7 +246,7 @@ class RedisBackend(BytesBackend):
             return list(client.mget_nonatomic(keys) if self.cluster else client.mget(keys))
 
         connection = self.connection
-        values = connection.guard("mget", read, lambda: [None] * len(keys))
+        values = connection.guard("mget", read, lambda: [None] * len(keys), stats=self.stats)
         return [NO_VALUE if connection.is_pending(key) else self._opened(key, value)
                 for key, value in zip(keys, values, strict=True)]
 
@@ -262,7 +266,7 @@ class RedisBackend(BytesBackend):
         still accepts DEL) or when Redis is back, and read as a miss until
         then (:meth:`RedisConnection.discard`)."""
         connection = self.connection
-        if connection.guard(operation, action, lambda: False, write=True) is False:
+        if connection.guard(operation, action, lambda: False, write=True, stats=self.stats) is False:
             connection.discard(keys, self.namespace)
         else:
             connection.written(keys)
@@ -297,7 +301,7 @@ class RedisBackend(BytesBackend):
     # -- locks --------------------------------------------------------------------
 
     def get_mutex(self, key: str) -> RedisMutex:
-        return RedisMutex(self.connection, self.keyspace.lock(key), self.lock_timeout)
+        return RedisMutex(self.connection, self.keyspace.lock(key), self.lock_timeout, self.stats)
 
     def has_lock_timeout(self) -> bool:
         return True

@@ -1,0 +1,299 @@
+"""What the cache does, counted per registry and namespace.
+
+Each :class:`~librecache.Caches` keeps one :class:`NamespaceStats` per
+namespace, always on (plain integer increments, no lock: under CPython's
+GIL an ``obj.count += 1`` of a slotted object is not interleaved by another
+thread's bytecode); LIBRECACHE_METRICS=false turns the counting off.
+:meth:`Caches.stats() <librecache.Caches.stats>` returns them as a plain
+mapping; :class:`PrometheusCollector` and :func:`instrument` export them.
+
+Every cache call is counted once, as a hit or a miss, however many reads
+dogpile makes (it reads twice on a miss: outside the creation lock, then
+inside it):
+
+``hits``
+    calls answered with a cached value (near hits included, and calls that
+    waited for another creator and then got its value);
+``misses``
+    calls that found nothing usable: a ``get`` that returned ``NO_VALUE``,
+    a ``get_or_create`` or memoised call that ran its creator; each key of
+    ``get_multi`` / ``get_or_create_multi`` is one call;
+``creations``
+    creator or memoised-function runs (their durations in the histogram
+    ``creation_seconds``);
+``lock_waits``
+    calls that found no value, went for the key's creation lock, and then
+    got the value another creator had stored meanwhile (also hits);
+``near_hits``
+    calls answered by the namespace's near cache (also hits);
+``errors``
+    Redis failures met by the namespace's operations (outages, ``OOM``,
+    refused commands);
+``fallthroughs``
+    Redis operations of the namespace answered without Redis (a read that
+    became a miss, a write dropped, a creation lock taken in this process
+    only). One call can count several: a memoised call during an outage
+    counts its read, its lock and its write.
+
+A stampede of 8 threads on one cold key counts 1 miss, 1 creation, 7 hits
+and (when the 7 found the key empty and queued on its lock) 7 lock waits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import forks
+
+if TYPE_CHECKING:
+    from .registry import Caches
+
+__all__ = [
+    "BUCKETS",
+    "COUNTERS",
+    "NamespaceStats",
+    "PrometheusCollector",
+    "instrument",
+]
+
+#: The counters of a namespace, in the order they are reported.
+COUNTERS = ("hits", "misses", "creations", "lock_waits", "near_hits", "errors", "fallthroughs")
+
+#: Upper bounds (seconds) of the ``creation_seconds`` histogram buckets (Prometheus' defaults).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+#: Creator runs of this thread, so that a creation lock's holder can tell,
+#: on release, whether it created the value or found it made by another.
+_thread = threading.local()
+
+
+def thread_creations() -> int:
+    """How many creators this thread has run (see :class:`Creation`)."""
+    return getattr(_thread, "creations", 0)  # type: ignore[no-any-return]
+
+
+class NamespaceStats:
+    """The counters of one namespace in one registry (see the module)."""
+
+    __slots__ = (
+        "__weakref__",
+        "buckets",
+        "creation_sum",
+        "creations",
+        "errors",
+        "fallthroughs",
+        "hits",
+        "lock_waits",
+        "misses",
+        "namespace",
+        "near",
+    )
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        #: The namespace's near cache (it counts its own hits), when it has one.
+        self.near: Any = None
+        self._reset()
+        forks.register(self)
+
+    def _reset(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.creations = 0
+        self.lock_waits = 0
+        self.errors = 0
+        self.fallthroughs = 0
+        #: Seconds spent in creators, and creations per bucket (the last: above every bound).
+        self.creation_sum = 0.0
+        self.buckets = [0] * (len(BUCKETS) + 1)
+
+    def _after_fork(self) -> None:
+        # a forked worker counts its own calls, not its parent's
+        self._reset()
+
+    def created(self, seconds: float) -> None:
+        """Count a creator run of ``seconds``."""
+        self.misses += 1
+        self.creations += 1
+        self.creation_sum += seconds
+        self.buckets[bisect_left(BUCKETS, seconds)] += 1
+
+    @property
+    def near_hits(self) -> int:
+        near = self.near
+        return int(near.hits) if near is not None else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters, plus ``creation_seconds`` (sum and cumulative buckets)."""
+        counts = {name: getattr(self, name) for name in COUNTERS}
+        cumulative, total = {}, 0
+        for bound, count in zip((*BUCKETS, float("inf")), self.buckets, strict=True):
+            total += count
+            cumulative[bound] = total
+        counts["creation_seconds"] = {"sum": self.creation_sum, "count": total, "buckets": cumulative}
+        return counts
+
+
+class Creation:
+    """A creator wrapped for counting its runs in its region's counters (as
+    they are when it runs, so one made at decoration time follows
+    ``configure()``), and in this thread's count of creator runs, which
+    tells a call whether its own creator ran. An asynchronous twin counts
+    through the same :meth:`NamespaceStats.created`."""
+
+    __slots__ = ("creator", "region")
+
+    def __init__(self, region: Any, creator: Callable[..., Any]) -> None:
+        self.region = region
+        self.creator = creator
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.creator(*args, **kwargs)
+        finally:
+            _thread.creations = thread_creations() + 1
+            stats = self.region._stats
+            if stats is not None:
+                stats.created(time.perf_counter() - started)
+
+
+def snapshot(stats: Mapping[str, NamespaceStats]) -> dict[str, dict[str, Any]]:
+    """``{namespace: counters}`` of a registry's stats."""
+    return {name: namespace.as_dict() for name, namespace in stats.items()}
+
+
+# --------------------------------------------------------------------------
+# Prometheus
+# --------------------------------------------------------------------------
+
+
+def _need(module: str, extra: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"{module} is not installed: install librecache[{extra}] "
+                          f"(pip install 'librecache[{extra}]')") from exc
+
+
+def _registry(caches: Caches | None) -> Caches:
+    if caches is not None:
+        return caches
+    from .registry import get_caches
+
+    return get_caches()
+
+
+class PrometheusCollector:
+    """A :mod:`prometheus_client` custom collector of a registry's counters:
+    ``librecache_{counter}_total`` (label ``namespace``) for each of
+    :data:`COUNTERS`, the histogram ``librecache_creation_seconds`` (label
+    ``namespace``) and the gauge ``librecache_redis_up`` (1 or 0; absent
+    when Redis is off).
+
+    :param caches: the registry; ``None``: the process default registry
+        as it is at each scrape, so a :func:`~librecache.configure` that
+        replaces it is followed.
+    :raises ImportError: ``prometheus_client`` is not installed (the
+        ``librecache[prometheus]`` extra).
+
+    Register it on any registry: ``REGISTRY.register(PrometheusCollector())``.
+    """
+
+    def __init__(self, caches: Caches | None = None) -> None:
+        self._metrics = _need("prometheus_client.core", "prometheus")
+        self._caches = caches
+
+    def collect(self) -> Iterator[Any]:
+        core = self._metrics
+        caches = _registry(self._caches)
+        stats = caches.stats()
+        health = stats.pop("redis", None)
+        for counter in COUNTERS:
+            family = core.CounterMetricFamily(
+                f"librecache_{counter}", f"librecache {counter.replace('_', ' ')} per namespace",
+                labels=["namespace"],
+            )
+            for namespace, counts in stats.items():
+                family.add_metric([namespace], counts[counter])
+            yield family
+        histogram = core.HistogramMetricFamily(
+            "librecache_creation_seconds", "Time spent creating values (creators, memoised functions)",
+            labels=["namespace"],
+        )
+        for namespace, counts in stats.items():
+            seconds = counts["creation_seconds"]
+            buckets = [("+Inf" if bound == float("inf") else repr(bound), count)
+                       for bound, count in seconds["buckets"].items()]
+            histogram.add_metric([namespace], buckets, seconds["sum"])
+        yield histogram
+        if health is not None:
+            yield core.GaugeMetricFamily("librecache_redis_up", "1 while Redis is reachable",
+                                         value=1 if health["up"] else 0)
+
+    def describe(self) -> Iterable[Any]:
+        """Nothing: registering does not scrape, and no name is reserved."""
+        return []
+
+
+# --------------------------------------------------------------------------
+# OpenTelemetry
+# --------------------------------------------------------------------------
+
+
+def instrument(caches: Caches | None = None, meter_provider: Any = None) -> list[Any]:
+    """Register observable counters of a registry's counters with
+    OpenTelemetry: ``librecache_{counter}_total`` for each of
+    :data:`COUNTERS` (attribute ``namespace``), ``librecache_creation_seconds_sum``
+    and ``librecache_creation_seconds_count``, and the observable gauge
+    ``librecache_redis_up``.
+
+    :param caches: the registry; ``None``: the process default registry as
+        it is at each collection.
+    :param meter_provider: an OpenTelemetry ``MeterProvider``; ``None``: the
+        global one.
+    :returns: the instruments created.
+    :raises ImportError: ``opentelemetry-api`` is not installed (the
+        ``librecache[otel]`` extra).
+    """
+    metrics_api = _need("opentelemetry.metrics", "otel")
+    from . import __version__
+
+    meter = metrics_api.get_meter("librecache", __version__, meter_provider)
+
+    def observe(read: Callable[[dict[str, Any]], float]) -> Callable[[Any], list[Any]]:
+        def callback(_options: Any) -> list[Any]:
+            stats = _registry(caches).stats()
+            stats.pop("redis", None)
+            return [metrics_api.Observation(read(counts), {"namespace": namespace})
+                    for namespace, counts in stats.items()]
+        return callback
+
+    def counter_reader(name: str) -> Callable[[dict[str, Any]], float]:
+        return lambda counts: counts[name]
+
+    instruments = [
+        meter.create_observable_counter(f"librecache_{name}_total", [observe(counter_reader(name))],
+                                        description=f"librecache {name.replace('_', ' ')} per namespace")
+        for name in COUNTERS
+    ]
+    instruments.append(meter.create_observable_counter(
+        "librecache_creation_seconds_sum", [observe(lambda counts: counts["creation_seconds"]["sum"])],
+        unit="s", description="Time spent creating values"))
+    instruments.append(meter.create_observable_counter(
+        "librecache_creation_seconds_count", [observe(lambda counts: counts["creation_seconds"]["count"])],
+        description="Values created"))
+
+    def redis_up(_options: Any) -> list[Any]:
+        health = _registry(caches).health()
+        return [] if health is None else [metrics_api.Observation(1 if health["up"] else 0)]
+
+    instruments.append(meter.create_observable_gauge("librecache_redis_up", [redis_up],
+                                                     description="1 while Redis is reachable"))
+    return instruments
