@@ -105,16 +105,10 @@ NOT_APPLICABLE: dict[str, str] = {
 
 #: Only on the Redis backend: it is the backend's key mangler that puts keys
 #: under ``{prefix}::{NAMESPACE}:``.
+_PROXY_BYPASSED = ("dogpile sends a serializing backend's reads and writes through get_serialized()/"
+                   "set_serialized(), around the test proxies' get()/set() (its own redis backend alike)")
 NOT_APPLICABLE_TO_REDIS: dict[str, str] = {
     "test_uses_serializer": "reads the backend with an unmangled key; librecache.redis's key_mangler adds the prefix",
-}
-
-#: dogpile.cache's version, for tests of behaviour an older dogpile lacks.
-DOGPILE = tuple(int(part) for part in importlib.metadata.version("dogpile.cache").split(".")[:2])
-_PROXY_BYPASSED = ("dogpile.cache before 1.5 sends a serializing backend's reads and writes around a "
-                   "ProxyBackend's get()/set() (its own redis backend alike): nothing for the proxy to count")
-#: Not on a bytes backend (librecache.redis, like dogpile's redis) with an older dogpile.
-OLD_DOGPILE_BYTES: dict[str, str] = {
     "test_counter_proxies": _PROXY_BYPASSED,
     "test_instance_proxies": _PROXY_BYPASSED,
     "test_argument_proxies": _PROXY_BYPASSED,
@@ -185,8 +179,7 @@ class Stack:
     ) -> Iterator[None]:
         name = request.node.originalname
         reason = (NOT_APPLICABLE.get(name) or (self.on_caches and NOT_APPLICABLE_TO_CACHES.get(name))
-                  or (self.backend == "librecache.redis" and NOT_APPLICABLE_TO_REDIS.get(name))
-                  or (self.backend == "librecache.redis" and DOGPILE < (1, 5) and OLD_DOGPILE_BYTES.get(name)))
+                  or (self.backend == "librecache.redis" and NOT_APPLICABLE_TO_REDIS.get(name)))
         if reason:
             pytest.skip(reason)
         self._make_caches = make_caches
