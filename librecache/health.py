@@ -296,11 +296,18 @@ def run_maintenance(
                 continue
             if stop.is_set():
                 return
-            breaker.recovered()
             try:
+                # before the breaker closes: calls still fall through, so no
+                # write of theirs can race with the replayed deletes
                 on_recovery()
+            except UNAVAILABLE as exc:
+                breaker.reconnect_attempts = attempt + 1
+                breaker.limited.warning("reconnect", "replaying the work deferred while Redis was away failed: %s",
+                                        exc)
+                continue
             except Exception:
                 log.exception("replaying work deferred while Redis was away failed")
+            breaker.recovered()
             continue
         timeout = max(0.0, next_ping - time.monotonic()) if ping_interval > 0 else None
         if breaker.wake.wait(timeout):
