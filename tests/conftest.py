@@ -95,6 +95,14 @@ def hostname_tls_cluster(farm: ServerFarm, test_ca: TestCA) -> RedisClusterFarm:
 
 
 @pytest.fixture
+def own_server(farm: ServerFarm) -> Iterator[RedisServer]:
+    """A server of this test's own, which it may stop, kill, pause or fill."""
+    server = farm.server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def prefix() -> str:
     """A key prefix no other test uses."""
     return f"t{uuid.uuid4().hex[:12]}"

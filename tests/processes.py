@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -13,9 +14,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _environment(env: Mapping[str, str]) -> dict[str, str]:
-    base = {key: value for key, value in os.environ.items() if not key.startswith(("REDIS_", "USE_REDIS"))}
-    base.pop("FORCED_IN_MEMORY_CACHE_NAMESPACES", None)
+def child_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without any cache variable, plus ``env``,
+    with the repository on the path: what a child process under test gets."""
+    base = {key: value for key, value in os.environ.items()
+            if not key.startswith(("REDIS_", "USE_REDIS", "LIBRECACHE_", "FORCED_IN_MEMORY"))}
     return {**base, **env, "PYTHONPATH": str(ROOT)}
 
 
@@ -23,7 +26,7 @@ def start(role: str, env: Mapping[str, str]) -> subprocess.Popen[str]:
     """Start a worker; read its JSON lines with :func:`read_line`."""
     return subprocess.Popen(
         [sys.executable, "-m", "tests.workers", role],
-        cwd=ROOT, env=_environment(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT, env=child_environment(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )
 
@@ -42,7 +45,19 @@ def run(role: str, env: Mapping[str, str], timeout: float = 60) -> list[dict[str
     """Run a worker to the end; return its reports."""
     done = subprocess.run(
         [sys.executable, "-m", "tests.workers", role],
-        cwd=ROOT, env=_environment(env), capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, env=child_environment(env), capture_output=True, text=True, timeout=timeout,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 5) -> None:
+    """SIGTERM, then SIGKILL if ``process`` is still running after ``timeout``."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

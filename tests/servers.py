@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -21,6 +20,7 @@ import redis
 from redis.crc import key_slot
 
 from tests.faults import FaultProxy as TcpProxy  # noqa: F401  (the one proxy class, with faults)
+from tests.processes import stop_process
 
 LOOPBACK = "127.0.0.1"
 
@@ -164,13 +164,8 @@ class RedisServer:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
         self.process = None
 
     def restart(self) -> RedisServer:

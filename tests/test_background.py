@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,18 +17,11 @@ import redis
 
 import librecache
 from librecache import _compat
-from tests.servers import RedisServer, ServerFarm, SilentPeer
+from tests.servers import RedisServer, SilentPeer
 from tests.test_resilience import FAST_RETRY, wait_until
 
 Make = Callable[..., librecache.Caches]
 FIGURES: dict[str, float] = {}  # printed at the end of the module
-
-
-@pytest.fixture
-def own_server(farm: ServerFarm) -> Iterator[RedisServer]:
-    server = farm.server()
-    yield server
-    server.stop()
 
 
 def health(caches: librecache.Caches) -> dict[str, Any]:

@@ -166,7 +166,7 @@ class Stack:
         """dogpile's fixture builds a backend from class-level arguments;
         ours come from live servers, per test."""
 
-    def _environment(self, request: pytest.FixtureRequest) -> dict[str, str]:
+    def child_environment(self, request: pytest.FixtureRequest) -> dict[str, str]:
         if self.kind == "memory":
             return {}
         env: dict[str, str] = request.getfixturevalue("redis_env" if self.kind == "single" else "cluster_env")
@@ -184,7 +184,7 @@ class Stack:
             pytest.skip(reason)
         self._make_caches = make_caches
         if self.on_caches:
-            self._env = self._environment(request)
+            self._env = self.child_environment(request)
         backend, arguments = _shared.backend_arguments(NAMESPACE)
         assert backend == self.backend
         if "keyspace" in arguments:

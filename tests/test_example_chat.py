@@ -26,26 +26,24 @@ pytestmark = pytest.mark.slow
 ENV = {"CHAT_TOKEN_DELAY": "0.02", "CHAT_PRODUCER_TIMEOUT": "1.5"}
 
 
-def deploy(redis_server: RedisServer, instances: int, **env: str) -> ChatDeployment:
-    return ChatDeployment(
-        redis_server.url, instances=instances, prefix=f"chat{uuid.uuid4().hex[:8]}", env={**ENV, **env},
-    ).start()
+def deployed(redis_server: RedisServer, instances: int, env: dict[str, str] = ENV) -> ChatDeployment:
+    """A deployment on the session's Redis under a prefix of its own, not
+    started yet (``with deployed(...) as chat:`` starts and stops it)."""
+    return ChatDeployment(redis_server.url, instances=instances, prefix=f"chat{uuid.uuid4().hex[:8]}", env=env)
 
 
 @pytest.fixture(scope="module")
 def chat(redis_server: RedisServer) -> Iterator[ChatDeployment]:
     """Three instances and nginx, shared by the tests that kill nothing."""
-    deployment = deploy(redis_server, 3)
-    yield deployment
-    deployment.stop()
+    with deployed(redis_server, 3) as deployment:
+        yield deployment
 
 
 @pytest.fixture
 def own_chat(redis_server: RedisServer) -> Iterator[ChatDeployment]:
     """Two instances and nginx for a test that stops or kills one."""
-    deployment = deploy(redis_server, 2)
-    yield deployment
-    deployment.stop()
+    with deployed(redis_server, 2) as deployment:
+        yield deployment
 
 
 def ask(base: str, question: str) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ from examples.resumable_chat.model import answer_text, answer_tokens
 from examples.resumable_chat.run import ChatDeployment
 from tests.browser import chromium, save_screenshot, screenshot_dir
 from tests.servers import RedisServer
+from tests.test_example_chat import deployed
 
 pytestmark = pytest.mark.slow
 
@@ -33,18 +33,11 @@ ENV = {"CHAT_TOKEN_DELAY": str(DELAY), "CHAT_PRODUCER_TIMEOUT": "2"}
 METRICS: dict[str, Any] = {}
 
 
-def deploy(redis_server: RedisServer, instances: int) -> ChatDeployment:
-    return ChatDeployment(
-        redis_server.url, instances=instances, prefix=f"chat{uuid.uuid4().hex[:8]}", env=ENV,
-    ).start()
-
-
 @pytest.fixture(scope="module")
 def chat(redis_server: RedisServer) -> Iterator[ChatDeployment]:
     """Three instances behind nginx, for the scenarios that stop none."""
-    deployment = deploy(redis_server, 3)
-    yield deployment
-    deployment.stop()
+    with deployed(redis_server, 3, ENV) as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,9 +51,8 @@ def metrics_file() -> Iterator[None]:
 @pytest.fixture
 def own_chat(redis_server: RedisServer) -> Iterator[ChatDeployment]:
     """Three instances behind nginx for a scenario that stops or kills one."""
-    deployment = deploy(redis_server, 3)
-    yield deployment
-    deployment.stop()
+    with deployed(redis_server, 3, ENV) as deployment:
+        yield deployment
 
 
 @pytest.fixture

@@ -31,9 +31,9 @@ from librecache.health import FULL, OUTAGE, REFUSED, classify
 from librecache.streams import open_streams
 from tests.conftest import ACL_PASSWORD, ACL_USER
 from tests.faults import FaultProxy, command_is
-from tests.processes import ROOT, _environment
-from tests.servers import RedisServer, ServerFarm
-from tests.test_resilience import wait_until
+from tests.load import Load, wait_until
+from tests.processes import ROOT, child_environment
+from tests.servers import RedisServer
 
 Make = Callable[..., librecache.Caches]
 SETTINGS = {"REDIS_CONNECT_TIMEOUT": "500", "LIBRECACHE_SOCKET_TIMEOUT": "1", "REDIS_RETRY_MAX_DELAY": "200",
@@ -43,79 +43,6 @@ BOUND = 3.0
 #: What a loaded 2-core machine may add to a call (threads waiting for the GIL and the CPU).
 MARGIN = 1.0
 FIGURES: dict[str, str] = {}
-
-
-def value_of(key: str) -> str:
-    return f"value-of-{key}"
-
-
-class Hammer:
-    """``threads`` threads calling a memoised function of ``region`` without
-    pause, each call timed; results checked, exceptions kept."""
-
-    def __init__(self, region: Any, threads: int = 8, keys: int = 16) -> None:
-        self.region = region
-        self.calls = 0
-        self.creations = 0
-        self.worst = 0.0
-        self.wrong: list[tuple[str, Any]] = []
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-
-        @region.cache_on_arguments()
-        def load(key: str) -> str:
-            with self._lock:
-                self.creations += 1
-            return value_of(key)
-
-        def work(n: int) -> None:
-            i = n
-            while not self._stop.is_set():
-                key = f"k{i % keys}"
-                i += 1
-                started = time.monotonic()
-                try:
-                    result = load(key)
-                except BaseException as exc:  # counted: an error that reached a caller
-                    self.errors.append(exc)
-                    continue
-                finally:
-                    took = time.monotonic() - started
-                    with self._lock:
-                        self.calls += 1
-                        self.worst = max(self.worst, took)
-                if result != value_of(key):
-                    self.wrong.append((key, result))
-
-        self._threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(threads)]
-        for thread in self._threads:
-            thread.start()
-
-    def creations_during(self, seconds: float) -> int:
-        before = self.creations
-        time.sleep(seconds)
-        return self.creations - before
-
-    def wait_cached(self, timeout: float) -> float:
-        """Seconds until a 0.3 s window without a single creation (every key
-        served from the cache again)."""
-        started = time.monotonic()
-        while self.creations_during(0.3) != 0:
-            assert time.monotonic() - started < timeout, f"caching did not resume within {timeout} s"
-        return time.monotonic() - started
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
-
-
-@pytest.fixture
-def own_server(farm: ServerFarm) -> Iterator[RedisServer]:
-    server = farm.server()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -152,7 +79,7 @@ FAULTS: dict[str, Callable[[FaultProxy, Any], None]] = {
 def test_every_call_bounded_no_errors_no_wrong_values(make_caches: Make, proxy: FaultProxy, fault: str) -> None:
     caches = make_caches(through(proxy, "faults"))
     region = caches.region("TOOLS")
-    hammer = Hammer(region)
+    hammer = Load(region, threads=8, keys=16)
     try:
         hammer.wait_cached(10)
         FAULTS[fault](proxy, region)
@@ -260,7 +187,7 @@ def test_key_is_locked_while_a_creator_runs_in_another_thread_or_process(
         "    return 2\n"
         "region.get_or_create('process', create)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=_environment(redis_env),
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=child_environment(redis_env),
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdin is not None
@@ -367,7 +294,7 @@ def test_a_full_redis_degrades_writes_and_keeps_reads(make_caches: Make, own_ser
     assert region.get("old") in ("v3", NO_VALUE)
     if policy == "noeviction":
         assert region.get("kept") == "read me"  # reads go on
-    hammer = Hammer(region)
+    hammer = Load(region, threads=8, keys=16)
     try:
         time.sleep(2.0)
         region.invalidate()  # takes effect here at once
@@ -384,7 +311,7 @@ def test_a_full_redis_degrades_writes_and_keeps_reads(make_caches: Make, own_ser
 
     admin.config_set("maxmemory", 0)  # room again
     freed = time.monotonic()
-    hammer = Hammer(region)
+    hammer = Load(region, threads=8, keys=16)
     try:
         hammer.wait_cached(10)
     finally:

@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,11 @@ from dogpile.cache.api import NO_VALUE
 import librecache
 from tests.conformance import Counter
 from tests.conftest import Deployment
-from tests.servers import LOOPBACK, RedisServer, ServerFarm, free_port
+from tests.processes import ROOT, child_environment, stop_process
+from tests.servers import LOOPBACK, RedisServer, free_port
 from tests.test_registry import fresh_default  # noqa: F401  (fixture)
 from tests.test_resilience import FAST_RETRY, RECOVERY, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 CHILD_DEADLINE = 15.0  # seconds a child may take before it counts as hung
 FIGURES: dict[str, float] = {}  # printed at the end of the module
 
@@ -313,13 +313,6 @@ def test_keepalive_runs_in_a_child(fresh_default: None, redis_env: dict[str, str
         child.end()
 
 
-@pytest.fixture
-def own_server(farm: ServerFarm) -> Iterator[RedisServer]:
-    server = farm.server()
-    yield server
-    server.stop()
-
-
 def outage_child(conn: Connection) -> None:
     """Answers: a memoised call (with how many times it was computed), and
     waits until caching works again, reporting when."""
@@ -390,12 +383,6 @@ def get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
-def child_environment(env: dict[str, str]) -> dict[str, str]:
-    base = {key: value for key, value in os.environ.items()
-            if not key.startswith(("REDIS_", "USE_REDIS", "LIBRECACHE_", "FORCED_IN_MEMORY"))}
-    return {**base, **env, "PYTHONPATH": str(ROOT)}
-
-
 def by_worker(url: str, expect: Callable[[dict[str, Any]], bool], workers: int, timeout: float) -> dict[int, Any]:
     """Ask ``url`` until ``workers`` different worker pids answered with
     ``expect(answer)`` true; their answers by pid. Each round sends one
@@ -463,12 +450,7 @@ def test_gunicorn_preload_workers(own_server: RedisServer) -> None:
         FIGURES["gunicorn --preload: both workers cache again after a Redis restart (s)"] = time.monotonic() - restarted
     finally:
         admin.close()
-        gunicorn.send_signal(signal.SIGTERM)
-        try:
-            gunicorn.wait(15)
-        except subprocess.TimeoutExpired:
-            gunicorn.kill()
-            gunicorn.wait()
+        stop_process(gunicorn, 15)
 
 
 # -- Celery prefork ------------------------------------------------------------------------------------
@@ -523,12 +505,7 @@ def test_celery_prefork_children(own_server: RedisServer, tmp_path: Path) -> Non
     finally:
         admin.close()
         app.close()
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_process(worker, 20)
 
 
 def test_fork_figures_are_reported() -> None:

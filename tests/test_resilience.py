@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,81 +19,11 @@ from redis.crc import key_slot
 
 import librecache
 from tests.faults import FaultProxy
+from tests.load import FAST_RETRY, Load, wait_until
 from tests.servers import RedisClusterFarm, RedisServer, ServerFarm, SilentPeer
 
 Make = Callable[..., librecache.Caches]
-FAST_RETRY = {"REDIS_RETRY_MAX_DELAY": "200", "REDIS_RETRY_MAX_ATTEMPTS": "0", "REDIS_CONNECT_TIMEOUT": "500",
-              "LIBRECACHE_SOCKET_TIMEOUT": "1"}
 RECOVERY: dict[str, float] = {}  # measured recovery times, printed at the end of the module
-
-
-def value_of(key: str) -> str:
-    return f"value-of-{key}"
-
-
-class Load:
-    """Threads calling a memoised function of ``region`` without pause;
-    every result is checked, every exception kept."""
-
-    def __init__(self, region: Any, threads: int = 4, keys: int = 100) -> None:
-        self.calls = 0
-        self.creations = 0
-        self.wrong: list[tuple[str, Any]] = []
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-
-        @region.cache_on_arguments()
-        def load(key: str) -> str:
-            with self._lock:
-                self.creations += 1
-            return value_of(key)
-
-        def work() -> None:
-            rng = random.Random()
-            while not self._stop.is_set():
-                key = f"k{rng.randrange(keys)}"
-                try:
-                    result = load(key)
-                except BaseException as exc:  # counted: errors that reached a caller
-                    self.errors.append(exc)
-                    continue
-                with self._lock:
-                    self.calls += 1
-                if result != value_of(key):
-                    self.wrong.append((key, result))
-
-        self._threads = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
-        for thread in self._threads:
-            thread.start()
-
-    def creations_during(self, seconds: float) -> int:
-        before = self.creations
-        time.sleep(seconds)
-        return self.creations - before
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> float:
-    """Seconds until ``condition()`` held; fails the test after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s")
-        time.sleep(0.01)
-    return time.monotonic() - started
-
-
-@pytest.fixture
-def own_server(farm: ServerFarm) -> Iterator[RedisServer]:
-    """A server this test may stop, kill or pause."""
-    server = farm.server()
-    yield server
-    server.stop()
 
 
 # -- a server that stops and comes back --------------------------------------------
