@@ -176,9 +176,12 @@ class RegionConformance:
         config = librecache.CacheConfig.from_env(environment).with_ttls({"ROLES": 1})
         region = make_caches(config).region("ROLES")
         assert region.expiration_time == 1
+        stored = time.monotonic()
         region.set("short", "lived")
-        assert region.get_or_create("short", lambda: "new") == "lived"
-        time.sleep(1.2)
+        value = region.get_or_create("short", lambda: "new")
+        if time.monotonic() - stored < 0.9:  # a loaded machine may have taken the whole second
+            assert value == "lived"
+        time.sleep(max(0.0, stored + 1.2 - time.monotonic()))
         assert region.get_or_create("short", lambda: "new") == "new"
 
     def test_namespace_ttls_of_the_reference(self, caches: librecache.Caches) -> None:
