@@ -138,7 +138,7 @@ class JsonFormat:
         try:
             envelope: dict[str, Any] = {"value": self._out(payload)}
         except _Unrepresentable as exc:
-            where = "value" + "".join(reversed(exc.path))
+            where = "value" + "".join(reversed(exc.path)) if exc.path else "the value"
             raise SerializationError(
                 f"namespace {self.namespace}: {where} cannot be stored in the {self.name} format: {exc.reason}; "
                 "nothing was cached"
