@@ -687,8 +687,9 @@ def get_region(name: CacheKeys | str) -> LibreRegion:
     :raises UnknownNamespaceError: (a :class:`KeyError`) for an unknown name.
     :raises ConfigurationError: LIBRECACHE_NAMESPACES is not valid.
     """
-    if isinstance(name, CacheKeys):
-        return _default_regions[name]
+    member = name if isinstance(name, CacheKeys) else CacheKeys.__members__.get(str(name).strip())
+    if member is not None:
+        return _default_regions[member]
     current = _default
     if current is not None:
         namespace = current.config.namespace(name)
