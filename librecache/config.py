@@ -745,6 +745,16 @@ class CacheConfig:
             raise ConfigurationError(
                 "LIBRECACHE_MEMORY_MAX_ENTRIES: must be at least 1", "LIBRECACHE_MEMORY_MAX_ENTRIES"
             )
+        names = [namespace.value for namespace in _names(self.declared)]
+        if len(set(names)) != len(names) or any(name in CacheKeys.__members__ for name in names):
+            raise ConfigurationError(
+                "LIBRECACHE_NAMESPACES: a declared namespace is repeated or clashes with a built-in one",
+                "LIBRECACHE_NAMESPACES")
+        for namespace, form in self.formats:
+            if form not in FORMAT_NAMES or namespace not in self.namespaces:
+                raise ConfigurationError(
+                    f"LIBRECACHE_FORMATS: {namespace}={form} names an unknown namespace or format "
+                    f"(formats: {', '.join(FORMAT_NAMES)})", "LIBRECACHE_FORMATS")
         for namespace, grace in self.grace_overrides:
             if grace and self.format(namespace) == "keyv":
                 raise ConfigurationError(

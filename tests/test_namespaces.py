@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 from dogpile.cache.api import NO_VALUE
 from dogpile.cache.region import CacheRegion
@@ -277,3 +278,14 @@ def test_command_startup_error_is_one_line(capsys: pytest.CaptureFixture[str], m
     assert main(["config"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("librecache: LIBRECACHE_NAMESPACES: ROLES clashes") and len(err.splitlines()) == 1
+
+
+def test_evolved_configurations_are_checked_too() -> None:
+    config = CacheConfig.from_env({"LIBRECACHE_NAMESPACES": "SEARCH"})
+    with pytest.raises(ConfigurationError, match="LIBRECACHE_FORMATS: OTHER=json names an unknown namespace"):
+        attrs.evolve(config, formats=((Namespace("OTHER"), "json"),))
+    with pytest.raises(ConfigurationError, match="LIBRECACHE_FORMATS: SEARCH=yaml"):
+        attrs.evolve(config, formats=((config.namespace("SEARCH"), "yaml"),))
+    with pytest.raises(ConfigurationError, match="LIBRECACHE_NAMESPACES: a declared namespace is repeated"):
+        attrs.evolve(config, declared=((Namespace("ROLES"), None),))
+    assert attrs.evolve(config, formats=((config.namespace("SEARCH"), "json"),)).format("SEARCH") == "json"
