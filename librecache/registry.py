@@ -432,7 +432,12 @@ class Caches:
 
     def backend_arguments(self, name: CacheKeys | str) -> tuple[str, dict[str, Any]]:
         """The dogpile backend name and the arguments this registry gives the
-        backend of a namespace (to configure a region of one's own alike)."""
+        backend of a namespace (to configure a region of one's own alike).
+
+        The ``json`` and ``keyv`` formats are written and read by
+        :class:`LibreRegion` (:mod:`librecache.formats`); a plain dogpile
+        region configured with these arguments stores dogpile's pickles, so
+        use them for ``pickle`` namespaces."""
         config = self.config
         namespace = config.namespace(name)
         form = self.format(namespace)
