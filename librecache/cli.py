@@ -91,10 +91,12 @@ def cmd_config(config: CacheConfig, args: argparse.Namespace) -> int:
     for name, value in settings.items():
         print(f"{name.ljust(width)}  {value}")
     print()
-    table = [("NAMESPACE", "BACKEND", "KEY PREFIX", "TTL", "FORMAT")]
+    formats = any(row["format"] != "pickle" for row in rows)  # the column only when LIBRECACHE_FORMATS is used
+    table: list[tuple[str, ...]] = [("NAMESPACE", "BACKEND", "KEY PREFIX", "TTL", "FORMAT")[:5 if formats else 4]]
     for row in rows:
         backend = row["backend"] + (" (forced)" if row["forced_in_memory"] else "")
-        table.append((row["namespace"], backend, row["key_prefix"], _duration(row["ttl_seconds"]), row["format"]))
+        cells = (row["namespace"], backend, row["key_prefix"], _duration(row["ttl_seconds"]), row["format"])
+        table.append(cells[:5 if formats else 4])
     _table(table)
     return 0
 

@@ -35,9 +35,9 @@ def test_config_without_redis_lists_every_namespace(capsys: pytest.CaptureFixtur
     assert lines[0].split() == ["redis", "off"]
     table = lines[lines.index(next(line for line in lines if line.startswith("NAMESPACE"))) + 1:]
     assert len(table) == 22
-    assert table[0].split() == ["CONFIG_STORE", "memory", "-", "none", "pickle"]
-    assert "MESSAGES" in out and any(line.split() == ["MESSAGES", "memory", "-", "1min", "pickle"] for line in table)
-    assert any(line.split() == ["BANS", "memory", "-", "2h", "pickle"] for line in table)
+    assert table[0].split() == ["CONFIG_STORE", "memory", "-", "none"]
+    assert "MESSAGES" in out and any(line.split() == ["MESSAGES", "memory", "-", "1min"] for line in table)
+    assert any(line.split() == ["BANS", "memory", "-", "2h"] for line in table)
 
 
 def test_config_masks_secrets_and_shows_prefix_and_backends(
@@ -54,7 +54,7 @@ def test_config_masks_secrets_and_shows_prefix_and_backends(
     assert "uri-secret" not in out and "env-secret" not in out
     assert "password    ***" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if (line[:1].isupper() and "::" in line) or "(forced)" in line}
-    assert rows["CONFIG_STORE"] == ["CONFIG_STORE", "redis", "prod::CONFIG_STORE:", "none", "pickle"]
+    assert rows["CONFIG_STORE"] == ["CONFIG_STORE", "redis", "prod::CONFIG_STORE:", "none"]
     assert rows["ROLES"][:3] == ["ROLES", "memory", "(forced)"]
     code, out, _ = run(capsys, "--env-file", str(env_file), "config", "--json")
     data = json.loads(out)
