@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import time
 from typing import Any
 
@@ -54,6 +55,13 @@ FORMAT_NAMES = ("pickle", "json", "keyv")
 MAX_SAFE_INTEGER = 2**53 - 1
 
 _BASE64 = ":base64:"
+
+#: Where a JSON document has a string that starts with ``:`` (so keyv's
+#: escapes may need undoing): a ``"`` opening a string right after ``:``,
+#: ``[`` or ``,`` (blanks allowed). An unescaped ``"`` outside a string is
+#: always a delimiter, so text inside strings never matches; a key that
+#: starts with ``:`` may (then the walk runs for nothing: keys are not escaped).
+_COLON_STRING = re.compile(rb'[:\[,]\s*":')
 
 
 class _Unrepresentable(Exception):
@@ -200,7 +208,10 @@ class JsonFormat:
         version = envelope.get("v")
         if type(version) is not int:
             version = value_version
-        return CachedValue(self._in(envelope["value"]), {"ct": created, "v": version})  # type: ignore[call-arg]
+        value = envelope["value"]
+        if self.keyv and _COLON_STRING.search(data if isinstance(data, bytes) else data.encode("utf-8")):
+            value = self._in(value)
+        return CachedValue(value, {"ct": created, "v": version})  # type: ignore[call-arg]
 
     def normalize(self, payload: Any) -> Any:
         """What a reader gets back for ``payload`` (tuples as lists, ...).

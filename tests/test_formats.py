@@ -322,3 +322,18 @@ def _for_node(values: dict[str, Any]) -> dict[str, Any]:
     from tests.keyv import to_node
 
     return {name: to_node(value) for name, value in values.items()}
+
+
+@pytest.mark.parametrize(("document", "value"), [
+    (b'{"value":"::x"}', ":x"),
+    (b'{"value": [ ":x" , "y", {"k" :  "::z"} ]}', ["x", "y", {"k": ":z"}]),  # blanks, as other writers put them
+    (b'{"value":{":key":"a:\\":b"}}', {":key": 'a:":b'}),  # keys are never unescaped; quotes inside strings
+    (b'{"value":":base64:AAE="}', b"\x00\x01"),
+    (b'{"value":"plain","expires":null}', "plain"),
+])
+def test_keyv_reads_what_keyvs_deserializer_reads(document: bytes, value: Any) -> None:
+    """Unit check of the reading rules against keyv's deserializer (every
+    string that starts with ':' loses one; ':base64:' strings are Buffers)."""
+    from librecache.formats import KeyvFormat
+
+    assert KeyvFormat("ROLES", None).decode(document).payload == value
