@@ -50,6 +50,10 @@ T = TypeVar("T")
 #: - ``_parse_serialized_from_backend``: a corrupt or foreign value is a
 #:   logged miss instead of an exception (documented in docs/resilience.rst);
 #:   dogpile's ``deserializer`` hook sees only the payload, not the header.
+#: - ``_serialize_cached_value_elements`` (with ``_parse_serialized_from_backend``):
+#:   the ``json`` and ``keyv`` formats (:mod:`librecache.formats`) store one
+#:   JSON document with dogpile's metadata inside, not dogpile's
+#:   ``{metadata}|payload``; dogpile's ``serializer`` hook sees only the payload.
 #: - ``_mutex``: the creation mutex is fetched only when a value must be
 #:   created (:class:`librecache.fastpath.LazyMutex`; docs/performance.rst,
 #:   measured by the benchmarks); ``_lock_registry`` is the registry it is
@@ -63,6 +67,7 @@ DOGPILE_REGION_PRIVATES: tuple[str, ...] = (
     "_set_cached_value_to_backend",
     "_set_multi_cached_value_to_backend",
     "_parse_serialized_from_backend",
+    "_serialize_cached_value_elements",
     "_mutex",
     "_lock_registry",
     "_user_defined_key_mangler",

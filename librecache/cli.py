@@ -22,7 +22,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from .config import CacheConfig
 from .errors import LibrecacheError
 from .keying import KeySpace
-from .keys import CacheKeys, parse_namespace
+from .keys import AnyNamespace, CacheKeys
 from .registry import Caches
 from .replies import text
 from .sentinel import sentinel_options
@@ -58,10 +58,11 @@ def _table(rows: Sequence[tuple[str, ...]]) -> None:
 
 
 def config_rows(config: CacheConfig) -> list[dict[str, Any]]:
-    """One row per namespace: backend, key prefix, TTL."""
+    """One row per namespace (built-ins, then declared ones): backend, key
+    prefix, TTL, format."""
     keyspace = KeySpace(config.key_prefix)
     rows = []
-    for namespace in CacheKeys:
+    for namespace in config.namespaces:
         redis = config.uses_redis(namespace)
         rows.append(
             {
@@ -70,6 +71,8 @@ def config_rows(config: CacheConfig) -> list[dict[str, Any]]:
                 "key_prefix": keyspace.namespace(namespace) if redis else "-",
                 "ttl_seconds": config.ttl(namespace),
                 "forced_in_memory": namespace in config.forced_in_memory,
+                "format": config.format(namespace),
+                "declared": not isinstance(namespace, CacheKeys),
             }
         )
     return rows
@@ -88,10 +91,12 @@ def cmd_config(config: CacheConfig, args: argparse.Namespace) -> int:
     for name, value in settings.items():
         print(f"{name.ljust(width)}  {value}")
     print()
-    table = [("NAMESPACE", "BACKEND", "KEY PREFIX", "TTL")]
+    formats = any(row["format"] != "pickle" for row in rows)  # the column only when LIBRECACHE_FORMATS is used
+    table: list[tuple[str, ...]] = [("NAMESPACE", "BACKEND", "KEY PREFIX", "TTL", "FORMAT")[:5 if formats else 4]]
     for row in rows:
         backend = row["backend"] + (" (forced)" if row["forced_in_memory"] else "")
-        table.append((row["namespace"], backend, row["key_prefix"], _duration(row["ttl_seconds"])))
+        cells = (row["namespace"], backend, row["key_prefix"], _duration(row["ttl_seconds"]), row["format"])
+        table.append(cells[:5 if formats else 4])
     _table(table)
     return 0
 
@@ -124,7 +129,7 @@ def cmd_check(config: CacheConfig, args: argparse.Namespace) -> int:
         except (RedisError, RedisClusterException, OSError) as exc:
             print(f"FAIL  connect: {exc}")
             return 1
-        for namespace in CacheKeys:
+        for namespace in config.namespaces:
             if not config.uses_redis(namespace):
                 continue
             region = caches.region(namespace)
@@ -141,7 +146,7 @@ def cmd_check(config: CacheConfig, args: argparse.Namespace) -> int:
                 problems.append(f"FAIL  {namespace.value}: the value read back differs from the one written")
             elif args.verbose:
                 print(f"ok    {namespace.value}: round trip {1000 * (time.perf_counter() - started):.1f} ms")
-        redis_count = sum(config.uses_redis(ns) for ns in CacheKeys)
+        redis_count = sum(config.uses_redis(ns) for ns in config.namespaces)
         failed = sum(1 for line in problems if not line.startswith(("FAIL  cluster", "FAIL  sentinel")))
         if redis_count - failed:
             print(f"ok    {redis_count - failed} of {redis_count} Redis namespaces round-trip a key")
@@ -211,7 +216,7 @@ def _check_sentinel(config: CacheConfig, client: Any) -> list[str]:
     return problems
 
 
-def _memory_namespace(caches: Caches, namespace: CacheKeys) -> bool:
+def _memory_namespace(caches: Caches, namespace: AnyNamespace) -> bool:
     if caches.config.uses_redis(namespace):
         return False
     print(f"librecache: {namespace.value} lives in each process's memory; this command cannot see it",
@@ -220,7 +225,7 @@ def _memory_namespace(caches: Caches, namespace: CacheKeys) -> bool:
 
 
 def cmd_keys(config: CacheConfig, args: argparse.Namespace) -> int:
-    namespace = parse_namespace(args.namespace)
+    namespace = config.namespace(args.namespace)
     with Caches(config) as caches:
         if _memory_namespace(caches, namespace):
             return 0
@@ -237,7 +242,7 @@ def cmd_clear(config: CacheConfig, args: argparse.Namespace) -> int:
     if bool(args.namespace) == bool(args.all):
         print("librecache: name one NAMESPACE, or --all", file=sys.stderr)
         return 2
-    namespaces = list(CacheKeys) if args.all else [parse_namespace(args.namespace)]
+    namespaces = list(config.namespaces) if args.all else [config.namespace(args.namespace)]
     namespaces = [ns for ns in namespaces if config.uses_redis(ns)]
     if not namespaces:
         print("librecache: nothing to clear: those namespaces live in process memory", file=sys.stderr)
@@ -273,7 +278,7 @@ def cmd_stats(config: CacheConfig, args: argparse.Namespace) -> int:
     rows: list[tuple[str, ...]] = [("NAMESPACE", "BACKEND", "KEYS", "MEMORY")]
     data: list[dict[str, Any]] = []
     with Caches(config) as caches:
-        for namespace in CacheKeys:
+        for namespace in config.namespaces:
             if not config.uses_redis(namespace):
                 rows.append((namespace.value, "memory", "-", "-"))
                 data.append({"namespace": namespace.value, "backend": "memory", "keys": None, "bytes": None})

@@ -26,7 +26,8 @@ import environs
 from dotenv import dotenv_values
 
 from .errors import ConfigurationError
-from .keys import DEFAULT_TTLS, CacheKeys, parse_namespace
+from .formats import FORMAT_NAMES
+from .keys import DEFAULT_TTLS, NAMESPACE_NAME, RESERVED_NAMES, AnyNamespace, CacheKeys, Namespace, parse_namespace
 from .uris import RedisURI, parse_redis_uris
 
 __all__ = ["VARIABLES", "CacheConfig", "Variable"]
@@ -129,35 +130,106 @@ def parse_uris(raw: str | None) -> tuple[RedisURI, ...] | None:
         raise environs.EnvError(str(exc)) from None
 
 
-def parse_namespaces(raw: str | None) -> frozenset[CacheKeys]:
-    """A comma-separated list of :class:`CacheKeys` names (blanks trimmed)."""
+#: Declared namespaces with their TTLs (seconds or ``None``), in declaration order.
+Declared = tuple[tuple[Namespace, float | None], ...]
+
+
+def _names(declared: Declared) -> list[Namespace]:
+    return [namespace for namespace, _ in declared]
+
+
+def parse_declarations(raw: str | None) -> Declared:
+    """An application's own namespaces: comma-separated names (letters,
+    digits and underscores, starting with a letter), each with an optional
+    ``=seconds`` TTL (``none`` or 0: no expiry). Example:
+    ``SEARCH_RESULTS=300,EMBEDDINGS,RATE_LIMITS=60``."""
+    if raw is None:
+        return ()
+    builtins = {member.value.lower(): member.value for member in CacheKeys}
+    declared: dict[str, float | None] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, value = (text.strip() for text in item.partition("="))
+        if not NAMESPACE_NAME.fullmatch(name):
+            raise environs.EnvError(
+                f"{{variable}}: {name!r} is not a valid namespace name "
+                "(letters, digits and underscores, starting with a letter)")
+        if name.lower() in builtins:
+            raise environs.EnvError(
+                f"{{variable}}: {name} clashes with the built-in namespace {builtins[name.lower()]}; "
+                "change a built-in's TTL with LIBRECACHE_NAMESPACE_TTLS instead")
+        if name in RESERVED_NAMES:
+            raise environs.EnvError(f"{{variable}}: {name} is reserved for librecache's own keys")
+        if name in declared:
+            raise environs.EnvError(f"{{variable}}: {name} is declared more than once")
+        if sep and not value:
+            raise environs.EnvError(f"{{variable}}: {name}= has no TTL; write {name} alone for none")
+        try:
+            seconds = None if not sep or value.lower() == "none" else parse_number(value)
+        except environs.EnvError as exc:
+            raise environs.EnvError(f"{{variable}}: the TTL of {name}: {exc}") from None
+        declared[name] = seconds or None
+    return tuple((Namespace(name), ttl) for name, ttl in declared.items())
+
+
+def _namespace_in(name: str, declared: Declared) -> AnyNamespace:
+    try:
+        return parse_namespace(name, _names(declared))
+    except KeyError as exc:
+        raise environs.EnvError(f"{{variable}}: {exc}") from None
+
+
+def parse_namespaces(raw: str | None, declared: Declared = ()) -> frozenset[AnyNamespace]:
+    """A comma-separated list of namespace names (blanks trimmed): built-in
+    :class:`CacheKeys` names, or names declared in LIBRECACHE_NAMESPACES."""
     if raw is None:
         return frozenset()
     names = [name.strip() for name in raw.split(",") if name.strip()]
-    bad = [name for name in names if name not in CacheKeys.__members__]
+    known = set(CacheKeys.__members__) | {namespace.value for namespace in _names(declared)}
+    bad = [name for name in names if name not in known]
     if bad:
+        valid = [*CacheKeys.__members__, *(namespace.value for namespace in _names(declared))]
         raise environs.EnvError(
-            f"Invalid cache keys in {{variable}}: {', '.join(bad)}. Valid keys: {', '.join(CacheKeys.__members__)}"
+            f"Invalid cache keys in {{variable}}: {', '.join(bad)}. Valid keys: {', '.join(valid)}"
         )
-    return frozenset(CacheKeys(name) for name in names)
+    return frozenset(parse_namespace(name, _names(declared)) for name in names)
 
 
-def parse_ttls(raw: str | None) -> tuple[tuple[CacheKeys, float | None], ...]:
+def _pairs(raw: str, form: str) -> Iterator[tuple[str, str, str]]:
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, value = (text.strip() for text in item.partition("="))
+        if not sep:
+            raise _fail(item, form)
+        yield item, name, value
+
+
+def parse_ttls(raw: str | None, declared: Declared = ()) -> tuple[tuple[AnyNamespace, float | None], ...]:
     """``NAMESPACE=seconds`` pairs separated by commas; ``none`` (or 0) means
     no expiry. Example: ``ROLES=300,MESSAGES=none``."""
     if raw is None:
         return ()
-    pairs: dict[CacheKeys, float | None] = {}
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        name, sep, value = (text.strip() for text in item.partition("="))
-        if not sep:
-            raise _fail(item, "NAMESPACE=seconds")
-        try:
-            namespace = parse_namespace(name)
-        except KeyError as exc:
-            raise environs.EnvError(str(exc)) from None
+    pairs: dict[AnyNamespace, float | None] = {}
+    for _, name, value in _pairs(raw, "NAMESPACE=seconds"):
+        namespace = _namespace_in(name, declared)
         seconds = None if value.lower() == "none" else parse_number(value)
         pairs[namespace] = seconds or None
+    return tuple(sorted(pairs.items()))
+
+
+def parse_formats(raw: str | None, declared: Declared = ()) -> tuple[tuple[AnyNamespace, str], ...]:
+    """``NAMESPACE=format`` pairs separated by commas, the format one of
+    ``pickle`` (the default), ``json`` or ``keyv``. Example:
+    ``APP_CONFIG=keyv,SEARCH_RESULTS=json``."""
+    if raw is None:
+        return ()
+    pairs: dict[AnyNamespace, str] = {}
+    for item, name, value in _pairs(raw, "NAMESPACE=format"):
+        namespace = _namespace_in(name, declared)
+        if value.lower() not in FORMAT_NAMES:
+            raise environs.EnvError(
+                f"{{variable}}: {item!r}: {value!r} is not a format; the formats are {', '.join(FORMAT_NAMES)}")
+        if namespace in pairs:
+            raise environs.EnvError(f"{{variable}}: {namespace.value} is given a format more than once")
+        pairs[namespace] = value.lower()
     return tuple(sorted(pairs.items()))
 
 
@@ -211,7 +283,7 @@ def parse_variable_name(raw: str | None) -> str | None:
     return text
 
 
-_PARSERS: dict[str, Callable[[str | None], Any]] = {
+_PARSERS: dict[str, Callable[..., Any]] = {
     "flag": parse_flag,
     "count": parse_count,
     "seconds": parse_number,
@@ -219,9 +291,11 @@ _PARSERS: dict[str, Callable[[str | None], Any]] = {
     "text": parse_text,
     "secret": parse_text,
     "uris": parse_uris,
+    "declarations": parse_declarations,
     "namespaces": parse_namespaces,
     "ttls": parse_ttls,
     "graces": parse_ttls,
+    "formats": parse_formats,
     "cafile": parse_cafile,
     "prefix": parse_prefix,
     "varname": parse_variable_name,
@@ -236,9 +310,11 @@ KIND_DESCRIPTIONS: dict[str, str] = {
     "text": "text",
     "secret": "text, never shown",
     "uris": "redis:// or rediss:// URI, or a comma-separated list (redis+sentinel:// for sentinels)",
-    "namespaces": "comma-separated CacheKeys names",
+    "declarations": "comma-separated names, each with an optional =seconds TTL",
+    "namespaces": "comma-separated namespace names (CacheKeys or declared in LIBRECACHE_NAMESPACES)",
     "ttls": "NAMESPACE=seconds pairs, comma-separated; none = no expiry",
     "graces": "NAMESPACE=seconds pairs, comma-separated; none = dropped at the TTL",
+    "formats": "NAMESPACE=format pairs, comma-separated; formats: pickle, json, keyv",
     "cafile": "path of a PEM file",
     "prefix": "text without blanks, braces or '::', not ending in ':', at most 128 characters",
     "varname": "name of an environment variable",
@@ -254,9 +330,11 @@ KIND_BAD_EXAMPLES: dict[str, str | None] = {
     "text": None,
     "secret": None,
     "uris": "http://127.0.0.1:6379",
+    "declarations": "1ST",
     "namespaces": "STATIC_CONFIG",
     "ttls": "ROLES",
     "graces": "ROLES",
+    "formats": "ROLES=yaml",
     "cafile": "/missing/ca.pem",
     "prefix": "has space",
     "varname": "1ST",
@@ -299,7 +377,11 @@ class Variable:
         return self.kind == "secret"
 
 
-#: Every variable librecache reads, in documentation order.
+#: The kinds whose parser also takes the declared namespaces.
+_NAMESPACE_KINDS = frozenset({"namespaces", "ttls", "graces", "formats"})
+
+#: Every variable librecache reads, in documentation order. LIBRECACHE_NAMESPACES
+#: comes before every variable that names namespaces (they are parsed in order).
 VARIABLES: tuple[Variable, ...] = (
     Variable("USE_REDIS", "flag", "false",
              "Back the cache namespaces with Redis instead of process memory. "
@@ -371,6 +453,25 @@ VARIABLES: tuple[Variable, ...] = (
              "giving up (LibreChat gives up); 0 = no burst limit.", "10"),
     Variable("REDIS_CONNECT_TIMEOUT", "milliseconds", "10000",
              "Time allowed to open one connection.", "10000"),
+    Variable("LIBRECACHE_NAMESPACES", "declarations", None,
+             "The application's own namespaces, besides LibreChat's 22: comma-separated names "
+             "(letters, digits and underscores, starting with a letter), each with an optional "
+             "TTL in seconds (NAME=seconds; none or no '=': no expiry). A declared namespace is a "
+             "region like the built-ins (keys {prefix}::{NAME}:{key}) and can be named in every "
+             "variable below that takes namespaces. A name may not clash with a built-in (change "
+             "a built-in's TTL with LIBRECACHE_NAMESPACE_TTLS).",
+             "SEARCH_RESULTS=300,EMBEDDINGS,RATE_LIMITS=60",
+             accepts=("SEARCH_RESULTS = 60 * 5 , EMBEDDINGS=none",),
+             rejects=("ROLES=60", "SEARCH,SEARCH", "SEARCH=soon", "SEARCH-RESULTS", "librecache")),
+    Variable("LIBRECACHE_FORMATS", "formats", None,
+             "How the values of some namespaces are stored: NAMESPACE=format pairs. pickle (the "
+             "default): any picklable Python value. json: a JSON document any language can read "
+             "(a value JSON cannot represent raises SerializationError and nothing is cached). "
+             "keyv: LibreChat's format (keyv 5 with @keyv/redis 4), so that LibreChat's Node "
+             "processes and Python share entries; its Redis expiry is the TTL exactly (no grace).",
+             "APP_CONFIG=keyv,ROLES=keyv",
+             accepts=("ROLES = json , MESSAGES=pickle",),
+             rejects=("NOPE=json", "ROLES", "ROLES=keyv,ROLES=json")),
     Variable("FORCED_IN_MEMORY_CACHE_NAMESPACES", "namespaces", None,
              "Namespaces kept in process memory even when USE_REDIS is true.",
              "ROLES,MESSAGES"),
@@ -478,10 +579,12 @@ class CacheConfig:
     retry_max_delay: float = 3.0
     retry_max_attempts: int = 10
     connect_timeout: float = 10.0
-    forced_in_memory: frozenset[CacheKeys] = frozenset()
+    declared: Declared = ()
+    formats: tuple[tuple[AnyNamespace, str], ...] = ()
+    forced_in_memory: frozenset[AnyNamespace] = frozenset()
     ban_duration: float = 7200.0
-    ttl_overrides: tuple[tuple[CacheKeys, float | None], ...] = ()
-    grace_overrides: tuple[tuple[CacheKeys, float | None], ...] = ()
+    ttl_overrides: tuple[tuple[AnyNamespace, float | None], ...] = ()
+    grace_overrides: tuple[tuple[AnyNamespace, float | None], ...] = ()
     memory_max_entries: int = 10000
     lock_timeout: float = 30.0
     redis_retention: float = 604800.0
@@ -491,7 +594,7 @@ class CacheConfig:
     stream_memory_max: int = 1000
     strict: bool = False
     metrics: bool = True
-    near_cache: frozenset[CacheKeys] = frozenset()
+    near_cache: frozenset[AnyNamespace] = frozenset()
     signing_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -521,8 +624,12 @@ class CacheConfig:
         secrets = [env.get(name) or "" for name in ("REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD")]
         for variable in VARIABLES:
             raw = env.get(variable.name)
+            text = variable.default if raw is None else raw
             try:
-                values[variable.name] = _PARSERS[variable.kind](variable.default if raw is None else raw)
+                if variable.kind in _NAMESPACE_KINDS:
+                    values[variable.name] = _PARSERS[variable.kind](text, values.get("LIBRECACHE_NAMESPACES", ()))
+                else:
+                    values[variable.name] = _PARSERS[variable.kind](text)
             except environs.EnvError as exc:
                 detail = str(exc.args[0]) if exc.args else str(exc)
                 detail = detail.replace("{variable}", variable.name)
@@ -555,6 +662,8 @@ class CacheConfig:
             retry_max_delay=values["REDIS_RETRY_MAX_DELAY"],
             retry_max_attempts=values["REDIS_RETRY_MAX_ATTEMPTS"],
             connect_timeout=values["REDIS_CONNECT_TIMEOUT"],
+            declared=values["LIBRECACHE_NAMESPACES"],
+            formats=values["LIBRECACHE_FORMATS"],
             forced_in_memory=values["FORCED_IN_MEMORY_CACHE_NAMESPACES"],
             ban_duration=values["BAN_DURATION"],
             ttl_overrides=values["LIBRECACHE_NAMESPACE_TTLS"],
@@ -636,6 +745,22 @@ class CacheConfig:
             raise ConfigurationError(
                 "LIBRECACHE_MEMORY_MAX_ENTRIES: must be at least 1", "LIBRECACHE_MEMORY_MAX_ENTRIES"
             )
+        names = [namespace.value for namespace in _names(self.declared)]
+        if len(set(names)) != len(names) or any(name in CacheKeys.__members__ for name in names):
+            raise ConfigurationError(
+                "LIBRECACHE_NAMESPACES: a declared namespace is repeated or clashes with a built-in one",
+                "LIBRECACHE_NAMESPACES")
+        for namespace, form in self.formats:
+            if form not in FORMAT_NAMES or namespace not in self.namespaces:
+                raise ConfigurationError(
+                    f"LIBRECACHE_FORMATS: {namespace}={form} names an unknown namespace or format "
+                    f"(formats: {', '.join(FORMAT_NAMES)})", "LIBRECACHE_FORMATS")
+        for namespace, grace in self.grace_overrides:
+            if grace and self.format(namespace) == "keyv":
+                raise ConfigurationError(
+                    f"LIBRECACHE_NAMESPACE_GRACE: {namespace.value} uses the keyv format (LIBRECACHE_FORMATS), "
+                    "whose entries expire in Redis at the TTL exactly, as keyv's do; remove its grace",
+                    "LIBRECACHE_NAMESPACE_GRACE")
 
     def _check_sentinel(self) -> None:
         """Sentinel seeds come with a master name and without cluster mode;
@@ -691,24 +816,45 @@ class CacheConfig:
             return self.redis_password
         return self.redis_uris[0].password if self.redis_uris else None
 
+    @property
+    def namespaces(self) -> tuple[AnyNamespace, ...]:
+        """Every namespace of this configuration: LibreChat's 22
+        (:class:`CacheKeys`), then those declared in LIBRECACHE_NAMESPACES."""
+        return (*CacheKeys, *_names(self.declared))
+
+    def namespace(self, name: CacheKeys | str) -> AnyNamespace:
+        """The namespace called ``name`` in this configuration.
+
+        :raises UnknownNamespaceError: (a :class:`KeyError`) neither a
+            built-in nor a declared namespace; the message lists the valid ones.
+        """
+        return parse_namespace(name, _names(self.declared))
+
+    def format(self, namespace: CacheKeys | str) -> str:
+        """How ``namespace``'s values are stored: ``"pickle"``, ``"json"``
+        or ``"keyv"`` (LIBRECACHE_FORMATS)."""
+        return dict(self.formats).get(self.namespace(namespace), "pickle")
+
     def uses_redis(self, namespace: CacheKeys | str) -> bool:
         """True when ``namespace`` is backed by Redis in this configuration."""
-        return self.use_redis and parse_namespace(namespace) not in self.forced_in_memory
+        return self.use_redis and self.namespace(namespace) not in self.forced_in_memory
 
     def uses_near_cache(self, namespace: CacheKeys | str) -> bool:
         """True when ``namespace`` is a Redis namespace with a near cache."""
-        return self.uses_redis(namespace) and parse_namespace(namespace) in self.near_cache
+        return self.uses_redis(namespace) and self.namespace(namespace) in self.near_cache
 
     def ttl(self, namespace: CacheKeys | str) -> float | None:
         """The time-to-live of ``namespace`` in seconds, or ``None``."""
-        member = parse_namespace(namespace)
+        member = self.namespace(namespace)
         overrides = dict(self.ttl_overrides)
         if member in overrides:
             ttl = overrides[member]
         elif member is CacheKeys.BANS:
             ttl = self.ban_duration
-        else:
+        elif isinstance(member, CacheKeys):
             ttl = DEFAULT_TTLS.get(member)
+        else:
+            ttl = dict(self.declared).get(member)
         return float(ttl) if ttl else None
 
     def storage_expiry(self, namespace: CacheKeys | str) -> float | None:
@@ -720,12 +866,17 @@ class CacheConfig:
         regenerates it while the others are still served the old value
         instead of all waiting (and ``get(key, ignore_expiration=True)``
         still finds it). ``None`` for namespaces without TTL.
+
+        Namespaces in the keyv format have no grace: their entries expire
+        at the TTL, as keyv's own (``PX`` = the TTL).
         """
         ttl = self.ttl(namespace)
         if ttl is None:
             return None
+        member = self.namespace(namespace)
+        if self.format(member) == "keyv":
+            return ttl
         graces = dict(self.grace_overrides)
-        member = parse_namespace(namespace)
         if member in graces:
             return ttl + (graces[member] or 0.0)
         return ttl + min(max(ttl / 10.0, 1.0), 60.0)
@@ -740,7 +891,7 @@ class CacheConfig:
         """A copy of this configuration with some namespaces' TTLs replaced
         (seconds; ``None`` or 0 for no expiry)."""
         merged = dict(self.ttl_overrides)
-        merged.update({parse_namespace(name): (ttl or None) for name, ttl in ttls.items()})
+        merged.update({self.namespace(name): (ttl or None) for name, ttl in ttls.items()})
         return attrs.evolve(self, ttl_overrides=tuple(sorted(merged.items())))
 
     def describe(self) -> Iterator[tuple[str, str]]:

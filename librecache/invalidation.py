@@ -23,7 +23,7 @@ from dogpile.cache.region import RegionInvalidationStrategy
 
 from . import forks
 from .keying import KeySpace
-from .keys import CacheKeys
+from .keys import AnyNamespace
 from .logs import RateLimitedLog
 from .nearcache import NearCache, decode_drop, encode_drop
 from .replies import text
@@ -47,7 +47,7 @@ MAX_LISTENER_BACKOFF = 2.0
 class SharedInvalidation(RegionInvalidationStrategy):
     """The invalidation strategy of one Redis region; see the module."""
 
-    def __init__(self, bus: InvalidationBus, namespace: CacheKeys) -> None:
+    def __init__(self, bus: InvalidationBus, namespace: AnyNamespace) -> None:
         self._bus = bus
         self.namespace = namespace
         #: Time stamps of the latest hard and soft invalidation (0: none).
@@ -134,14 +134,14 @@ class InvalidationBus:
         self.loaded = False
         self._retry_at = 0.0
 
-    def strategy(self, namespace: CacheKeys) -> SharedInvalidation:
+    def strategy(self, namespace: AnyNamespace) -> SharedInvalidation:
         """The strategy of ``namespace``'s region (one per namespace)."""
         strategy = self._strategies.get(namespace.value)
         if strategy is None:
             strategy = self._strategies[namespace.value] = SharedInvalidation(self, namespace)
         return strategy
 
-    def near_cache(self, namespace: CacheKeys, max_entries: int) -> NearCache:
+    def near_cache(self, namespace: AnyNamespace, max_entries: int) -> NearCache:
         """The near cache of ``namespace`` (created once); it serves only
         while this bus is subscribed."""
         near = self.near_caches.get(namespace.value)
@@ -149,7 +149,7 @@ class InvalidationBus:
             near = self.near_caches[namespace.value] = NearCache(namespace.value, max_entries)
         return near
 
-    def publish_drop(self, namespace: CacheKeys, keys: Iterable[str]) -> None:
+    def publish_drop(self, namespace: AnyNamespace, keys: Iterable[str]) -> None:
         """Tell every other instance to drop its near copy of ``keys``."""
         message = encode_drop(self.origin, namespace.value, keys)
         self._connection.guard("near-cache drop", lambda client: client.publish(self.near_channel, message),
@@ -217,7 +217,7 @@ class InvalidationBus:
         if stamp > getattr(strategy, kind):
             setattr(strategy, kind, stamp)
 
-    def invalidate(self, namespace: CacheKeys, hard: bool) -> None:
+    def invalidate(self, namespace: AnyNamespace, hard: bool) -> None:
         """Invalidate ``namespace`` everywhere: here at once, in the other
         processes when the announcement reaches them (milliseconds), and in
         processes started later through the stored marks."""
@@ -227,7 +227,7 @@ class InvalidationBus:
         self._pending[field] = stamp
         self._connection.guard("invalidate", lambda client: self._announce(client), lambda: None)
 
-    def _invalidate_all(self, namespaces: set[CacheKeys]) -> None:
+    def _invalidate_all(self, namespaces: set[AnyNamespace]) -> None:
         """Hard-invalidate ``namespaces`` (too many lost writes to remember)."""
         for namespace in namespaces:
             self.invalidate(namespace, hard=True)

@@ -3,7 +3,8 @@
 Every key librecache writes lives under ``{prefix}::`` when a prefix is set.
 Values live at ``{prefix}::{NAMESPACE}:{key}``; the library's bookkeeping
 (locks, invalidation marks) lives at ``{prefix}::librecache:...``, which no
-namespace can produce because namespace names are upper case.
+namespace can produce: the built-ins are upper case, and LIBRECACHE_NAMESPACES
+refuses the name ``librecache``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from .keys import CacheKeys
+from .keys import AnyNamespace
 
 __all__ = ["MAX_KEY_LENGTH", "KeySpace", "key_text", "memory_mangler"]
 
@@ -60,7 +61,7 @@ def key_text(namespace: str, key: object) -> str:
     return text
 
 
-def memory_mangler(namespace: CacheKeys) -> Callable[[object], str]:
+def memory_mangler(namespace: AnyNamespace) -> Callable[[object], str]:
     """The key mangler of a memory region: :func:`key_text`, so that a key
     means the same in memory as in Redis (and fails the same way)."""
     name = namespace.value
@@ -86,11 +87,11 @@ class KeySpace:
         #: What every key of this deployment starts with.
         self.root = f"{prefix}::" if prefix else ""
 
-    def namespace(self, namespace: CacheKeys) -> str:
+    def namespace(self, namespace: AnyNamespace) -> str:
         """The start of every value key of ``namespace``: ``{prefix}::{NS}:``."""
         return f"{self.root}{namespace.value}:"
 
-    def mangler(self, namespace: CacheKeys) -> Callable[[object], str]:
+    def mangler(self, namespace: AnyNamespace) -> Callable[[object], str]:
         """A dogpile key mangler: user key to ``{prefix}::{NS}:{key}``.
 
         The key is first made text by :func:`key_text` (errors name the
@@ -128,7 +129,7 @@ class KeySpace:
             return self.internal("lock", value_key[len(root):])
         return self.internal("lock-raw", str(value_key))
 
-    def pattern(self, namespace: CacheKeys | None = None) -> str:
+    def pattern(self, namespace: AnyNamespace | None = None) -> str:
         """A SCAN ``MATCH`` pattern for every value key of ``namespace``, or
         for every key of the deployment when ``namespace`` is ``None``."""
         base = self.root if namespace is None else self.namespace(namespace)

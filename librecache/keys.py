@@ -1,14 +1,20 @@
-"""The cache namespaces (:class:`CacheKeys`) and their default time-to-live.
+"""The cache namespaces: LibreChat's 22 (:class:`CacheKeys`), their default
+time-to-live, and the namespaces an application declares
+(:class:`Namespace`, LIBRECACHE_NAMESPACES).
 
-This module is the single table of namespaces: the docs, the configuration
-checks and the registry all read it.
+This module is the single table of built-in namespaces: the docs, the
+configuration checks and the registry all read it. A configuration's full
+list (built-ins, then declared ones) is
+:attr:`CacheConfig.namespaces <librecache.CacheConfig.namespaces>`.
 """
 
 from __future__ import annotations
 
 import enum
+import re
+from collections.abc import Iterable
 
-__all__ = ["DEFAULT_TTLS", "CacheKeys", "parse_namespace"]
+__all__ = ["DEFAULT_TTLS", "NAMESPACE_NAME", "AnyNamespace", "CacheKeys", "Namespace", "parse_namespace"]
 
 
 class CacheKeys(str, enum.Enum):
@@ -58,21 +64,66 @@ DEFAULT_TTLS: dict[CacheKeys, float | None] = {
     CacheKeys.OPENID_EXCHANGED_TOKENS: 10 * 60,
 }
 
-_VALID_NAMES = ", ".join(member.value for member in CacheKeys)
+#: What a declared namespace may be called: letters, digits and underscores,
+#: starting with a letter.
+NAMESPACE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+#: Names no namespace may take: ``{prefix}::librecache:...`` holds the
+#: library's own keys (locks, invalidation marks).
+RESERVED_NAMES = frozenset({"librecache"})
 
 
-def parse_namespace(name: CacheKeys | str) -> CacheKeys:
-    """Return the :class:`CacheKeys` member for ``name``.
+class Namespace(str):
+    """A namespace an application declared (LIBRECACHE_NAMESPACES).
 
-    :param name: a member, or a member's name (surrounding blanks ignored).
+    Like a :class:`CacheKeys` member it is a ``str`` equal to its name and
+    has ``.value`` and ``.name``, so every API that takes a namespace takes
+    either, and a declared name is used exactly as a built-in one.
+    """
+
+    __slots__ = ()
+
+    @property
+    def value(self) -> str:
+        """The name (as :attr:`CacheKeys.value <enum.Enum.value>`)."""
+        return str.__str__(self)
+
+    @property
+    def name(self) -> str:
+        """The name (as :attr:`CacheKeys.name <enum.Enum.name>`)."""
+        return str.__str__(self)
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"Namespace({str.__str__(self)!r})"
+
+
+#: A namespace: a built-in (:class:`CacheKeys`) or a declared one (:class:`Namespace`).
+AnyNamespace = CacheKeys | Namespace
+
+
+def parse_namespace(name: CacheKeys | str, declared: Iterable[Namespace] = ()) -> AnyNamespace:
+    """Return the namespace called ``name``: the :class:`CacheKeys` member,
+    or the one of ``declared`` (a configuration's declared namespaces).
+
+    :param name: a member, a :class:`Namespace`, or a name (surrounding
+        blanks ignored).
+    :param declared: the namespaces declared besides the built-ins.
     :raises librecache.UnknownNamespaceError: ``name`` is not a namespace;
-        the message lists the valid names.
+        the message lists the valid names, declared ones included.
     """
     from .errors import UnknownNamespaceError
 
     if isinstance(name, CacheKeys):
         return name
-    try:
-        return CacheKeys(str(name).strip())
-    except ValueError:
-        raise UnknownNamespaceError(name, _VALID_NAMES) from None
+    text = str.__str__(name).strip() if isinstance(name, str) else str(name).strip()
+    member = CacheKeys.__members__.get(text)
+    if member is not None:
+        return member
+    for namespace in declared:
+        if namespace == text:
+            return namespace
+    valid = [member.value for member in CacheKeys] + [namespace.value for namespace in declared]
+    raise UnknownNamespaceError(name, ", ".join(valid))

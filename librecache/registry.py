@@ -1,11 +1,13 @@
 """Registries of regions: :class:`Caches`, and the process default.
 
 A :class:`Caches` builds one :class:`dogpile.cache.region.CacheRegion` per
-:class:`~librecache.CacheKeys` namespace from a configuration. The process
-default registry's regions are created once, unconfigured, so that
-``@get_region("ROLES").cache_on_arguments()`` works at import time; the
-first use of any of them configures the default from the environment, and
-:func:`configure` re-points them all at a new configuration.
+namespace of its configuration (LibreChat's 22 :class:`~librecache.CacheKeys`
+and those declared in LIBRECACHE_NAMESPACES). The process default registry's
+regions are created unconfigured, so that
+``@get_region("ROLES").cache_on_arguments()`` works at import time (for a
+declared namespace too, read from the environment's LIBRECACHE_NAMESPACES);
+the first use of any of them configures the default from the environment,
+and :func:`configure` re-points them all at a new configuration.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+import environs
 from dogpile.cache.api import NO_VALUE, CachedValue, CantDeserializeException
 from dogpile.cache.exception import DogpileCacheException
 from dogpile.cache.proxy import ProxyBackend
@@ -27,18 +30,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from . import backends as _backends  # noqa: F401  (registers the backends)
 from . import forks, keygen
 from ._compat import DOGPILE_METADATA_DELIMITER, renew_lock_registry
-from .config import CacheConfig
+from .config import CacheConfig, parse_declarations
 from .connection import RedisConnection
+from .errors import ConfigurationError
 from .fastpath import LazyMutex, creating_uncached, memoize, parse_metadata
+from .formats import JsonFormat, format_for
 from .health import HealthReport
 from .invalidation import InvalidationBus
 from .keying import KeySpace, memory_mangler
-from .keys import CacheKeys, parse_namespace
+from .keys import AnyNamespace, CacheKeys, parse_namespace
 from .logs import RateLimitedLog
 from .metrics import Creation, NamespaceStats, snapshot, thread_creations
 from .nearcache import NearCache
 from .prefixing import PrefixedRedis, PrefixedRedisCluster
-from .signing import Signer
+from .signing import EnvelopeSigner, Signer
 
 __all__ = ["Caches", "LibreRegion", "configure", "get_caches", "get_region", "redis_client"]
 
@@ -56,26 +61,32 @@ _region_get_or_create = CacheRegion.get_or_create
 Wrap = Sequence[Callable[[], ProxyBackend]] | Mapping[CacheKeys | str, Sequence[Callable[[], ProxyBackend]]] | None
 
 
-def wrappers_of(wrap: Wrap) -> Callable[[CacheKeys], list[ProxyBackend]]:
+def wrappers_of(
+    wrap: Wrap, namespace_of: Callable[[CacheKeys | str], AnyNamespace] = parse_namespace,
+) -> Callable[[AnyNamespace], list[ProxyBackend]]:
     """The proxies of each namespace: fresh instances per region (dogpile
     binds a proxy instance to one backend).
 
+    :param namespace_of: resolves a mapping's names (a configuration's
+        :meth:`~librecache.CacheConfig.namespace`, for declared names).
     :raises UnknownNamespaceError: a mapping names an unknown namespace.
     :raises TypeError: something given is not callable.
     """
     if wrap is None:
         return lambda namespace: []
+    every: list[Callable[[], ProxyBackend]] = []
+    per_namespace: dict[AnyNamespace, list[Callable[[], ProxyBackend]]] = {}
     if isinstance(wrap, Mapping):
-        per_namespace = {parse_namespace(name): list(proxies) for name, proxies in wrap.items()}
+        per_namespace = {namespace_of(name): list(proxies) for name, proxies in wrap.items()}
     else:
-        per_namespace = {namespace: list(wrap) for namespace in CacheKeys}
-    for proxies in per_namespace.values():
+        every = list(wrap)
+    for proxies in [every, *per_namespace.values()]:
         for proxy in proxies:
             if not callable(proxy):
                 raise TypeError(f"wrap: {proxy!r} is not a ProxyBackend class or factory")
 
-    def build(namespace: CacheKeys) -> list[ProxyBackend]:
-        proxies = per_namespace.get(namespace)
+    def build(namespace: AnyNamespace) -> list[ProxyBackend]:
+        proxies = per_namespace.get(namespace, every)
         return [make() for make in proxies] if proxies else []
 
     return build
@@ -91,13 +102,16 @@ class LibreRegion(CacheRegion):
     on first use, and a value that cannot be read back (corrupt or foreign
     bytes under a key) is a cache miss, logged, instead of an exception.
 
-    :ivar namespace: the :class:`~librecache.CacheKeys` member.
+    :ivar namespace: the :class:`~librecache.CacheKeys` member, or the
+        declared :class:`~librecache.keys.Namespace`.
     """
 
-    def __init__(self, namespace: CacheKeys, on_first_use: Callable[[], Any] | None = None) -> None:
+    def __init__(self, namespace: AnyNamespace, on_first_use: Callable[[], Any] | None = None) -> None:
         self.namespace = namespace
         self._on_first_use = on_first_use
         self._limited = RateLimitedLog(log)
+        #: The namespace's format (:mod:`librecache.formats`); ``None``: pickle, dogpile's own.
+        self._format: JsonFormat | None = None
         #: The near cache of this namespace, when configured.
         self._near: NearCache | None = None
         #: The counters of this namespace in its registry (``None``: LIBRECACHE_METRICS=false).
@@ -160,10 +174,19 @@ class LibreRegion(CacheRegion):
             )
         super().invalidate(hard)
 
+    def _serialize_cached_value_elements(self, payload: Any, metadata: Any) -> bytes:
+        form = self._format
+        if form is None:
+            return super()._serialize_cached_value_elements(payload, metadata)  # type: ignore[no-any-return]
+        return form.encode(payload, metadata)
+
     def _parse_serialized_from_backend(self, value: Any) -> Any:
         if value is None or value is NO_VALUE:
             return NO_VALUE
         try:
+            form = self._format
+            if form is not None:
+                return form.decode(value)
             header, _, payload = value.partition(DOGPILE_METADATA_DELIMITER)
             metadata = parse_metadata(header)
             if not isinstance(metadata.get("ct"), (int, float)):
@@ -210,13 +233,20 @@ class LibreRegion(CacheRegion):
                     near.store(key, value, generation)
         return [found[key] for key in keys]
 
+    def _near_copy(self, value: Any) -> Any:
+        """What a read of ``value`` from Redis would give (its format's form)."""
+        form = self._format
+        if form is None:
+            return value
+        return CachedValue(form.normalize(value.payload), value.metadata)  # type: ignore[call-arg]
+
     def _set_cached_value_to_backend(self, key: str, value: Any) -> None:
         if creating_uncached(key):  # created without the creation lock: returned, not stored
             return
         super()._set_cached_value_to_backend(key, value)
         near = self._near
         if near is not None:
-            near.store(key, value, near.generation)
+            near.store(key, self._near_copy(value), near.generation)
 
     def _set_multi_cached_value_to_backend(self, mapping: Any) -> None:
         super()._set_multi_cached_value_to_backend(mapping)
@@ -224,7 +254,7 @@ class LibreRegion(CacheRegion):
         if near is not None:
             generation = near.generation
             for key, value in mapping.items():
-                near.store(key, value, generation)
+                near.store(key, self._near_copy(value), generation)
 
     # -- counting (librecache.metrics): each call once, as a hit or a miss ---------------
 
@@ -367,38 +397,61 @@ class Caches:
     """
 
     def __init__(self, config: ConfigSource = None, *, wrap: Wrap = None,
-                 _regions: Mapping[CacheKeys, LibreRegion] | None = None) -> None:
+                 _regions: dict[AnyNamespace, LibreRegion] | None = None) -> None:
         self.config = config if isinstance(config, CacheConfig) else CacheConfig.from_env(config)
         self.wrap = wrap
-        self._wrappers = wrappers_of(wrap)
+        self._wrappers = wrappers_of(wrap, self.config.namespace)
         self.keyspace = KeySpace(self.config.key_prefix)
         self._connection = RedisConnection(self.config) if self.config.use_redis else None
         self._bus = InvalidationBus(self._connection, self.keyspace) if self._connection else None
-        self._signer = Signer(self.config.signing_keys) if self.config.signing_keys else None
-        self._regions: dict[CacheKeys, LibreRegion] = dict(_regions or {ns: LibreRegion(ns) for ns in CacheKeys})
+        keys = self.config.signing_keys
+        self._signer = Signer(keys) if keys else None
+        self._envelope_signer = EnvelopeSigner(keys) if keys else None
+        namespaces = self.config.namespaces
+        if _regions is None:
+            self._regions: dict[AnyNamespace, LibreRegion] = {ns: LibreRegion(ns) for ns in namespaces}
+        else:  # the process default's regions: one per namespace ever declared, kept
+            for ns in namespaces:
+                if ns not in _regions:
+                    _regions[ns] = LibreRegion(ns, on_first_use=_ensure_default)
+            self._regions = {ns: _regions[ns] for ns in namespaces}
+            valid = ", ".join(ns.value for ns in namespaces)
+            for ns, region in _regions.items():
+                if ns not in self._regions:  # declared by an earlier configuration only
+                    region.configure("librecache.undeclared", arguments={"name": ns.value, "valid": valid},
+                                     replace_existing_backend=True)
+                    region._adopt(memory_mangler(ns))
+                    region._near = region._stats = region._format = None
         #: This registry's counters (:mod:`librecache.metrics`), fresh for every registry.
         self._stats = {namespace.value: NamespaceStats(namespace.value) for namespace in self._regions}
         for namespace, region in self._regions.items():
             self._configure(region, namespace)
-        if self._bus is not None and any(self.config.uses_redis(ns) for ns in CacheKeys):
+        if self._bus is not None and any(self.config.uses_redis(ns) for ns in namespaces):
             self._bus.start()
         self.closed = False
 
     def backend_arguments(self, name: CacheKeys | str) -> tuple[str, dict[str, Any]]:
         """The dogpile backend name and the arguments this registry gives the
-        backend of a namespace (to configure a region of one's own alike)."""
-        namespace = parse_namespace(name)
+        backend of a namespace (to configure a region of one's own alike).
+
+        The ``json`` and ``keyv`` formats are written and read by
+        :class:`LibreRegion` (:mod:`librecache.formats`); a plain dogpile
+        region configured with these arguments stores dogpile's pickles, so
+        use them for ``pickle`` namespaces."""
         config = self.config
+        namespace = config.namespace(name)
+        form = self.format(namespace)
         if not config.uses_redis(namespace):
             return "librecache.memory", {
                 "name": namespace.value,
                 "max_entries": config.memory_max_entries,
                 "expires_after": config.storage_expiry(namespace),
+                "format": form,
             }
         assert self._connection is not None and self._bus is not None
         arguments: dict[str, Any] = {
             "connection": self._connection,
-            "signer": self._signer,
+            "signer": self._signer if form is None else self._envelope_signer,
             "keyspace": self.keyspace,
             "namespace": namespace,
             "expires_after": config.redis_expiry(namespace),
@@ -410,7 +463,13 @@ class Caches:
             arguments["near"] = (near, self._bus.publish_drop)
         return "librecache.redis", arguments
 
-    def _configure(self, region: LibreRegion, namespace: CacheKeys) -> None:
+    def format(self, name: CacheKeys | str) -> JsonFormat | None:
+        """The format object of a namespace's values (:mod:`librecache.formats`);
+        ``None`` for ``pickle``, dogpile's own."""
+        namespace = self.config.namespace(name)
+        return format_for(self.config.format(namespace), namespace.value, self.config.ttl(namespace))
+
+    def _configure(self, region: LibreRegion, namespace: AnyNamespace) -> None:
         config = self.config
         backend, arguments = self.backend_arguments(namespace)
         if self._bus is not None and backend == "librecache.redis":
@@ -425,6 +484,7 @@ class Caches:
         region._adopt(region.unwrapped_backend.key_mangler if redis else memory_mangler(namespace))
         near = arguments["near"][0] if "near" in arguments else None
         region._near = near
+        region._format = arguments.get("format") if not redis else self.format(namespace)
         stats = self._stats[namespace.value]
         stats.near = near if config.metrics else None
         region._stats = stats if config.metrics else None
@@ -432,12 +492,13 @@ class Caches:
     # -- lookup -----------------------------------------------------------
 
     def region(self, name: CacheKeys | str) -> LibreRegion:
-        """The region of a namespace, by :class:`CacheKeys` member or name.
+        """The region of a namespace, by :class:`CacheKeys` member or name
+        (declared namespaces included).
 
         :raises UnknownNamespaceError: (a :class:`KeyError`) for an unknown
             name; the message lists the valid ones.
         """
-        return self._regions[parse_namespace(name)]
+        return self._regions[self.config.namespace(name)]
 
     __getitem__ = region
 
@@ -573,7 +634,9 @@ def _ensure_default() -> None:
                 configure()
 
 
-_default_regions: dict[CacheKeys, LibreRegion] = {
+#: The process default's regions: LibreChat's 22, and every namespace ever
+#: declared (a region asked for keeps following every later configure()).
+_default_regions: dict[AnyNamespace, LibreRegion] = {
     namespace: LibreRegion(namespace, on_first_use=_ensure_default) for namespace in CacheKeys
 }
 
@@ -621,11 +684,35 @@ def get_region(name: CacheKeys | str) -> LibreRegion:
 
     The region can be used (``@get_region("ROLES").cache_on_arguments()``)
     before anything is configured: the default registry is configured from
-    the environment when the region is first used.
+    the environment when the region is first used. A namespace declared in
+    LIBRECACHE_NAMESPACES can be asked for as early: before the default is
+    configured, that one variable is read from the environment; after, the
+    default's configuration says which namespaces exist.
 
     :raises UnknownNamespaceError: (a :class:`KeyError`) for an unknown name.
+    :raises ConfigurationError: LIBRECACHE_NAMESPACES is not valid.
     """
-    return _default_regions[parse_namespace(name)]
+    member = name if isinstance(name, CacheKeys) else CacheKeys.__members__.get(str(name).strip())
+    if member is not None:
+        return _default_regions[member]
+    current = _default
+    if current is not None:
+        namespace = current.config.namespace(name)
+    else:
+        import os
+
+        raw = os.environ.get("LIBRECACHE_NAMESPACES")
+        try:
+            declared = parse_declarations(raw if raw and raw.strip() else None)
+        except environs.EnvError as exc:
+            detail = str(exc).replace("{variable}", "LIBRECACHE_NAMESPACES")
+            raise ConfigurationError(detail, "LIBRECACHE_NAMESPACES") from None
+        namespace = parse_namespace(name, [ns for ns, _ in declared])
+    region = _default_regions.get(namespace)
+    if region is None:
+        with _lock:
+            region = _default_regions.setdefault(namespace, LibreRegion(namespace, on_first_use=_ensure_default))
+    return region
 
 
 def redis_client() -> PrefixedRedis | PrefixedRedisCluster | None:

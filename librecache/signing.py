@@ -5,15 +5,24 @@ instance that unpickles it run anything. With a signing key, each value is
 stored as ``LCS1`` + HMAC-SHA256(key, redis key + NUL + payload) + payload,
 and a value whose MAC does not verify (forged, tampered, unsigned, or moved
 from another key) is a cache miss and is never unpickled.
+
+Namespaces in the ``json`` and ``keyv`` formats (:mod:`librecache.formats`)
+store a JSON document that other clients must still read, so the MAC goes
+into the document instead, as its last field: ``{...,"lcs1":"<hex MAC>"}``,
+the MAC taken over the redis key, NUL and the document without that field
+(:class:`EnvelopeSigner`). A client that does not verify (keyv) ignores the
+field; librecache reads a document without a valid one (one that keyv
+wrote, for instance) as a miss.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Sequence
 
-__all__ = ["Signer"]
+__all__ = ["EnvelopeSigner", "Signer"]
 
 MAGIC = b"LCS1"
 _MAC_SIZE = hashlib.sha256().digest_size
@@ -46,6 +55,31 @@ class Signer:
             return None
         mac = stored[len(MAGIC):len(MAGIC) + _MAC_SIZE]
         payload = stored[len(MAGIC) + _MAC_SIZE:]
+        for key in self._keys:
+            if hmac.compare_digest(mac, self._mac(key, name, payload)):
+                return payload
+        return None
+
+
+_FIELD = re.compile(rb',"lcs1":"([0-9a-f]{64})"\}$')
+
+
+class EnvelopeSigner(Signer):
+    """Signs JSON documents with a last field ``"lcs1"`` holding the MAC
+    (see the module), so that they stay JSON for other readers."""
+
+    def sign(self, name: str, payload: bytes) -> bytes:
+        if not payload.endswith(b"}"):
+            raise ValueError("an EnvelopeSigner signs JSON objects only")
+        mac = self._mac(self._keys[0], name, payload).hex().encode("ascii")
+        return payload[:-1] + b',"lcs1":"' + mac + b'"}'
+
+    def verify(self, name: str, stored: bytes) -> bytes | None:
+        match = _FIELD.search(stored)
+        if match is None:
+            return None
+        payload = stored[:match.start()] + b"}"
+        mac = bytes.fromhex(match.group(1).decode("ascii"))
         for key in self._keys:
             if hmac.compare_digest(mac, self._mac(key, name, payload)):
                 return payload

@@ -13,10 +13,16 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server redis-tools)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v dot >/dev/null 2>&1 || missing+=(graphviz)
+# Node and npm: the format tests run a real keyv client (tests/keyv.py)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
 .venv/bin/python -m pip install -q -e '.[test,lint,docs]'
+# keyv 5 and @keyv/redis 4 from the npm registry into .node/, before the
+# tests, so that none of them waits for the install
+.venv/bin/python -m tests.keyv
 .venv/bin/ruff check librecache tests benchmarks docs examples
 .venv/bin/mypy
 # the documentation builds with warnings as errors, and its examples run

@@ -62,7 +62,8 @@ def test_config_masks_secrets_and_shows_prefix_and_backends(
     assert "env-secret" not in out and "uri-secret" not in out
     messages = {row["namespace"]: row for row in data["namespaces"]}["MESSAGES"]
     assert messages == {"namespace": "MESSAGES", "backend": "redis", "key_prefix": "prod::MESSAGES:",
-                        "ttl_seconds": 60, "forced_in_memory": False}
+                        "ttl_seconds": 60, "forced_in_memory": False, "format": "pickle",
+                        "declared": False}
 
 
 def test_a_bad_environment_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

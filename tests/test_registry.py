@@ -88,6 +88,7 @@ def test_get_region_works_before_configure_and_configures_from_the_environment(
 
 def test_decorating_at_import_time_in_a_fresh_process(redis_env: dict[str, str]) -> None:
     (report,) = processes.run("decorate_at_import", redis_env)
+    assert report.pop("keys") == [f"{redis_env['REDIS_KEY_PREFIX']}::ROLES:__main__:square|3"]
     assert report == {"values": [9, 9], "calls": 1, "backend": "redis", "prefix": redis_env["REDIS_KEY_PREFIX"]}
 
 

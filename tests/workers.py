@@ -122,8 +122,10 @@ def near_writer() -> None:
 
 
 def decorate_at_import() -> None:
-    """Decorate with the default registry before anything is configured."""
-    region = librecache.get_region("ROLES")
+    """Decorate with the default registry before anything is configured
+    (the namespace named by WORKER_NAMESPACE, ROLES by default)."""
+    name = os.environ.get("WORKER_NAMESPACE", "ROLES")
+    region = librecache.get_region(name)
 
     @region.cache_on_arguments()
     def square(x: int) -> int:
@@ -133,8 +135,8 @@ def decorate_at_import() -> None:
     square.calls = 0  # type: ignore[attr-defined]
     values = [square(3), square(3)]
     caches = librecache.get_caches()
-    say(values=values, calls=square.calls, backend=caches.backend_name("ROLES"),  # type: ignore[attr-defined]
-        prefix=caches.config.key_prefix)
+    say(values=values, calls=square.calls, backend=caches.backend_name(name),  # type: ignore[attr-defined]
+        prefix=caches.config.key_prefix, keys=caches.stored_keys(name) if caches.config.use_redis else [])
     caches.close()
 
 

@@ -50,17 +50,24 @@ class MemoryBackend(CacheBackend):
     with memory and with Redis. A region with a ``serializer`` hands this
     backend bytes (``set_serialized``), which are stored as they are.
 
+    A namespace in the ``json`` or ``keyv`` format (``format``: its
+    :class:`~librecache.formats.JsonFormat`) keeps what a Redis read would
+    return (:meth:`~librecache.formats.JsonFormat.normalize`), and refuses
+    what that format cannot represent, as Redis would.
+
     Arguments: ``name`` (for messages), ``max_entries`` (required),
-    ``expires_after`` (seconds or ``None``).
+    ``expires_after`` (seconds or ``None``), ``format`` (``None``: pickle).
     """
 
     def __init__(self, arguments: Mapping[str, Any]) -> None:
-        args = take_arguments("librecache.memory", arguments, {"name", "max_entries"}, {"expires_after"})
+        args = take_arguments("librecache.memory", arguments, {"name", "max_entries"}, {"expires_after", "format"})
         self.name: str = args["name"]
         self.max_entries: int = int(args["max_entries"])
         if self.max_entries < 1:
             raise ValueError("librecache.memory backend: max_entries must be at least 1")
         self.expires_after: float | None = args.get("expires_after") or None
+        #: The namespace's :class:`~librecache.formats.JsonFormat`, or ``None`` (pickle).
+        self.format: Any = args.get("format")
         self._data: OrderedDict[str, tuple[CachedValue, float]] = OrderedDict()
         self._lock = threading.Lock()
         forks.register(self)
@@ -99,9 +106,14 @@ class MemoryBackend(CacheBackend):
                     found.append(entry[0])
         return found
 
+    def _checked(self, value: Any, where: str) -> Any:
+        if self.format is not None and isinstance(value, CachedValue):
+            return CachedValue(self.format.normalize(value.payload), value.metadata)  # type: ignore[call-arg]
+        _check_value(value, where)
+        return value
+
     def set(self, key: str, value: Any) -> None:
-        _check_value(value, f"namespace {self.name}, key {key!r}")
-        self._store(key, value)
+        self._store(key, self._checked(value, f"namespace {self.name}, key {key!r}"))
 
     def _store(self, key: str, value: Any) -> None:
         deadline = time.monotonic() + self.expires_after if self.expires_after else 0.0
@@ -112,9 +124,8 @@ class MemoryBackend(CacheBackend):
                 self._data.popitem(last=False)
 
     def set_multi(self, mapping: Mapping[str, Any]) -> None:
-        for value in mapping.values():  # all or nothing
-            _check_value(value, f"namespace {self.name}")
-        for key, value in mapping.items():
+        checked = {key: self._checked(value, f"namespace {self.name}") for key, value in mapping.items()}
+        for key, value in checked.items():  # all or nothing
             self._store(key, value)
 
     def delete(self, key: str) -> None:
