@@ -32,6 +32,8 @@ from .metrics import Creation, thread_creations
 __all__ = ["LazyMutex", "creating_uncached", "memoize", "parse_metadata"]
 
 _SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+#: Arguments -> key pairs remembered per memoised function, at most.
+MEMO_SIZE = 4096
 _METADATA = re.compile(rb'^\{"ct": ([0-9.e+-]+), "v": (\d+)\}$')
 
 
@@ -91,20 +93,46 @@ def memoize(
         bound_args, bound_kwargs = bind(args, kwargs)
         return key_generator(*bound_args, **bound_kwargs)
 
+    # (key, mangled key) of positional calls whose arguments are all exactly
+    # str (1 == 1.0 == True and a StrEnum member == its value as dict keys,
+    # not as key text), for the key mangler they were made with (a
+    # configure() may change it)
+    memo: dict[tuple[Any, ...], tuple[str, str]] = {}
+    memo_of: list[Any] = [None]
+    single = count == 1
+
+    def keys_of(args: tuple[Any, ...], text: bool) -> tuple[str, str]:
+        mangler = region.key_mangler
+        key = key_generator(*args)
+        found = key, mangler(key)
+        if text:
+            if mangler is not memo_of[0] or len(memo) >= MEMO_SIZE:
+                memo.clear()
+                memo_of[0] = mangler
+            memo[args] = found
+        return found
+
     @functools.wraps(user_func)  # name, docstring, __wrapped__ (inspect.signature follows it)
     def cached(*args: Any, **kwargs: Any) -> Any:
-        key = key_generator(*args) if not kwargs and len(args) == count else key_of(args, kwargs)
         timeout = expiration_time() if expiration_is_callable else expiration_time
         near = region._near
-        if near is not None and near.enabled:  # a near hit skips dogpile's lock machinery
-            value = near.lookup(region.key_mangler(key), region.expiration_time if timeout is None else timeout,
-                                region.region_invalidator)
-            if value is not NO_VALUE:
-                stats = region._stats
-                if stats is not None:
-                    stats.hits += 1
-                return value.payload
-        return get_or_create(key, creation, timeout, should_cache_fn, (args, kwargs))
+        if near is None or kwargs or len(args) != count or not near.enabled:
+            return get_or_create(key_of(args, kwargs), creation, timeout, should_cache_fn, (args, kwargs))
+        # a near hit skips dogpile's lock machinery
+        if single:
+            text = type(args[0]) is str
+        else:
+            text = all(type(arg) is str for arg in args)
+        keys = memo.get(args) if text and region.key_mangler is memo_of[0] else None
+        if keys is None:
+            keys = keys_of(args, text)
+        found = near.fetch(keys[1], region.expiration_time if timeout is None else timeout, region.region_invalidator)
+        if found is NO_VALUE:
+            return get_or_create(keys[0], creation, timeout, should_cache_fn, (args, kwargs))
+        stats = region._stats
+        if stats is not None:
+            stats.hits += 1
+        return found
 
     def refresh(*args: Any, **kwargs: Any) -> Any:
         value = user_func(*args, **kwargs)
