@@ -9,6 +9,10 @@
 - :class:`LazyMutex`: dogpile fetches a key's creation mutex before it knows
   whether the value is there; this stand-in fetches the real one only when
   a value has to be created.
+- :func:`get_multi`: dogpile's ``get_multi`` makes four passes over the
+  keys (mangle, parse, check, unwrap), each a Python call per key; here
+  ASCII keys are mangled in one step and each value is parsed, checked
+  and unpickled in one pass.
 - :func:`parse_metadata`: dogpile's metadata header is ``{"ct": <float>,
   "v": <int>}``; it is read without :mod:`json` when it has that exact
   shape, and with :mod:`json` otherwise.
@@ -29,7 +33,7 @@ from dogpile.cache.api import NO_VALUE
 
 from .metrics import Creation, thread_creations
 
-__all__ = ["LazyMutex", "creating_uncached", "memoize", "parse_metadata"]
+__all__ = ["LazyMutex", "creating_uncached", "get_multi", "memoize", "parse_metadata"]
 
 _SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 #: Arguments -> key pairs remembered per memoised function, at most.
@@ -245,3 +249,89 @@ def parse_metadata(header: bytes) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise ValueError("the metadata is not an object")
     return parsed
+
+
+_CT_HEAD = b'{"ct": '
+_CT_TAIL = b', "v": 2}'
+
+
+def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expiration: bool) -> list[Any]:
+    """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_multi` of
+    ``region``, with the same results: each value, or ``NO_VALUE`` when it
+    is missing, older than ``expiration_time`` (the region's when
+    ``None``) unless ``ignore_expiration``, or invalidated."""
+    keys = list(keys)
+    if not keys:
+        return []
+    mangler = region.key_mangler
+    if mangler is not None:
+        many = getattr(mangler, "many", None)
+        keys = many(keys) if many is not None else [mangler(key) for key in keys]
+    near = region._near
+    loads = region.deserializer
+    raw = loads is not None and (near is None or not near.enabled)
+    found = region.backend.get_serialized_multi(keys) if raw else region._get_multi_from_backend(keys)
+    is_invalidated: Callable[[float], bool] | None = None
+    now = 0.0
+    if ignore_expiration:
+        expiration_time = None
+    else:
+        if expiration_time is None:
+            expiration_time = region.expiration_time
+        invalidator = region.region_invalidator
+        now = time.time()
+        # the marks are loaded by the first look; none set: no value is invalidated
+        if invalidator.is_invalidated(now) or invalidator.was_hard_invalidated() \
+                or invalidator.was_soft_invalidated():
+            is_invalidated = invalidator.is_invalidated
+    values: list[Any] = []
+    append = values.append
+    if expiration_time is None and is_invalidated is None:  # no value can be stale: only read them
+        if not raw:
+            return [value if value is NO_VALUE else value.payload for value in found]
+        for value in found:
+            if value is NO_VALUE:
+                append(NO_VALUE)
+                continue
+            header, _, pickled = value.partition(b"|")
+            if header[:7] == _CT_HEAD and header[-9:] == _CT_TAIL:
+                try:
+                    append(loads(pickled))
+                    continue
+                except Exception:  # CantDeserializeException, or corrupt: as the region reads it (logged)
+                    pass
+            value = region._parse_serialized_from_backend(value)
+            append(value if value is NO_VALUE else value.payload)
+        return values
+    for value in found:
+        if value is NO_VALUE or value is None:
+            append(NO_VALUE)
+            continue
+        payload: Any = NO_VALUE
+        if not raw:
+            created = value.metadata["ct"]
+        else:  # dogpile's usual header, parsed here; anything else as the region parses it
+            header, _, payload = value.partition(b"|")
+            try:
+                if header[:7] != _CT_HEAD or header[-9:] != _CT_TAIL:
+                    raise ValueError(header)
+                created = float(header[7:-9])
+            except ValueError:
+                value = region._parse_serialized_from_backend(value)
+                if value is NO_VALUE:
+                    append(NO_VALUE)
+                    continue
+                payload = NO_VALUE
+                created = value.metadata["ct"]
+        if (expiration_time is not None and now - created > expiration_time) or \
+                (is_invalidated is not None and is_invalidated(created)):
+            append(NO_VALUE)
+        elif payload is NO_VALUE:
+            append(value.payload)
+        else:
+            try:
+                append(loads(payload))
+            except Exception:  # CantDeserializeException, or corrupt: as the region reads it (logged)
+                value = region._parse_serialized_from_backend(value)
+                append(value if value is NO_VALUE else value.payload)
+    return values

@@ -56,6 +56,7 @@ _ATOMS = frozenset({
 })
 #: Containers larger than this (items, all levels) are kept pickled: pickle copies big data faster.
 _MAX_ITEMS = 1000
+_CONTAINERS = frozenset({dict, list, set, tuple, frozenset})
 _MAX_DEPTH = 8
 
 Copier = Callable[[Any], Any]
@@ -85,12 +86,18 @@ def _copier(value: Any, depth: int, seen: set[int], items: list[int]) -> Copier 
     kind = type(value)
     if kind in _ATOMS:
         return None
-    if depth >= _MAX_DEPTH or id(value) in seen:
+    if depth >= _MAX_DEPTH or kind not in _CONTAINERS:
         raise _Unfit
-    seen.add(id(value))
-    items[0] += len(value) if kind in (dict, list, set, tuple, frozenset) else 0
+    items[0] += len(value)
     if items[0] > _MAX_ITEMS:
         raise _Unfit
+    if kind in (tuple, frozenset):  # immutable when its items are: may be shared, even twice
+        if any(_copier(item, depth + 1, seen, items) is not None for item in value):
+            raise _Unfit  # a tuple holding a list: rare, pickled
+        return None
+    if id(value) in seen:  # one mutable object reached twice: a copy would split it in two
+        raise _Unfit
+    seen.add(id(value))
     if kind is dict:
         for key in value:
             if _copier(key, _MAX_DEPTH - 1, seen, items) is not None:
@@ -124,11 +131,9 @@ def _copier(value: Any, depth: int, seen: set[int], items: list[int]) -> Copier 
             assert each is not None
             return lambda source: [each(item) for item in source]
         return lambda source: [item if copy is None else copy(item) for copy, item in zip(copies, source, strict=True)]
-    if kind in (tuple, frozenset, set):
-        if any(_copier(item, depth + 1, seen, items) is not None for item in value):
-            raise _Unfit  # a tuple holding a list: rare, pickled
-        return set.copy if kind is set else None
-    raise _Unfit
+    for item in value:  # hashable: atoms and tuples of them fit (None), anything else raises
+        _copier(item, depth + 1, seen, items)
+    return set.copy
 
 
 class NearCache:
