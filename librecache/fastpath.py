@@ -116,13 +116,13 @@ def memoize(
             memo[args] = found
         return found
 
+    reads: list[Any] = [None, None]  # a backend, and its remember_read (None: no fast hits)
+
     @functools.wraps(user_func)  # name, docstring, __wrapped__ (inspect.signature follows it)
     def cached(*args: Any, **kwargs: Any) -> Any:
         timeout = expiration_time() if expiration_is_callable else expiration_time
-        near = region._near
-        if near is None or kwargs or len(args) != count or not near.enabled:
+        if kwargs or len(args) != count:
             return get_or_create(key_of(args, kwargs), creation, timeout, should_cache_fn, (args, kwargs))
-        # a near hit skips dogpile's lock machinery
         if single:
             text = type(args[0]) is str
         else:
@@ -130,9 +130,18 @@ def memoize(
         keys = memo.get(args) if text and region.key_mangler is memo_of[0] else None
         if keys is None:
             keys = keys_of(args, text)
-        found = near.fetch(keys[1], region.expiration_time if timeout is None else timeout, region.region_invalidator)
+        near = region._near
+        if near is not None and near.enabled:  # a near hit skips dogpile's lock machinery
+            found = near.fetch(keys[1], region.expiration_time if timeout is None else timeout,
+                               region.region_invalidator)
+        else:  # so does a fresh value read from Redis
+            found = _read_fresh(region, keys[1], timeout, reads)
         if found is NO_VALUE:
-            return get_or_create(keys[0], creation, timeout, should_cache_fn, (args, kwargs))
+            try:
+                return get_or_create(keys[0], creation, timeout, should_cache_fn, (args, kwargs))
+            finally:
+                if reads[1] is not None:  # unused if get_or_create did not read (it always does)
+                    reads[1](None, None)
         stats = region._stats
         if stats is not None:
             stats.hits += 1
@@ -161,6 +170,37 @@ def memoize(
         target.refresh = refresh  # type: ignore[attr-defined]
         target.original = user_func  # type: ignore[attr-defined]
     return cached
+
+
+def _read_fresh(region: Any, key: str, timeout: float | None, reads: list[Any]) -> Any:
+    """The value under the mangled ``key`` when dogpile's ``get_or_create``
+    would return it as it is (stored in dogpile's usual header, fresh, not
+    invalidated), else ``NO_VALUE``; what was read is then kept for
+    ``get_or_create``'s first read (``remember_read``), so a miss costs no
+    extra round trip. Only for a backend with ``remember_read`` (Redis, not
+    wrapped in proxies: they see every read) and a region without an
+    ``async_creation_runner``."""
+    backend = region.backend
+    if backend is not reads[0]:
+        reads[0], reads[1] = backend, getattr(backend, "remember_read", None)
+    remember = reads[1]
+    loads = region.deserializer
+    if remember is None or loads is None or region.async_creation_runner is not None:
+        return NO_VALUE
+    raw = backend.get_serialized(key)
+    if raw is not NO_VALUE:
+        header, _, pickled = raw.partition(b"|")
+        if header[:7] == _CT_HEAD and header[-9:] == _CT_TAIL:
+            expires = region.expiration_time if timeout is None else timeout
+            try:
+                created = float(header[7:-9])
+                if created > 0 and (expires is None or expires == -1 or time.time() - created <= expires) \
+                        and not region.region_invalidator.is_invalidated(created):
+                    return loads(pickled)
+            except Exception:  # not a time stamp, or not unpickled: as get_or_create reads it (logged)
+                pass
+    remember(key, raw)
+    return NO_VALUE
 
 
 def _positional_count(user_func: Callable[..., Any]) -> int:

@@ -269,6 +269,11 @@ class RedisMutex(CacheMutex):
         return bool(self._connection.guard("lock check", lambda client: client.exists(self._name), lambda: False))
 
 
+class _Remembered(threading.local):
+    key: str | None = None
+    value: Any = None
+
+
 class RedisBackend(BytesBackend):
     """Values of one namespace in Redis, under ``{prefix}::{NAMESPACE}:``.
 
@@ -312,6 +317,8 @@ class RedisBackend(BytesBackend):
         self._limited = RateLimitedLog(log)
         #: The creation locks held by this process's threads, by value key (see :class:`RedisMutex`).
         self._held: dict[str, RedisMutex] = {}
+        #: A read handed on to this thread's next read of the same key (:meth:`remember_read`).
+        self._read = _Remembered()
 
     @property
     def client(self) -> Any:
@@ -344,7 +351,19 @@ class RedisBackend(BytesBackend):
 
     # -- reads --------------------------------------------------------------------
 
+    def remember_read(self, key: str | None, value: SerializedReturnType | None) -> None:
+        """This thread just read ``value`` under ``key`` (by
+        :meth:`get_serialized`): its next read of ``key`` gets it without a
+        round trip (a memoised call that found no fresh value hands its read
+        to dogpile's ``get_or_create``). ``None``: forget it."""
+        self._read.key = key
+        self._read.value = value
+
     def get_serialized(self, key: str) -> SerializedReturnType:
+        read = self._read
+        if read.key is not None and read.key == key:
+            read.key = None
+            return read.value  # type: ignore[no-any-return]
         connection = self.connection
         if connection.is_pending(key):  # a write of it was lost: what Redis holds may be older
             return NO_VALUE
