@@ -21,6 +21,7 @@ from dogpile.cache.region import CacheRegion
 from redis.cluster import RedisCluster
 
 import librecache
+from librecache.backends.memory import MemoryBackend
 from librecache.nearcache import NearCache, copier_of
 from tests.conftest import Deployment
 from tests.test_nearcache import subscribed
@@ -295,3 +296,19 @@ def test_memoised_near_hits_keep_keys_of_equal_arguments_apart(make_caches: Make
     assert len(calls) == 2
     near = caches.invalidations.near_caches["ROLES"]  # type: ignore[union-attr]
     assert near.hits >= 4
+
+
+def test_memory_get_multi_marks_what_it_read_as_recently_used_and_drops_expired_entries() -> None:
+    backend = MemoryBackend({"name": "ROLES", "max_entries": 3, "expires_after": 60})
+    for key in "abc":
+        backend.set(key, CachedValue(key, {"ct": time.time(), "v": 2}))  # type: ignore[call-arg]
+    found = backend.get_multi(["a", "missing", "b"])  # a and b are now the most recent
+    assert [v if v is NO_VALUE else v.payload for v in found] == ["a", NO_VALUE, "b"]
+    backend.set("d", CachedValue("d", {"ct": time.time(), "v": 2}))  # type: ignore[call-arg]
+    assert backend.get("c") is NO_VALUE and len(backend) == 3
+    backend.expires_after = 0.01
+    backend.set("e", CachedValue("e", {"ct": time.time(), "v": 2}))  # type: ignore[call-arg]
+    time.sleep(0.02)
+    assert backend.get_multi(["e"]) == [NO_VALUE]
+    held = backend.keys()
+    assert "e" not in held
