@@ -21,6 +21,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 COLOURS = {"memory": "#7a8b99", "single": "#2f6fb0", "cluster": "#d9822b"}
 NEAR = "near-cache hit speed-up vs redis hit"
+PAIRED_NEAR = "near-cache hit speed-up vs redis hit, paired"
 WIDTH, LEFT, RIGHT, TOP = 820, 290, 30, 54
 BAR, GAP, GROUP_GAP = 12, 3, 14
 
@@ -36,7 +37,7 @@ def draw(results: dict[str, Any]) -> str:
     ratios: dict[str, dict[str, float | None]] = results["ratios"]
     spread: dict[str, dict[str, list[float] | None]] = results.get("ratio_spread", {})
     topologies = [t for t in COLOURS if t in ratios]
-    names = [name for name in next(iter(ratios.values())) if name != NEAR
+    names = [name for name in next(iter(ratios.values())) if name not in (NEAR, PAIRED_NEAR)
              and any(ratios[t].get(name) is not None for t in topologies)]
     highest = max([2.0] + [v for t in topologies for n in names for v in (spread.get(t, {}).get(n) or [])]
                   + [ratios[t][n] or 0.0 for t in topologies for n in names])
@@ -80,10 +81,15 @@ def draw(results: dict[str, Any]) -> str:
         axis.append(_text(x, bottom + 16, f"{tick:g}x", 11, "middle"))
         tick += 0.5
     footer = bottom + 40
-    near = [f"{t} {ratios[t][NEAR]:.0f}x" for t in topologies if ratios[t].get(NEAR)]
+    which = PAIRED_NEAR if any(ratios[t].get(PAIRED_NEAR) for t in topologies) else NEAR
+    near = []
+    for topology in topologies:
+        value, low_high = ratios[topology].get(which), spread.get(topology, {}).get(which)
+        if value:
+            near.append(f"{topology} {value:.0f}x" + (f" ({low_high[0]:.0f}-{low_high[1]:.0f})" if low_high else ""))
     texts = [_text(LEFT, footer, "time per operation, librecache / baseline: lower is better", 11, fill="#555"),
              _text(LEFT, footer + 15, f"bars: median of {len(results.get('runs', [])) or 1} runs; "
-                   "whiskers: lowest to highest run", 11, fill="#555")]
+                   "whiskers: lowest to highest run (paired rows: the quartiles of the pairs)", 11, fill="#555")]
     if near:
         texts.append(_text(LEFT, footer + 35, "near-cache hit, times faster than a Redis hit: " + ", ".join(near), 12))
     legend, lx = [], LEFT

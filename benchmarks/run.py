@@ -9,7 +9,10 @@ Run after the README's set-up:  ``.venv/bin/python -m benchmarks.run``
 
 The whole measurement is repeated (``--runs``, interleaved rounds in each,
 every operation keeping its best round per run): each ratio is reported as
-the median of the runs, with their lowest and highest (the spread).
+the median of the runs, with their lowest and highest (the spread). The hit
+against raw redis-py and the near cache against a Redis hit are measured
+once more in pairs of short back-to-back rounds, until the median of the
+pairs is steady (spread: the quartiles of the pairs).
 
 Operations, per topology (memory, single Redis, cluster):
 
@@ -51,7 +54,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 import librecache
-from benchmarks.timing import rate, save, threaded_rate
+from benchmarks.timing import paired_ratio, rate, save, threaded_rate
 from tests.servers import ServerFarm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,6 +114,9 @@ RATIOS = (
      f"redis-py GET + unpickle x{THREADS} threads"),
 )
 NEAR = "near-cache hit speed-up vs redis hit"
+#: Measured in pairs of short back-to-back rounds until steady (spread: the quartiles of the pairs).
+PAIRED_HIT = "hit vs redis-py GET+unpickle, paired"
+PAIRED_NEAR = "near-cache hit speed-up vs redis hit, paired"
 
 
 def ratios_of(row: dict[str, float]) -> dict[str, float | None]:
@@ -154,6 +160,8 @@ def main() -> None:
         return run
 
     stampedes: dict[str, dict[str, int]] = {}
+    pairs: dict[str, dict[str, Callable[[], Any]]] = {}
+    paired: dict[str, dict[str, dict[str, float]]] = {}
     runs: list[dict[str, dict[str, float]]] = []
     farm = ServerFarm()
     to_close: list[Any] = []
@@ -176,6 +184,7 @@ def main() -> None:
             measure(multi(ours.region("TOOLS")), topology, "librecache get_multi 1000")
             near_env = {**env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "ROLES"}
             if topology != "memory":
+                pairs[topology] = {"hit": hit}
                 measure(hit, topology, f"librecache hit x{THREADS} threads", THREADS)
                 near = librecache.Caches(near_env)
                 to_close.append(near)
@@ -184,6 +193,7 @@ def main() -> None:
                 hit, _ = memoised(near.region("ROLES"))
                 hit()
                 measure(hit, topology, "librecache near-cache hit")
+                pairs[topology]["near"] = hit
             # plain dogpile.cache, same kind of backend
             if topology == "memory":
                 plain = make_region().configure("dogpile.cache.memory")
@@ -211,6 +221,7 @@ def main() -> None:
                 raw.set("raw-get", pickle.dumps(VALUE))
                 get = lambda raw=raw: pickle.loads(raw.get("raw-get"))  # noqa: E731
                 measure(get, topology, "redis-py GET + unpickle")
+                pairs[topology]["raw"] = get
                 measure(get, topology, f"redis-py GET + unpickle x{THREADS} threads", THREADS)
                 keys = [f"raw-{n}" for n in range(1000)]
                 raw.mset_nonatomic({key: pickle.dumps(VALUE) for key in keys}) if topology == "cluster" else \
@@ -227,6 +238,11 @@ def main() -> None:
         for number in range(args.runs):
             runs.append(measure_all())
             print(f"run {number + 1} of {args.runs} done", flush=True)
+        for topology, ops_of in pairs.items():
+            paired[topology] = {PAIRED_HIT: paired_ratio(ops_of["hit"], ops_of["raw"]),
+                                PAIRED_NEAR: paired_ratio(ops_of["hit"], ops_of["near"], seconds=0.1)}
+            print(f"{topology} paired: " + ", ".join(f"{name} {figure['median']:.2f}x ({figure['pairs']:.0f} pairs)"
+                                                      for name, figure in paired[topology].items()), flush=True)
     finally:
         for closable in to_close:
             closable.close()
@@ -242,6 +258,14 @@ def main() -> None:
             seen = [value for value in (one[topology][name] for one in per_run) if value is not None]
             ratios[topology][name] = statistics.median(seen) if seen else None
             spread[topology][name] = [min(seen), max(seen)] if seen else None
+    for topology, figures in paired.items():
+        for name, figure in figures.items():
+            ratios[topology][name] = figure["median"]
+            spread[topology][name] = [figure["q1"], figure["q3"]]
+    for topology in topologies:
+        for name in (PAIRED_HIT, PAIRED_NEAR):
+            ratios[topology].setdefault(name, None)
+            spread[topology].setdefault(name, None)
     ops = {topology: {name: statistics.median(run[topology][name] for run in runs)
                       for name in runs[0][topology]} for topology in topologies}
 
@@ -249,19 +273,19 @@ def main() -> None:
     print(f"\n{'ops/s (median of runs)':<44}" + "".join(f"{t:>12}" for t in ops))
     for name in names:
         print(f"{name:<44}" + "".join(f"{ops[t].get(name, 0):>12,.0f}" for t in ops))
-    print(f"\n{'time ratio, librecache/baseline (spread)':<44}" + "".join(f"{t:>18}" for t in ops))
+    print(f"\n{'time ratio, librecache/baseline (spread)':<44}" + "".join(f"{t:>20}" for t in ops))
     for name in ratios["memory"]:
         cells = ""
         for topology in ops:
             value, low_high = ratios[topology][name], spread[topology][name]
             cell = "-" if value is None or low_high is None else \
                 f"{value:.2f}x ({low_high[0]:.2f}-{low_high[1]:.2f})"
-            cells += f"{cell:>18}"
+            cells += f"{cell:>20}"
         print(f"{name:<44}{cells}")
     print(f"\n{'stampede: creator calls (4 x 16)':<44}" + "".join(f"{t:>12}" for t in ops))
     for who in ("librecache", "dogpile"):
         print(f"{who:<44}" + "".join(f"{stampedes[t][who]:>12}" for t in ops))
-    save("run", {"ops_per_second": ops, "ratios": ratios, "ratio_spread": spread,
+    save("run", {"ops_per_second": ops, "ratios": ratios, "ratio_spread": spread, "paired": paired,
                  "stampede_creator_calls": stampedes, "runs": runs,
                  "settings": {"seconds": args.seconds, "rounds": args.rounds, "runs": args.runs,
                               "cpus": os.cpu_count(), "load_average": os.getloadavg()}})

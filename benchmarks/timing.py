@@ -4,6 +4,7 @@ the results go."""
 from __future__ import annotations
 
 import json
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -61,3 +62,32 @@ def save(name: str, data: Any) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+def paired_ratio(ours: Callable[[], Any], base: Callable[[], Any], seconds: float = 0.05, least: int = 20,
+                 most: int = 300, tolerance: float = 0.01) -> dict[str, float]:
+    """Time per call of ``ours`` / ``base``, from short rounds run back to
+    back (which one goes first alternates), repeated until the running
+    median of the pairs' ratios has moved less than ``tolerance`` (relative)
+    over the last ``least`` pairs, or ``most`` pairs were made. A load that
+    comes and goes slows both sides of a pair alike, so the median of pairs
+    is steadier than a ratio of two separate bests.
+
+    :returns: ``median``, the quartiles ``q1`` and ``q3``, and ``pairs``.
+    """
+    ratios: list[float] = []
+    medians: list[float] = []
+    while len(ratios) < most:
+        if len(ratios) % 2 == 0:
+            took_ours = 1 / rate(ours, seconds)
+            took_base = 1 / rate(base, seconds)
+        else:
+            took_base = 1 / rate(base, seconds)
+            took_ours = 1 / rate(ours, seconds)
+        ratios.append(took_ours / took_base)
+        medians.append(statistics.median(ratios))
+        recent = medians[-least:]
+        if len(ratios) >= least and max(recent) - min(recent) <= tolerance * medians[-1]:
+            break
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return {"median": medians[-1], "q1": q1, "q3": q3, "pairs": float(len(ratios))}

@@ -123,6 +123,13 @@ def memoize(
         timeout = expiration_time() if expiration_is_callable else expiration_time
         if kwargs or len(args) != count:
             return get_or_create(key_of(args, kwargs), creation, timeout, should_cache_fn, (args, kwargs))
+        near = region._near
+        if near is None or not near.enabled:
+            backend = region.backend
+            if backend is not reads[0]:
+                reads[0], reads[1] = backend, getattr(backend, "remember_read", None)
+            if reads[1] is None:  # memory, or proxies: dogpile's path
+                return get_or_create(key_generator(*args), creation, timeout, should_cache_fn, (args, kwargs))
         if single:
             text = type(args[0]) is str
         else:
@@ -130,7 +137,6 @@ def memoize(
         keys = memo.get(args) if text and region.key_mangler is memo_of[0] else None
         if keys is None:
             keys = keys_of(args, text)
-        near = region._near
         if near is not None and near.enabled:  # a near hit skips dogpile's lock machinery
             found = near.fetch(keys[1], region.expiration_time if timeout is None else timeout,
                                region.region_invalidator)
@@ -180,10 +186,7 @@ def _read_fresh(region: Any, key: str, timeout: float | None, reads: list[Any]) 
     extra round trip. Only for a backend with ``remember_read`` (Redis, not
     wrapped in proxies: they see every read) and a region without an
     ``async_creation_runner``."""
-    backend = region.backend
-    if backend is not reads[0]:
-        reads[0], reads[1] = backend, getattr(backend, "remember_read", None)
-    remember = reads[1]
+    backend, remember = reads
     loads = region.deserializer
     if remember is None or loads is None or region.async_creation_runner is not None:
         return NO_VALUE
