@@ -4,16 +4,18 @@ topology at the median of the runs, with a whisker from the lowest to the
 highest run (the spread), and a line at 1x (as fast as the baseline). The
 near cache's speed-up over a Redis hit is written beneath.
 
-Usage: ``.venv/bin/python -m benchmarks.chart [results.json] [out.svg]``
-(defaults: ``benchmarks/results/run.json`` and ``docs/_static/performance.svg``).
+Usage: ``.venv/bin/python -m benchmarks.chart [results.json] [out.svg] [--before earlier.json]``
+(defaults: ``benchmarks/results/run.json`` and ``docs/_static/performance.svg``);
+``--before`` marks each bar with the median of an earlier run (a hollow
+diamond), to show a change.
 No dependency: the SVG is written by hand, and scales to its container
 (``viewBox``, ``width="100%"``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,8 @@ def _text(x: float, y: float, content: str, size: int = 12, anchor: str = "start
             f'font-weight="{weight}" fill="{fill}">{escape(content)}</text>')
 
 
-def draw(results: dict[str, Any]) -> str:
-    """The SVG of one ``run.json``."""
+def draw(results: dict[str, Any], before: dict[str, Any] | None = None) -> str:
+    """The SVG of one ``run.json`` (and the medians of an earlier one)."""
     ratios: dict[str, dict[str, float | None]] = results["ratios"]
     spread: dict[str, dict[str, list[float] | None]] = results.get("ratio_spread", {})
     topologies = [t for t in COLOURS if t in ratios]
@@ -65,8 +67,15 @@ def draw(results: dict[str, Any]) -> str:
                 middle = y + BAR / 2
                 parts.append(f'<path d="M{low:.1f} {middle:.1f}H{high:.1f}M{low:.1f} {middle - 4:.1f}V{middle + 4:.1f}'
                              f'M{high:.1f} {middle - 4:.1f}V{middle + 4:.1f}" stroke="#111" stroke-width="1.2"/>')
+            earlier = (before or {}).get("ratios", {}).get(topology, {}).get(name)
+            if earlier:
+                bx, by = x_of(earlier), y + BAR / 2
+                parts.append(f'<path d="M{bx:.1f} {by - 6:.1f}L{bx + 5:.1f} {by:.1f}L{bx:.1f} {by + 6:.1f}'
+                             f'L{bx - 5:.1f} {by:.1f}Z" fill="#fff" stroke="#111" stroke-width="1.2">'
+                             f'<title>{escape(topology)} before: {earlier:.2f}x</title></path>')
             label = f"{value:.2f}x"
-            parts.append(_text(max(x_of(value), x_of(low_high[1]) if low_high else 0) + 6, y + BAR - 2, label, 11))
+            right = max(x_of(value), x_of(low_high[1]) if low_high else 0, x_of(earlier) + 5 if earlier else 0)
+            parts.append(_text(right + 6, y + BAR - 2, label, 11))
             y += BAR + GAP
         y += GROUP_GAP
     bottom = y - GROUP_GAP + 6
@@ -97,6 +106,9 @@ def draw(results: dict[str, Any]) -> str:
         legend.append(f'<rect x="{lx}" y="18" width="12" height="12" fill="{COLOURS[topology]}"/>')
         legend.append(_text(lx + 17, 28, topology))
         lx += 90
+    if before:
+        legend.append(f'<path d="M{lx + 6} 18L{lx + 11} 24L{lx + 6} 30L{lx + 1} 24Z" fill="#fff" stroke="#111"/>')
+        legend.append(_text(lx + 17, 28, "before"))
     height = footer + (45 if near else 25)
     return "\n".join([
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height:.0f}" width="100%" '
@@ -107,11 +119,14 @@ def draw(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    source = Path(args[0]) if args else Path(__file__).parent / "results" / "run.json"
-    target = Path(args[1]) if len(args) > 1 else ROOT / "docs" / "_static" / "performance.svg"
-    target.write_text(draw(json.loads(source.read_text())))
-    print(f"wrote {target}")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="?", default=str(Path(__file__).parent / "results" / "run.json"))
+    parser.add_argument("svg", nargs="?", default=str(ROOT / "docs" / "_static" / "performance.svg"))
+    parser.add_argument("--before", help="an earlier run.json whose medians mark the bars")
+    args = parser.parse_args(argv)
+    before = json.loads(Path(args.before).read_text()) if args.before else None
+    Path(args.svg).write_text(draw(json.loads(Path(args.results).read_text()), before))
+    print(f"wrote {args.svg}")
 
 
 if __name__ == "__main__":
