@@ -20,14 +20,12 @@ import os
 import statistics
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from benchmarks.timing import save
 from examples.resumable_chat.run import ChatDeployment
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def follow(url: str, latencies: list[float], ready: threading.Event) -> None:
@@ -84,8 +82,7 @@ def main() -> None:
                "load_average": os.getloadavg()}
     print(f"extra latency per token through nginx: median of rounds {statistics.median(extras):+.2f} ms "
           f"(range {min(extras):+.2f} .. {max(extras):+.2f}); load average {os.getloadavg()[0]:.1f}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "chat_proxy.json").write_text(json.dumps(summary, indent=2) + "\n")
+    save("chat_proxy", summary)
 
 
 if __name__ == "__main__":

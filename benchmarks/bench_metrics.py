@@ -19,33 +19,16 @@ Run after the README's set-up: ``.venv/bin/python -m benchmarks.bench_metrics``
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import librecache
+from benchmarks.timing import rate, save
 from tests.servers import ServerFarm
 
-RESULTS = Path(__file__).parent / "results"
 VALUE = {"role": "admin", "permissions": ["read", "write", "share"], "n": 42}
-
-
-def seconds_per_call(operation: Callable[[], Any], seconds: float) -> float:
-    """Time per call of ``operation``, over about ``seconds``."""
-    count = 0
-    started = time.perf_counter()
-    deadline = started + seconds
-    while True:
-        for _ in range(50):
-            operation()
-        count += 50
-        now = time.perf_counter()
-        if now >= deadline:
-            return (now - started) / count
 
 
 def operations(caches: librecache.Caches) -> dict[str, Callable[[], Any]]:
@@ -72,7 +55,7 @@ def compare(env: dict[str, str], seconds: float, rounds: int) -> dict[str, dict[
             paired: list[float] = []
             for turn in range(rounds):
                 order = ("on", "off") if turn % 2 == 0 else ("off", "on")
-                took = {side: seconds_per_call(sides[side][name], seconds) for side in order}
+                took = {side: 1 / rate(sides[side][name], seconds, batch=50) for side in order}
                 paired.append(took["on"] / took["off"])
                 for side in order:
                     best[side] = min(best[side], took[side])
@@ -110,8 +93,7 @@ def main() -> None:
             derived = f"{row['derived_ratio']:8.4f}" if "derived_ratio" in row else ""
             print(f"{backend:8} {name:14} {row['on_us']:9.2f} {row['off_us']:9.2f} {row['ratio']:7.3f} "
                   f"{row['median_paired_ratio']:7.3f} {derived}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    save("metrics", results)
 
 
 if __name__ == "__main__":

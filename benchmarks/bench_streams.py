@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
+from benchmarks.timing import save
 from librecache.streams import StreamStore, open_streams
 from tests.servers import ServerFarm
 
-RESULTS = Path(__file__).parent / "results"
 EVENT = {"type": "chunk", "text": "a token or two of the answer"}
 
 
@@ -102,8 +100,7 @@ def main() -> None:
     for name, row in results.items():
         print(f"{name:<14}{row['appended_per_s']:>14,.0f}{row['delivered_per_s']:>14,.0f}"
               f"{row['replay_10k_s'] * 1000:>11,.0f} ms")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "streams.json").write_text(json.dumps(results, indent=2))
+    save("streams", results)
 
 
 if __name__ == "__main__":

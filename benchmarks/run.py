@@ -4,29 +4,41 @@ that this script starts and stops).
 
 Run after the README's set-up:  ``.venv/bin/python -m benchmarks.run``
 (``--quick`` for shorter rounds). Prints a table and writes
-``benchmarks/results/run.json``.
+``benchmarks/results/run.json``; ``python -m benchmarks.chart`` draws it
+(docs/_static/performance.svg).
+
+The whole measurement is repeated (``--runs``, interleaved rounds in each,
+every operation keeping its best round per run): each ratio is reported as
+the median of the runs, with their lowest and highest (the spread). The hit
+against raw redis-py and the near cache against a Redis hit are measured
+once more in pairs of short back-to-back rounds, until the median of the
+pairs is steady (spread: the quartiles of the pairs).
 
 Operations, per topology (memory, single Redis, cluster):
 
 - memoised hit: a ``cache_on_arguments`` function whose value is cached;
 - miss then store: the same function on a new argument each call;
 - get_multi of 1,000 keys;
+- 16 threads: the memoised hit made by 16 threads at once (aggregate
+  throughput), against 16 threads doing raw GET + unpickle through a
+  redis-py pool of the same size;
 - stampede: 4 processes x 16 threads ask for one cold key at the same
   instant; the figure is how many times the creator ran.
 
 Baselines: raw redis-py (GET + unpickle; MGET + unpickle, per slot and
 pipelined per node on the cluster), plain dogpile.cache's backend of the
 same kind (memory, redis, redis_cluster), and for the near cache a Redis
-hit. Ratios are time per operation, librecache / baseline: lower is better.
+hit. Ratios are time per operation, librecache / baseline: lower is better
+(for the near cache: how many times faster than a Redis hit).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import pickle
+import statistics
 import subprocess
 import sys
 import time
@@ -42,29 +54,12 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 import librecache
+from benchmarks.timing import paired_ratio, rate, save, threaded_rate
 from tests.servers import ServerFarm
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).parent / "results"
+THREADS = 16
 VALUE = {"role": "admin", "permissions": ["read", "write", "share"], "n": 42, "pad": "x" * 40}
-
-
-def rate(operation: Callable[[], Any], seconds: float, rounds: int) -> float:
-    """Operations per second of ``operation``: the best of ``rounds``."""
-    best = 0.0
-    for _ in range(rounds):
-        count = 0
-        started = time.perf_counter()
-        deadline = started + seconds
-        while True:
-            for _ in range(20):
-                operation()
-            count += 20
-            now = time.perf_counter()
-            if now >= deadline:
-                break
-        best = max(best, count / (now - started))
-    return best
 
 
 def memoised(region: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
@@ -108,32 +103,66 @@ def stampede(kind: str, env: dict[str, str]) -> int:
     return calls
 
 
+#: (ratio name, librecache operation, baseline operation): time ratios, librecache / baseline.
+RATIOS = (
+    ("hit vs dogpile", "librecache hit", "dogpile hit"),
+    ("miss+store vs dogpile", "librecache miss+store", "dogpile miss+store"),
+    ("get_multi vs dogpile", "librecache get_multi 1000", "dogpile get_multi 1000"),
+    ("hit vs redis-py GET+unpickle", "librecache hit", "redis-py GET + unpickle"),
+    ("get_multi vs redis-py MGET+unpickle", "librecache get_multi 1000", "redis-py MGET 1000 + unpickle"),
+    (f"{THREADS} threads hit vs redis-py GET+unpickle", f"librecache hit x{THREADS} threads",
+     f"redis-py GET + unpickle x{THREADS} threads"),
+)
+NEAR = "near-cache hit speed-up vs redis hit"
+#: Measured in pairs of short back-to-back rounds until steady (spread: the quartiles of the pairs).
+PAIRED_HIT = "hit vs redis-py GET+unpickle, paired"
+PAIRED_NEAR = "near-cache hit speed-up vs redis hit, paired"
+
+
+def ratios_of(row: dict[str, float]) -> dict[str, float | None]:
+    """The ratios of one run's operations per second (``None``: not measured)."""
+    ratios: dict[str, float | None] = {
+        name: row[base] / row[ours] if row.get(base) and row.get(ours) else None for name, ours, base in RATIOS}
+    hit, near = row.get("librecache hit"), row.get("librecache near-cache hit")
+    ratios[NEAR] = near / hit if near and hit else None
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=0.5, help="length of one round")
-    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds; each operation keeps its best")
-    parser.add_argument("--quick", action="store_true", help="0.3 s rounds, 2 of them")
+    parser.add_argument("--seconds", type=float, default=0.4, help="length of one round")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="interleaved rounds per run; each operation keeps its best")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions of the whole measurement (the spread)")
+    parser.add_argument("--quick", action="store_true", help="0.2 s rounds, 2 of them, 2 runs")
     args = parser.parse_args()
     if args.quick:
-        args.seconds, args.rounds = 0.3, 2
+        args.seconds, args.rounds, args.runs = 0.2, 2, 2
     warnings.simplefilter("ignore")  # dogpile's redis backends warn on redis-py 8's setex
 
-    pending: list[tuple[dict[str, float], str, Callable[[], Any]]] = []
+    pending: list[tuple[str, str, Callable[[], Any], int]] = []
 
-    def measure(operation: Callable[[], Any], row: dict[str, float], name: str) -> None:
+    def measure(operation: Callable[[], Any], topology: str, name: str, threads: int = 1) -> None:
         """Queue an operation; all are measured together, in interleaved rounds."""
         operation()  # warm, and fail early
-        pending.append((row, name, operation))
+        pending.append((topology, name, operation, threads))
 
-    def measure_all() -> None:
+    def measure_all() -> dict[str, dict[str, float]]:
         # Round-robin over every operation, keeping each one's best round, so
         # that the machine's drift over the run does not favour either side.
+        run: dict[str, dict[str, float]] = {}
         for _ in range(args.rounds):
-            for row, name, operation in pending:
-                row[name] = max(row.get(name, 0.0), rate(operation, args.seconds, 1))
+            for topology, name, operation, threads in pending:
+                took = (rate(operation, args.seconds) if threads == 1
+                        else threaded_rate(operation, args.seconds, threads))
+                row = run.setdefault(topology, {})
+                row[name] = max(row.get(name, 0.0), took)
+        return run
 
-    ops: dict[str, dict[str, float]] = {}
     stampedes: dict[str, dict[str, int]] = {}
+    pairs: dict[str, dict[str, Callable[[], Any]]] = {}
+    paired: dict[str, dict[str, dict[str, float]]] = {}
+    runs: list[dict[str, dict[str, float]]] = []
     farm = ServerFarm()
     to_close: list[Any] = []
     try:
@@ -145,24 +174,26 @@ def main() -> None:
             "cluster": {"USE_REDIS": "true", "REDIS_URI": cluster.uri(3), "REDIS_KEY_PREFIX": "bench"},
         }
         for topology, env in envs.items():
-            row: dict[str, float] = {}
             ours = librecache.Caches(env)
             to_close.append(ours)
             # one namespace per operation: the misses must not evict (memory's LRU bound) the others' keys
             hit, _ = memoised(ours.region("ROLES"))
             _, miss = memoised(ours.region("PLUGINS"))
-            measure(hit, row, "librecache hit")
-            measure(miss, row, "librecache miss+store")
-            measure(multi(ours.region("TOOLS")), row, "librecache get_multi 1000")
+            measure(hit, topology, "librecache hit")
+            measure(miss, topology, "librecache miss+store")
+            measure(multi(ours.region("TOOLS")), topology, "librecache get_multi 1000")
             near_env = {**env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "ROLES"}
             if topology != "memory":
+                pairs[topology] = {"hit": hit}
+                measure(hit, topology, f"librecache hit x{THREADS} threads", THREADS)
                 near = librecache.Caches(near_env)
                 to_close.append(near)
                 assert near.invalidations is not None and near.invalidations.wait_subscribed(5)
                 time.sleep(0.1)
                 hit, _ = memoised(near.region("ROLES"))
                 hit()
-                measure(hit, row, "librecache near-cache hit")
+                measure(hit, topology, "librecache near-cache hit")
+                pairs[topology]["near"] = hit
             # plain dogpile.cache, same kind of backend
             if topology == "memory":
                 plain = make_region().configure("dogpile.cache.memory")
@@ -175,67 +206,89 @@ def main() -> None:
                     arguments={"startup_nodes": [redis.cluster.ClusterNode("127.0.0.1", n.port)
                                                  for n in cluster.nodes[:3]]})
             hit, miss = memoised(plain)
-            measure(hit, row, "dogpile hit")
-            measure(miss, row, "dogpile miss+store")
+            measure(hit, topology, "dogpile hit")
+            measure(miss, topology, "dogpile miss+store")
             try:
-                measure(multi(plain), row, "dogpile get_multi 1000")
+                measure(multi(plain), topology, "dogpile get_multi 1000")
             except (redis.RedisError, RedisClusterException) as exc:  # dogpile cluster: MSET/MGET across slots
                 print(f"dogpile {topology} get_multi: {type(exc).__name__}: {exc}")
-                row["dogpile get_multi 1000"] = 0.0
-            # raw redis-py
+            # raw redis-py, with a pool as large as librecache's
             if topology != "memory":
-                raw: Any = (redis.Redis(host=single.host, port=single.port) if topology == "single"
-                            else RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port))
+                size = max(THREADS, max(pool.max_connections for pool in ours._connection.pools()))  # type: ignore[union-attr]
+                raw: Any = (redis.Redis(host=single.host, port=single.port, max_connections=size)
+                            if topology == "single"
+                            else RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port, max_connections=size))
                 raw.set("raw-get", pickle.dumps(VALUE))
-                measure(lambda raw=raw: pickle.loads(raw.get("raw-get")), row, "redis-py GET + unpickle")
+                get = lambda raw=raw: pickle.loads(raw.get("raw-get"))  # noqa: E731
+                measure(get, topology, "redis-py GET + unpickle")
+                pairs[topology]["raw"] = get
+                measure(get, topology, f"redis-py GET + unpickle x{THREADS} threads", THREADS)
                 keys = [f"raw-{n}" for n in range(1000)]
                 raw.mset_nonatomic({key: pickle.dumps(VALUE) for key in keys}) if topology == "cluster" else \
                     raw.mset({key: pickle.dumps(VALUE) for key in keys})
                 fetch = raw.mget_nonatomic if topology == "cluster" else raw.mget
                 measure(lambda fetch=fetch, keys=keys: [pickle.loads(v) for v in fetch(keys)],
-                        row, "redis-py MGET 1000 + unpickle")
+                        topology, "redis-py MGET 1000 + unpickle")
                 to_close.append(raw)
-            ops[topology] = row
             stampedes[topology] = {
                 "librecache": stampede("librecache", env),
                 "dogpile": stampede(f"dogpile-{topology}", {"BENCH_PORT": str(
                     single.port if topology == "single" else cluster.nodes[0].port)}),
             }
-        measure_all()
+        for number in range(args.runs):
+            runs.append(measure_all())
+            print(f"run {number + 1} of {args.runs} done", flush=True)
+        for topology, ops_of in pairs.items():
+            paired[topology] = {PAIRED_HIT: paired_ratio(ops_of["hit"], ops_of["raw"]),
+                                PAIRED_NEAR: paired_ratio(ops_of["hit"], ops_of["near"], seconds=0.1)}
+            print(f"{topology} paired: " + ", ".join(f"{name} {figure['median']:.2f}x ({figure['pairs']:.0f} pairs)"
+                                                      for name, figure in paired[topology].items()), flush=True)
     finally:
         for closable in to_close:
             closable.close()
         farm.stop()
 
+    topologies = list(runs[0])
+    per_run = [{topology: ratios_of(run[topology]) for topology in topologies} for run in runs]
     ratios: dict[str, dict[str, float | None]] = {}
-    for topology, row in ops.items():
-        def ratio(ours: str, base: str, row: dict[str, float] = row) -> float | None:
-            return row[base] / row[ours] if row.get(base) and row.get(ours) else None
-
-        ratios[topology] = {
-            "hit vs dogpile": ratio("librecache hit", "dogpile hit"),
-            "miss+store vs dogpile": ratio("librecache miss+store", "dogpile miss+store"),
-            "get_multi vs dogpile": ratio("librecache get_multi 1000", "dogpile get_multi 1000"),
-            "hit vs redis-py GET+unpickle": ratio("librecache hit", "redis-py GET + unpickle"),
-            "get_multi vs redis-py MGET+unpickle": ratio("librecache get_multi 1000", "redis-py MGET 1000 + unpickle"),
-            "near-cache hit speed-up vs redis hit": (row["librecache near-cache hit"] / row["librecache hit"]
-                                                     if "librecache near-cache hit" in row else None),
-        }
+    spread: dict[str, dict[str, list[float] | None]] = {}
+    for topology in topologies:
+        ratios[topology], spread[topology] = {}, {}
+        for name in per_run[0][topology]:
+            seen = [value for value in (one[topology][name] for one in per_run) if value is not None]
+            ratios[topology][name] = statistics.median(seen) if seen else None
+            spread[topology][name] = [min(seen), max(seen)] if seen else None
+    for topology, figures in paired.items():
+        for name, figure in figures.items():
+            ratios[topology][name] = figure["median"]
+            spread[topology][name] = [figure["q1"], figure["q3"]]
+    for topology in topologies:
+        for name in (PAIRED_HIT, PAIRED_NEAR):
+            ratios[topology].setdefault(name, None)
+            spread[topology].setdefault(name, None)
+    ops = {topology: {name: statistics.median(run[topology][name] for run in runs)
+                      for name in runs[0][topology]} for topology in topologies}
 
     names = sorted({name for row in ops.values() for name in row})
-    print(f"\n{'ops/s':<34}" + "".join(f"{t:>14}" for t in ops))
+    print(f"\n{'ops/s (median of runs)':<44}" + "".join(f"{t:>12}" for t in ops))
     for name in names:
-        print(f"{name:<34}" + "".join(f"{ops[t].get(name, 0):>14,.0f}" for t in ops))
-    print(f"\n{'time ratio, librecache/baseline':<40}" + "".join(f"{t:>12}" for t in ops))
+        print(f"{name:<44}" + "".join(f"{ops[t].get(name, 0):>12,.0f}" for t in ops))
+    print(f"\n{'time ratio, librecache/baseline (spread)':<44}" + "".join(f"{t:>20}" for t in ops))
     for name in ratios["memory"]:
-        cells = "".join(f"{'-' if ratios[t][name] is None else f'{ratios[t][name]:.2f}x':>12}" for t in ops)
-        print(f"{name:<40}{cells}")
-    print(f"\n{'stampede: creator calls (4 x 16)':<40}" + "".join(f"{t:>12}" for t in ops))
+        cells = ""
+        for topology in ops:
+            value, low_high = ratios[topology][name], spread[topology][name]
+            cell = "-" if value is None or low_high is None else \
+                f"{value:.2f}x ({low_high[0]:.2f}-{low_high[1]:.2f})"
+            cells += f"{cell:>20}"
+        print(f"{name:<44}{cells}")
+    print(f"\n{'stampede: creator calls (4 x 16)':<44}" + "".join(f"{t:>12}" for t in ops))
     for who in ("librecache", "dogpile"):
-        print(f"{who:<40}" + "".join(f"{stampedes[t][who]:>12}" for t in ops))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "run.json").write_text(json.dumps({"ops_per_second": ops, "ratios": ratios,
-                                                  "stampede_creator_calls": stampedes}, indent=2))
+        print(f"{who:<44}" + "".join(f"{stampedes[t][who]:>12}" for t in ops))
+    save("run", {"ops_per_second": ops, "ratios": ratios, "ratio_spread": spread, "paired": paired,
+                 "stampede_creator_calls": stampedes, "runs": runs,
+                 "settings": {"seconds": args.seconds, "rounds": args.rounds, "runs": args.runs,
+                              "cpus": os.cpu_count(), "load_average": os.getloadavg()}})
 
 
 if __name__ == "__main__":

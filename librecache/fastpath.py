@@ -9,6 +9,10 @@
 - :class:`LazyMutex`: dogpile fetches a key's creation mutex before it knows
   whether the value is there; this stand-in fetches the real one only when
   a value has to be created.
+- :func:`get_multi`: dogpile's ``get_multi`` makes four passes over the
+  keys (mangle, parse, check, unwrap), each a Python call per key; here
+  ASCII keys are mangled in one step and each value is parsed, checked
+  and unpickled in one pass.
 - :func:`parse_metadata`: dogpile's metadata header is ``{"ct": <float>,
   "v": <int>}``; it is read without :mod:`json` when it has that exact
   shape, and with :mod:`json` otherwise.
@@ -29,9 +33,11 @@ from dogpile.cache.api import NO_VALUE
 
 from .metrics import Creation, thread_creations
 
-__all__ = ["LazyMutex", "creating_uncached", "memoize", "parse_metadata"]
+__all__ = ["LazyMutex", "creating_uncached", "get_multi", "memoize", "parse_metadata"]
 
 _SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+#: Arguments -> key pairs remembered per memoised function, at most.
+MEMO_SIZE = 4096
 _METADATA = re.compile(rb'^\{"ct": ([0-9.e+-]+), "v": (\d+)\}$')
 
 
@@ -91,20 +97,61 @@ def memoize(
         bound_args, bound_kwargs = bind(args, kwargs)
         return key_generator(*bound_args, **bound_kwargs)
 
+    # (key, mangled key) of positional calls whose arguments are all exactly
+    # str (1 == 1.0 == True and a StrEnum member == its value as dict keys,
+    # not as key text), for the key mangler they were made with (a
+    # configure() may change it)
+    memo: dict[tuple[Any, ...], tuple[str, str]] = {}
+    memo_of: list[Any] = [None]
+    single = count == 1
+
+    def keys_of(args: tuple[Any, ...], text: bool) -> tuple[str, str]:
+        mangler = region.key_mangler
+        key = key_generator(*args)
+        found = key, mangler(key)
+        if text:
+            if mangler is not memo_of[0] or len(memo) >= MEMO_SIZE:
+                memo.clear()
+                memo_of[0] = mangler
+            memo[args] = found
+        return found
+
+    reads: list[Any] = [None, None]  # a backend, and its remember_read (None: no fast hits)
+
     @functools.wraps(user_func)  # name, docstring, __wrapped__ (inspect.signature follows it)
     def cached(*args: Any, **kwargs: Any) -> Any:
-        key = key_generator(*args) if not kwargs and len(args) == count else key_of(args, kwargs)
         timeout = expiration_time() if expiration_is_callable else expiration_time
+        if kwargs or len(args) != count:
+            return get_or_create(key_of(args, kwargs), creation, timeout, should_cache_fn, (args, kwargs))
         near = region._near
+        if near is None or not near.enabled:
+            backend = region.backend
+            if backend is not reads[0]:
+                reads[0], reads[1] = backend, getattr(backend, "remember_read", None)
+            if reads[1] is None:  # memory, or proxies: dogpile's path
+                return get_or_create(key_generator(*args), creation, timeout, should_cache_fn, (args, kwargs))
+        if single:
+            text = type(args[0]) is str
+        else:
+            text = all(type(arg) is str for arg in args)
+        keys = memo.get(args) if text and region.key_mangler is memo_of[0] else None
+        if keys is None:
+            keys = keys_of(args, text)
         if near is not None and near.enabled:  # a near hit skips dogpile's lock machinery
-            value = near.lookup(region.key_mangler(key), region.expiration_time if timeout is None else timeout,
-                                region.region_invalidator)
-            if value is not NO_VALUE:
-                stats = region._stats
-                if stats is not None:
-                    stats.hits += 1
-                return value.payload
-        return get_or_create(key, creation, timeout, should_cache_fn, (args, kwargs))
+            found = near.fetch(keys[1], region.expiration_time if timeout is None else timeout,
+                               region.region_invalidator)
+        else:  # so does a fresh value read from Redis
+            found = _read_fresh(region, keys[1], timeout, reads)
+        if found is NO_VALUE:
+            try:
+                return get_or_create(keys[0], creation, timeout, should_cache_fn, (args, kwargs))
+            finally:
+                if reads[1] is not None:  # unused if get_or_create did not read (it always does)
+                    reads[1](None, None)
+        stats = region._stats
+        if stats is not None:
+            stats.hits += 1
+        return found
 
     def refresh(*args: Any, **kwargs: Any) -> Any:
         value = user_func(*args, **kwargs)
@@ -129,6 +176,34 @@ def memoize(
         target.refresh = refresh  # type: ignore[attr-defined]
         target.original = user_func  # type: ignore[attr-defined]
     return cached
+
+
+def _read_fresh(region: Any, key: str, timeout: float | None, reads: list[Any]) -> Any:
+    """The value under the mangled ``key`` when dogpile's ``get_or_create``
+    would return it as it is (stored in dogpile's usual header, fresh, not
+    invalidated), else ``NO_VALUE``; what was read is then kept for
+    ``get_or_create``'s first read (``remember_read``), so a miss costs no
+    extra round trip. Only for a backend with ``remember_read`` (Redis, not
+    wrapped in proxies: they see every read) and a region without an
+    ``async_creation_runner``."""
+    backend, remember = reads
+    loads = region.deserializer
+    if remember is None or loads is None or region.async_creation_runner is not None or region._format is not None:
+        return NO_VALUE  # get_or_create reads it (a json or keyv namespace: through its format)
+    raw = backend.get_serialized(key)
+    if raw is not NO_VALUE:
+        header, _, pickled = raw.partition(b"|")
+        if header[:7] == _CT_HEAD and header[-9:] == _CT_TAIL:
+            expires = region.expiration_time if timeout is None else timeout
+            try:
+                created = float(header[7:-9])
+                if created > 0 and (expires is None or expires == -1 or time.time() - created <= expires) \
+                        and not region.region_invalidator.is_invalidated(created):
+                    return loads(pickled)
+            except Exception:  # not a time stamp, or not unpickled: as get_or_create reads it (logged)
+                pass
+    remember(key, raw)
+    return NO_VALUE
 
 
 def _positional_count(user_func: Callable[..., Any]) -> int:
@@ -217,3 +292,90 @@ def parse_metadata(header: bytes) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise ValueError("the metadata is not an object")
     return parsed
+
+
+_CT_HEAD = b'{"ct": '
+_CT_TAIL = b', "v": 2}'
+
+
+def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expiration: bool) -> list[Any]:
+    """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_multi` of
+    ``region``, with the same results: each value, or ``NO_VALUE`` when it
+    is missing, older than ``expiration_time`` (the region's when
+    ``None``) unless ``ignore_expiration``, or invalidated."""
+    keys = list(keys)
+    if not keys:
+        return []
+    mangler = region.key_mangler
+    if mangler is not None:
+        many = getattr(mangler, "many", None)
+        keys = many(keys) if many is not None else [mangler(key) for key in keys]
+    near = region._near
+    loads = region.deserializer
+    # dogpile's bytes parsed here; a json or keyv namespace's through its format
+    raw = loads is not None and (near is None or not near.enabled) and region._format is None
+    found = region.backend.get_serialized_multi(keys) if raw else region._get_multi_from_backend(keys)
+    is_invalidated: Callable[[float], bool] | None = None
+    now = 0.0
+    if ignore_expiration:
+        expiration_time = None
+    else:
+        if expiration_time is None:
+            expiration_time = region.expiration_time
+        invalidator = region.region_invalidator
+        now = time.time()
+        # the marks are loaded by the first look; none set: no value is invalidated
+        if invalidator.is_invalidated(now) or invalidator.was_hard_invalidated() \
+                or invalidator.was_soft_invalidated():
+            is_invalidated = invalidator.is_invalidated
+    values: list[Any] = []
+    append = values.append
+    if expiration_time is None and is_invalidated is None:  # no value can be stale: only read them
+        if not raw:
+            return [value if value is NO_VALUE else value.payload for value in found]
+        for value in found:
+            if value is NO_VALUE:
+                append(NO_VALUE)
+                continue
+            header, _, pickled = value.partition(b"|")
+            if header[:7] == _CT_HEAD and header[-9:] == _CT_TAIL:
+                try:
+                    append(loads(pickled))
+                    continue
+                except Exception:  # CantDeserializeException, or corrupt: as the region reads it (logged)
+                    pass
+            value = region._parse_serialized_from_backend(value)
+            append(value if value is NO_VALUE else value.payload)
+        return values
+    for value in found:
+        if value is NO_VALUE or value is None:
+            append(NO_VALUE)
+            continue
+        payload: Any = NO_VALUE
+        if not raw:
+            created = value.metadata["ct"]
+        else:  # dogpile's usual header, parsed here; anything else as the region parses it
+            header, _, payload = value.partition(b"|")
+            try:
+                if header[:7] != _CT_HEAD or header[-9:] != _CT_TAIL:
+                    raise ValueError(header)
+                created = float(header[7:-9])
+            except ValueError:
+                value = region._parse_serialized_from_backend(value)
+                if value is NO_VALUE:
+                    append(NO_VALUE)
+                    continue
+                payload = NO_VALUE
+                created = value.metadata["ct"]
+        if (expiration_time is not None and now - created > expiration_time) or \
+                (is_invalidated is not None and is_invalidated(created)):
+            append(NO_VALUE)
+        elif payload is NO_VALUE:
+            append(value.payload)
+        else:
+            try:
+                append(loads(payload))
+            except Exception:  # CantDeserializeException, or corrupt: as the region reads it (logged)
+                value = region._parse_serialized_from_backend(value)
+                append(value if value is NO_VALUE else value.payload)
+    return values

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import Any
 
 from .keys import AnyNamespace
 
@@ -71,7 +72,18 @@ def memory_mangler(namespace: AnyNamespace) -> Callable[[object], str]:
             return key
         return key_text(name, key)
 
+    def mangle_many(keys: list[Any]) -> list[str]:
+        if _plain(keys):
+            return keys
+        return [mangle(key) for key in keys]
+
+    mangle.many = mangle_many  # type: ignore[attr-defined]
     return mangle
+
+
+def _plain(keys: list[Any]) -> bool:
+    """Whether every key is an ASCII ``str`` (its own text)."""
+    return (not keys or set(map(type, keys)) == {str}) and "".join(keys).isascii()
 
 
 class KeySpace:
@@ -92,7 +104,9 @@ class KeySpace:
         return f"{self.root}{namespace.value}:"
 
     def mangler(self, namespace: AnyNamespace) -> Callable[[object], str]:
-        """A dogpile key mangler: user key to ``{prefix}::{NS}:{key}``.
+        """A dogpile key mangler: user key to ``{prefix}::{NS}:{key}``; its
+        attribute ``many`` mangles a list of keys at once (ASCII ``str``
+        keys in one step).
 
         The key is first made text by :func:`key_text` (errors name the
         namespace and the key). Keys longer than :data:`MAX_KEY_LENGTH` keep
@@ -110,6 +124,12 @@ class KeySpace:
             digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
             return f"{head}{text[:_HEAD]}~{digest}"
 
+        def mangle_many(keys: list[Any]) -> list[str]:
+            if _plain(keys) and (not keys or max(map(len, keys)) <= room):
+                return [head + key for key in keys]
+            return [mangle(key) for key in keys]
+
+        mangle.many = mangle_many  # type: ignore[attr-defined]
         return mangle
 
     def internal(self, *parts: str) -> str:

@@ -33,7 +33,7 @@ from ._compat import DOGPILE_METADATA_DELIMITER, renew_lock_registry
 from .config import CacheConfig, parse_declarations
 from .connection import RedisConnection
 from .errors import ConfigurationError
-from .fastpath import LazyMutex, creating_uncached, memoize, parse_metadata
+from .fastpath import LazyMutex, creating_uncached, get_multi, memoize, parse_metadata
 from .formats import JsonFormat, format_for
 from .health import HealthReport
 from .invalidation import InvalidationBus
@@ -273,10 +273,10 @@ class LibreRegion(CacheRegion):
     def get_multi(self, keys: Any, expiration_time: float | None = None, ignore_expiration: bool = False) -> Any:
         """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_multi`;
         each key counted as a hit or a miss."""
-        values = super().get_multi(keys, expiration_time, ignore_expiration)
+        values = get_multi(self, keys, expiration_time, ignore_expiration)
         stats = self._stats
         if stats is not None:
-            missed = sum(value is NO_VALUE for value in values)
+            missed = values.count(NO_VALUE)
             stats.misses += missed
             stats.hits += len(values) - missed
         return values

@@ -27,10 +27,11 @@ from redis.exceptions import OutOfMemoryError
 
 import librecache
 import librecache.connection
+from librecache.backends.redis import READ_OR_LOCK
 from librecache.health import FULL, OUTAGE, REFUSED, classify
 from librecache.streams import open_streams
 from tests.conftest import ACL_PASSWORD, ACL_USER
-from tests.faults import FaultProxy, command_is
+from tests.faults import Command, FaultProxy, command_is
 from tests.load import Load, wait_until
 from tests.processes import ROOT, child_environment
 from tests.servers import RedisServer
@@ -49,6 +50,15 @@ FIGURES: dict[str, str] = {}
 def proxy(own_server: RedisServer) -> Iterator[FaultProxy]:
     with FaultProxy(own_server.port, seed=10) as proxy:
         yield proxy
+
+
+def takes_the_lock(command: Command) -> bool:
+    """A command that takes a creation lock: ``SET name token NX PX``, or the
+    script that reads the value and takes its lock in one round trip."""
+    script = command[1:2]
+    return command_is("SET", "NX")(command) or (
+        bool(command) and command[0].upper() in (b"EVALSHA", b"EVAL")
+        and script in ([READ_OR_LOCK.sha.encode()], [READ_OR_LOCK.text.encode()]))
 
 
 def through(proxy: FaultProxy, prefix: str, **extra: str) -> dict[str, str]:
@@ -70,7 +80,7 @@ FAULTS: dict[str, Callable[[FaultProxy, Any], None]] = {
     "reset in mid-reply, 30% of replies": lambda proxy, region: proxy.reset_replies(0.3),
     "accept and never answer": lambda proxy, region: proxy.never_answer(),
     "lost replies after SET NX (the creation lock)": lambda proxy, region: (
-        proxy.lose_reply_after(command_is("SET", "NX"), times=6), region.invalidate()),
+        proxy.lose_reply_after(takes_the_lock, times=6), region.invalidate()),
     "lost replies after GET": lambda proxy, region: proxy.lose_reply_after(command_is("GET"), times=6),
 }
 
@@ -114,7 +124,7 @@ def test_a_lost_lock_reply_never_waits_for_its_own_lock(make_caches: Make, proxy
                                                         own_server: RedisServer) -> None:
     caches = make_caches(through(proxy, "lostlock", LIBRECACHE_LOCK_TIMEOUT="8"))
     region = caches.region("TOOLS")
-    proxy.lose_reply_after(command_is("SET", "NX"))
+    proxy.lose_reply_after(takes_the_lock)
     started = time.monotonic()
     assert region.get_or_create("k", lambda: "v") == "v"
     took = time.monotonic() - started

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -90,20 +90,30 @@ class MemoryBackend(CacheBackend):
             return entry[0]
 
     def get_multi(self, keys: Iterable[str]) -> Sequence[Any]:
-        now = time.monotonic()
+        keys = list(keys)
         data = self._data
-        found: list[Any] = []
         with self._lock:
-            for key in keys:
-                entry = data.get(key)
-                if entry is None:
-                    found.append(NO_VALUE)
-                elif entry[1] and entry[1] < now:
-                    del data[key]
-                    found.append(NO_VALUE)
-                else:
-                    data.move_to_end(key)
-                    found.append(entry[0])
+            entries = list(map(data.get, keys))
+            try:  # recently used (LRU), all in one C loop when every key is there
+                deque(map(data.move_to_end, keys), 0)
+            except KeyError:
+                for key in keys:
+                    if key in data:
+                        data.move_to_end(key)
+        if not self.expires_after:
+            return [NO_VALUE if entry is None else entry[0] for entry in entries]
+        now = time.monotonic()
+        found: list[Any] = []
+        for key, entry in zip(keys, entries, strict=True):
+            if entry is None:
+                found.append(NO_VALUE)
+            elif entry[1] and entry[1] < now:
+                with self._lock:
+                    if data.get(key) is entry:
+                        del data[key]
+                found.append(NO_VALUE)
+            else:
+                found.append(entry[0])
         return found
 
     def _checked(self, value: Any, where: str) -> Any:

@@ -1,0 +1,314 @@
+"""What the speed work (issue 18, and issue 10's near hits) must not
+change, asserted by counting what happens on real servers, never by
+timing: the round trips of a memoised miss (MONITOR), ``get_multi``'s
+results against dogpile's own implementation on the same region, and near
+hits as independent as Redis reads."""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import redis
+from dogpile.cache.api import NO_VALUE, CachedValue
+from dogpile.cache.region import CacheRegion
+from redis.cluster import RedisCluster
+
+import librecache
+from librecache.backends.memory import MemoryBackend
+from librecache.nearcache import NearCache, copier_of
+from tests.conftest import Deployment
+from tests.test_nearcache import subscribed
+
+Make = Callable[..., librecache.Caches]
+
+
+# -- round trips of a memoised miss -------------------------------------------------------------
+
+
+@contextmanager
+def monitored(ports: list[int], marker: str) -> Iterator[list[str]]:
+    """The commands (sent by clients; not those a script runs) that name
+    ``marker``, seen by MONITOR on the servers at ``ports`` while the block
+    runs."""
+    seen: list[str] = []
+    done = f"monitor-end-{uuid.uuid4().hex}"
+    ready = threading.Barrier(len(ports) + 1)
+
+    def watch(port: int) -> None:
+        client = redis.Redis(port=port)
+        with client.monitor() as monitor:
+            ready.wait()
+            for command in monitor.listen():
+                text = command["command"]
+                if done in text:
+                    break
+                if marker in text and command.get("client_type") != "lua":
+                    seen.append(text.split(" ", 1)[0])
+        client.close()
+
+    threads = [threading.Thread(target=watch, args=(port,), daemon=True) for port in ports]
+    for thread in threads:
+        thread.start()
+    ready.wait(10)
+    yield seen
+    for port in ports:
+        client = redis.Redis(port=port)
+        client.echo(done)
+        client.close()
+    for thread in threads:
+        thread.join(10)
+
+
+def master_ports(deployment: Deployment) -> list[int]:
+    raw = deployment.raw
+    if isinstance(raw, RedisCluster):
+        return [int(node.port) for node in raw.get_primaries()]
+    return [int(raw.connection_pool.connection_kwargs["port"])]
+
+
+def test_a_memoised_miss_costs_three_round_trips_where_the_lock_meets_the_value(
+        make_caches: Make, deployment: Deployment, prefix: str) -> None:
+    """GET (miss); one script that reads the value again and takes the lock
+    (its answer is dogpile's re-check); one script that stores the value and
+    releases the lock. Before: GET, SET NX, GET, SET, EVAL (five). On a
+    cluster the lock and the value hash to different slots, so the lock is
+    taken and released by its own commands there (five, as before)."""
+    region = make_caches(deployment.env).region("ROLES")
+    created: list[str] = []
+
+    @region.cache_on_arguments()
+    def load(name: str) -> dict[str, str]:
+        created.append(name)
+        return {"name": name}
+
+    load("warm")  # the scripts are known to the server from now on
+    cold = f"cold-{uuid.uuid4().hex[:8]}"
+    with monitored(master_ports(deployment), cold) as seen:
+        assert load(cold) == {"name": cold}
+    if deployment.cluster:
+        assert sorted(seen) == sorted(["GET", "SET", "GET", "SET", "EVAL"]), seen
+    else:
+        assert seen == ["GET", "EVALSHA", "EVALSHA"], seen
+    assert created == ["warm", cold]
+    assert deployment.keys(f"{prefix}::librecache:lock:*") == []  # released
+    with monitored(master_ports(deployment), cold) as seen:
+        assert load(cold) == {"name": cold}
+    assert seen == ["GET"] and created == ["warm", cold]  # a hit: one GET
+
+
+def test_the_lock_script_tells_a_waiter_the_value_another_process_stored(
+        make_caches: Make, redis_env: dict[str, str], raw: redis.Redis, prefix: str) -> None:
+    """A blocking acquisition that finds the value stored meanwhile (another
+    process created it) returns it without creating and without leaving a
+    lock behind."""
+    caches = make_caches(redis_env)
+    region = caches.region("ROLES")
+    other = make_caches(redis_env).region("ROLES")
+    lock = f"{prefix}::librecache:lock:ROLES:k"
+    raw.set(lock, "another-process", px=5000)  # another process is creating "k"
+
+    def create_elsewhere() -> None:
+        time.sleep(0.2)
+        other.set("k", "theirs")
+        raw.delete(lock)
+
+    thread = threading.Thread(target=create_elsewhere)
+    thread.start()
+    assert region.get_or_create("k", lambda: "ours") == "theirs"
+    thread.join()
+    assert raw.exists(lock) == 0
+    assert caches.stats()["ROLES"]["lock_waits"] == 1 and caches.stats()["ROLES"]["creations"] == 0
+
+
+def test_a_creator_that_ran_past_the_lock_timeout_still_stores_and_warns(
+        make_caches: Make, redis_env: dict[str, str], raw: redis.Redis, prefix: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    region = make_caches({**redis_env, "LIBRECACHE_LOCK_TIMEOUT": "0.2"}).region("ROLES")
+
+    def slow() -> str:
+        time.sleep(0.4)
+        return "late"
+
+    assert region.get_or_create("slow", slow) == "late"
+    assert region.get("slow") == "late"
+    assert "expired before the value was stored" in caplog.text
+
+
+def test_a_creator_of_another_key_in_the_same_thread_keeps_both_locks_apart(make_caches: Make,
+                                                                           deployment: Deployment,
+                                                                           prefix: str) -> None:
+    """A creator that itself misses another memoised key (nested creation):
+    each value lands under its own key, each lock is released."""
+    region = make_caches(deployment.env).region("ROLES")
+
+    @region.cache_on_arguments()
+    def inner(name: str) -> str:
+        return f"inner-{name}"
+
+    @region.cache_on_arguments()
+    def outer(name: str) -> str:
+        region.set(f"plain-{name}", "set by the creator")  # a plain write meanwhile
+        return "outer+" + inner(name)
+
+    assert outer("x") == "outer+inner-x" and outer("x") == "outer+inner-x"
+    assert inner("x") == "inner-x" and region.get("plain-x") == "set by the creator"
+    assert deployment.keys(f"{prefix}::librecache:lock:*") == []
+
+
+# -- get_multi: the same results as dogpile's own implementation -------------------------------
+
+
+@pytest.fixture(params=["memory", "single", "cluster"])
+def any_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    if request.param == "memory":
+        return {}
+    return dict(request.getfixturevalue("redis_env" if request.param == "single" else "cluster_env"))
+
+
+def test_get_multi_answers_as_dogpiles_get_multi(make_caches: Make, any_env: dict[str, str]) -> None:
+    caches = make_caches({**any_env, "LIBRECACHE_NAMESPACE_TTLS": "MESSAGES=60"})
+    region = caches.region("MESSAGES")
+    keys: list[Any] = ["a", "b", "é", 7, 1.5, "q" * 400, "missing", "none"]
+    region.set_multi({key: {"v": str(key)} for key in keys if key != "missing"})
+    region.set("none", None)
+
+    def both(*args: Any, **kwargs: Any) -> list[Any]:
+        ours = region.get_multi(keys, *args, **kwargs)
+        assert ours == CacheRegion.get_multi(region, keys, *args, **kwargs)
+        return ours
+
+    found = both()
+    assert found[:3] == [{"v": "a"}, {"v": "b"}, {"v": "é"}] and found[6] is NO_VALUE and found[7] is None
+    assert both(ignore_expiration=True) == found
+    time.sleep(0.05)
+    assert all(value is NO_VALUE for value in both(expiration_time=0.01))  # older than asked for
+    assert both(expiration_time=60) == found
+    assert region.get_multi([]) == [] and region.get_multi(iter(["a"])) == [{"v": "a"}]
+    region.invalidate(hard=False)  # soft: gone for get_multi, as dogpile reads it
+    assert all(value is NO_VALUE for value in both())
+    assert both(ignore_expiration=True) == found
+    region.set("a", "new")
+    assert both()[0] == "new"
+    region.invalidate(hard=True)
+    assert all(value is NO_VALUE for value in both())
+
+
+def test_get_multi_reads_foreign_bytes_as_misses(make_caches: Make, deployment: Deployment, prefix: str) -> None:
+    region = make_caches(deployment.env).region("TOOLS")
+    region.set_multi({"good": 1, "json": 2, "garbage": 3, "badpickle": 4})
+    deployment.raw.set(f"{prefix}::TOOLS:json", b'{"v": 2, "ct": 1.0}|' + CachedValue.__name__.encode())
+    deployment.raw.set(f"{prefix}::TOOLS:garbage", b"not dogpile at all")
+    deployment.raw.set(f"{prefix}::TOOLS:badpickle", b'{"ct": 1.0, "v": 2}|\x80\x05garbage')
+    assert region.get_multi(["good", "json", "garbage", "badpickle"]) == [1, NO_VALUE, NO_VALUE, NO_VALUE]
+
+
+def test_get_multi_with_signed_values(make_caches: Make, redis_env: dict[str, str], raw: redis.Redis,
+                                      prefix: str) -> None:
+    region = make_caches({**redis_env, "LIBRECACHE_SIGNING_KEYS": "k1:" + "s" * 32}).region("TOOLS")
+    region.set_multi({"a": 1, "b": 2})
+    raw.set(f"{prefix}::TOOLS:b", raw.get(f"{prefix}::TOOLS:b")[:-1] + b"x")  # type: ignore[index]
+    assert region.get_multi(["a", "b"]) == [1, NO_VALUE]
+
+
+# -- near hits ------------------------------------------------------------------------------------
+
+
+class Box:
+    def __init__(self, items: list[int]) -> None:
+        self.items = items
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Box) and other.items == self.items
+
+
+IMMUTABLE = ["text", b"bytes", 1, 2.5, None, True, ("a", (1, None)), frozenset({"x"})]
+MUTABLE = [{"perms": ["read"], "n": 1, "nested": {"deep": [{"x": {1, 2}}]}}, [[1], [2]], {"s"}, [], {}]
+PICKLED = [Box([1]), ("tuple", ["holding", "a list"]), {"ordered": __import__("collections").OrderedDict(a=1)}]
+
+
+@pytest.mark.parametrize("value", IMMUTABLE + MUTABLE + PICKLED, ids=repr)
+def test_each_near_hit_is_its_own_copy_and_immutable_values_are_shared(value: Any) -> None:
+    near = NearCache("ROLES", 10)
+    near.clear(enabled=True)
+    given = __import__("copy").deepcopy(value)
+    near.store("k", CachedValue(given, {"ct": time.time(), "v": 2}), near.generation)  # type: ignore[call-arg]
+    never = type("Never", (), {"is_invalidated": staticmethod(lambda created: False)})()
+    first, second = near.fetch("k", None, never), near.fetch("k", None, never)
+    assert first == value and second == value
+    if any(value is v for v in IMMUTABLE):
+        assert first is second
+        return
+    assert first is not second
+    if isinstance(given, dict) and "perms" in given:
+        given["perms"].append("changed by the writer after set")  # the near copy is its own
+        first["perms"].append("write")
+        first["nested"]["deep"][0]["x"].add(3)
+        assert near.fetch("k", None, never) == value
+    if isinstance(value, Box):
+        first.items.append(2)
+        assert near.fetch("k", None, never) == value
+
+
+def test_copiers_fit_plain_containers_only() -> None:
+    assert copier_of("x") is None and copier_of(("a", 1)) is None
+    assert copier_of({"a": 1}) is dict.copy and copier_of([1, "x"]) is list.copy
+    constant = ("shared", 1)
+    assert copier_of([constant, constant]) is list.copy  # immutable: may be reached twice
+    assert copier_of({("k",): [1]}) is not None
+    shared = [1]
+    for unfit in (Box([1]), [shared, shared], ("t", []), list(range(2000)), {"a": bytearray()}):
+        with pytest.raises(TypeError):
+            copier_of(unfit)
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    with pytest.raises(TypeError):
+        copier_of(cyclic)
+
+
+class Colour(str, enum.Enum):
+    RED = "red"
+
+
+def test_memoised_near_hits_keep_keys_of_equal_arguments_apart(make_caches: Make,
+                                                               redis_env: dict[str, str]) -> None:
+    """The near path remembers the key of str arguments; arguments equal to
+    a str as dict keys (a str enum member) have other key text."""
+    caches = make_caches({**redis_env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "ROLES"})
+    subscribed(caches)
+    region = caches.region("ROLES")
+    calls: list[str] = []
+
+    @region.cache_on_arguments()
+    def describe(colour: Any) -> str:
+        calls.append(str(colour))
+        return f"{type(colour).__name__}:{colour}"
+
+    for _ in range(3):
+        assert describe("red") == "str:red"
+        assert describe(Colour.RED) == f"Colour:{Colour.RED}"
+    assert len(calls) == 2
+    near = caches.invalidations.near_caches["ROLES"]  # type: ignore[union-attr]
+    assert near.hits >= 4
+
+
+def test_memory_get_multi_marks_what_it_read_as_recently_used_and_drops_expired_entries() -> None:
+    backend = MemoryBackend({"name": "ROLES", "max_entries": 3, "expires_after": 60})
+    for key in "abc":
+        backend.set(key, CachedValue(key, {"ct": time.time(), "v": 2}))  # type: ignore[call-arg]
+    found = backend.get_multi(["a", "missing", "b"])  # a and b are now the most recent
+    assert [v if v is NO_VALUE else v.payload for v in found] == ["a", NO_VALUE, "b"]
+    backend.set("d", CachedValue("d", {"ct": time.time(), "v": 2}))  # type: ignore[call-arg]
+    assert backend.get("c") is NO_VALUE and len(backend) == 3
+    backend.expires_after = 0.01
+    backend.set("e", CachedValue("e", {"ct": time.time(), "v": 2}))  # type: ignore[call-arg]
+    time.sleep(0.02)
+    assert backend.get_multi(["e"]) == [NO_VALUE]
+    held = backend.keys()
+    assert "e" not in held
