@@ -29,7 +29,7 @@ from dogpile.cache.api import NO_VALUE
 
 from .metrics import Creation, thread_creations
 
-__all__ = ["LazyMutex", "creating_uncached", "memoize", "parse_metadata"]
+__all__ = ["LazyMutex", "creating_uncached", "key_function", "memoize", "parse_metadata"]
 
 _SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _METADATA = re.compile(rb'^\{"ct": ([0-9.e+-]+), "v": (\d+)\}$')
@@ -78,18 +78,12 @@ def memoize(
 ) -> Callable[..., Any]:
     """The wrapper ``cache_on_arguments`` returns, with dogpile's attributes
     (``set``, ``get``, ``invalidate``, ``refresh``, ``original``)."""
-    bind = binder(user_func)
     expiration_is_callable = callable(expiration_time)
     get_or_create = region._get_or_create_counted
     creation = Creation(region, user_func)
 
     count = _positional_count(user_func)
-
-    def key_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        if not kwargs and len(args) == count:
-            return key_generator(*args)
-        bound_args, bound_kwargs = bind(args, kwargs)
-        return key_generator(*bound_args, **bound_kwargs)
+    key_of = key_function(key_generator, user_func)
 
     @functools.wraps(user_func)  # name, docstring, __wrapped__ (inspect.signature follows it)
     def cached(*args: Any, **kwargs: Any) -> Any:
@@ -129,6 +123,23 @@ def memoize(
         target.refresh = refresh  # type: ignore[attr-defined]
         target.original = user_func  # type: ignore[attr-defined]
     return cached
+
+
+def key_function(key_generator: Callable[..., str],
+                 user_func: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], str]:
+    """(args, kwargs) -> the key of a memoised call, as dogpile computes it
+    (arguments bound to the signature, defaults applied); shared by
+    :func:`memoize` and :func:`librecache.aio.memoize_async`."""
+    bind = binder(user_func)
+    count = _positional_count(user_func)
+
+    def key_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        if not kwargs and len(args) == count:
+            return key_generator(*args)
+        bound_args, bound_kwargs = bind(args, kwargs)
+        return key_generator(*bound_args, **bound_kwargs)
+
+    return key_of
 
 
 def _positional_count(user_func: Callable[..., Any]) -> int:
