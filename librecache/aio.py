@@ -66,6 +66,9 @@ class MemoryStore:
     async def marks(self) -> None:
         return None
 
+    def marks_due(self) -> bool:
+        return False
+
     async def get(self, key: str) -> Any:
         return self.region._get_from_backend(key)
 
@@ -161,7 +164,8 @@ async def aget(region: Any, key: Any, expiration_time: float | None = None, igno
     """:meth:`~dogpile.cache.region.CacheRegion.get`, awaitable."""
     store = store_of(region)
     mangled = _mangled(region, key)
-    await store.marks()
+    if store.marks_due():
+        await store.marks()
     value = region._unexpired_value_fn(expiration_time, ignore_expiration)(await store.get(mangled))
     _count(region, value is not NO_VALUE, value is NO_VALUE)
     return value.payload
@@ -175,7 +179,8 @@ async def aget_multi(region: Any, keys: Iterable[Any], expiration_time: float | 
         return []
     store = store_of(region)
     mangled = [_mangled(region, key) for key in keys]
-    await store.marks()
+    if store.marks_due():
+        await store.marks()
     unexpired = region._unexpired_value_fn(expiration_time, ignore_expiration)
     values = [unexpired(value).payload for value in await store.get_multi(mangled)]
     missed = sum(value is NO_VALUE for value in values)
@@ -226,7 +231,8 @@ async def aget_or_create(region: Any, key: Any, creator: Callable[..., Any], exp
     expiration_time = _expiration(region, expiration_time)
     store = store_of(region)
     mangled = _mangled(region, key)
-    await store.marks()
+    if store.marks_due():
+        await store.marks()
     found = _judge(region, await store.get(mangled), key, expiration_time)
     if _fresh(found, expiration_time):
         _count(region, 1, 0)
@@ -265,7 +271,8 @@ async def aget_or_create_multi(region: Any, keys: Iterable[Any], creator: Callab
     store = store_of(region)
     unique = sorted(set(keys))
     mangled = {key: _mangled(region, key) for key in unique}
-    await store.marks()
+    if store.marks_due():
+        await store.marks()
     read = await store.get_multi([mangled[key] for key in unique])
     found = {key: _judge(region, value, key, expiration_time) for key, value in zip(unique, read, strict=True)}
     results = {key: found[key][0] for key in unique if _fresh(found[key], expiration_time)}  # type: ignore[index]

@@ -215,15 +215,17 @@ async def aclose_clients(connection: RedisConnection) -> None:
 
 
 async def aguard(connection: RedisConnection, operation: str, action: Callable[[Any], Awaitable[Any]],
-                 fallback: Callable[[], Any], write: bool = False, stats: Any = None) -> Any:
+                 fallback: Callable[[], Any], write: bool = False, stats: Any = None,
+                 clients: AsyncClients | None = None) -> Any:
     """:meth:`RedisConnection.guard <librecache.connection.RedisConnection.guard>`
-    for a coroutine ``action(client)`` on the running loop's asyncio client:
-    the same breaker, the same fall-through, the same strict mode."""
+    for a coroutine ``action(client)`` on the running loop's asyncio client
+    (of ``clients``, by default :func:`clients_of` ``connection``): the same
+    breaker, the same fall-through, the same strict mode."""
     connection.client  # noqa: B018  (in a forked child, starts the maintenance thread)
     if connection.falls_through(False, write, stats):
         return fallback()
     try:
-        client = clients_of(connection).get()
+        client = (clients or clients_of(connection)).get()
         try:
             return await action(client)
         except (ReadOnlyError, RedisConnectionError) as exc:
@@ -317,6 +319,11 @@ class AsyncRedisStore:
         self.stats = backend.stats
         self.near = backend.near[0] if backend.near is not None else None
         self.bus = getattr(region.region_invalidator, "bus", None)
+        self.clients = clients_of(self.connection)
+
+    def marks_due(self) -> bool:
+        """Whether :meth:`marks` has anything to do (a plain check, no await)."""
+        return self.bus is not None and not self.bus.loaded
 
     # -- invalidation marks -----------------------------------------------
 
@@ -349,7 +356,8 @@ class AsyncRedisStore:
             if value is not NO_VALUE:
                 return value
             generation = near.generation
-        raw = await aguard(self.connection, "get", lambda c: c.get(key), lambda: None, stats=self.stats)
+        raw = await aguard(self.connection, "get", lambda c: c.get(key), lambda: None, stats=self.stats,
+                           clients=self.clients)
         value = self._parsed(key, raw)
         if near is not None and near.enabled and isinstance(value, CachedValue):
             near.store(key, value, generation)
