@@ -36,10 +36,11 @@ def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coroutine)
 
 
-@pytest.fixture(params=["memory", "single", "cluster", "tls", "acl"])
+@pytest.fixture(params=["memory", "single", "cluster", "tls", "tls-cluster", "acl"])
 def environment(request: pytest.FixtureRequest, prefix: str) -> dict[str, str]:
     """Every backend and topology: memory, one server, the 6-node cluster,
-    TLS with the suite's CA, and an ACL user restricted to its prefix."""
+    TLS with the suite's CA (a server and a cluster), and an ACL user
+    restricted to its prefix."""
     if request.param == "memory":
         return {"USE_REDIS": "false"}
     if request.param == "single":
@@ -50,9 +51,13 @@ def environment(request: pytest.FixtureRequest, prefix: str) -> dict[str, str]:
         server: RedisServer = request.getfixturevalue("redis_server")
         return {"USE_REDIS": "true", "REDIS_URI": server.url, "REDIS_KEY_PREFIX": ACL_PREFIX,
                 "REDIS_USERNAME": ACL_USER, "REDIS_PASSWORD": ACL_PASSWORD, "LIBRECACHE_STRICT": "true"}
-    tls: RedisServer = request.getfixturevalue("tls_server")
     ca: Path = request.getfixturevalue("ca_file")
-    return {"USE_REDIS": "true", "REDIS_URI": tls.url, "REDIS_CA": str(ca), "REDIS_KEY_PREFIX": prefix,
+    if request.param == "tls-cluster":
+        tls_cluster: RedisClusterFarm = request.getfixturevalue("tls_cluster")
+        uri = tls_cluster.uri(3)
+    else:
+        uri = request.getfixturevalue("tls_server").url
+    return {"USE_REDIS": "true", "REDIS_URI": uri, "REDIS_CA": str(ca), "REDIS_KEY_PREFIX": prefix,
             "LIBRECACHE_STRICT": "true"}
 
 
