@@ -26,6 +26,7 @@ from tests import processes
 from tests.conformance import Counter, in_threads
 from tests.conftest import ACL_PASSWORD, ACL_PREFIX, ACL_USER, Deployment
 from tests.servers import RedisClusterFarm, RedisServer, ServerFarm
+from tests.test_registry import fresh_default  # noqa: F401  (a fixture)
 from tests.test_resilience import wait_until
 
 Make = Callable[..., librecache.Caches]
@@ -542,3 +543,80 @@ def test_strict_mode_raises_from_async_calls(own_server: RedisServer, make_cache
         run(value_of(1))
     with pytest.raises(redis.ConnectionError):
         run(region.aset("k", 1))
+
+
+def test_a_lock_held_elsewhere_past_the_budget_means_create_without_storing(redis_env: dict[str, str],
+                                                                            make_caches: Make, raw: redis.Redis) -> None:
+    """Another process holds the key's creation lock (the same lock key as
+    the sync path's): the async caller waits at most the call budget, then
+    runs the function itself and does not store its result."""
+    env = {**redis_env, "REDIS_CONNECT_TIMEOUT": "100", "LIBRECACHE_SOCKET_TIMEOUT": "0.1"}  # a 0.4 s budget
+    region = make_caches(env).region("ROLES")
+    prefix = redis_env["REDIS_KEY_PREFIX"]
+    raw.set(f"{prefix}::librecache:lock:ROLES:busy", "another process", px=30_000)
+    made = Counter(lambda: "made here")
+    assert run(region.aget_or_create("busy", made)) == "made here"
+    assert made.calls == 1
+    assert region.get("busy") is NO_VALUE  # not stored: the lock was never ours
+    assert raw.get(f"{prefix}::librecache:lock:ROLES:busy") == b"another process"  # and not released either
+
+
+def test_the_lock_is_released_and_the_value_stored(redis_env: dict[str, str], make_caches: Make,
+                                                   raw: redis.Redis) -> None:
+    region = make_caches(redis_env).region("ROLES")
+    prefix = redis_env["REDIS_KEY_PREFIX"]
+    seen: list[Any] = []
+
+    async def create() -> str:
+        seen.append(raw.get(f"{prefix}::librecache:lock:ROLES:fresh"))  # held while creating
+        return "value"
+
+    assert run(region.aget_or_create("fresh", create)) == "value"
+    assert seen[0] is not None and len(seen[0]) == 32  # a token, as RedisMutex writes
+    assert raw.exists(f"{prefix}::librecache:lock:ROLES:fresh") == 0
+    assert region.get("fresh") == "value"
+
+
+def test_an_expired_value_is_served_while_one_task_recreates_it(make_caches: Make, redis_env: dict[str, str]) -> None:
+    region = make_caches(librecache.CacheConfig.from_env(redis_env).with_ttls({"ROLES": 1})).region("ROLES")
+    region.set("k", "old")
+    time.sleep(1.1)
+    made = Counter(lambda: "new")
+
+    async def slow_create() -> str:
+        await asyncio.sleep(0.2)
+        return str(made())
+
+    async def main() -> list[Any]:
+        first = asyncio.create_task(region.aget_or_create("k", slow_create))
+        await asyncio.sleep(0.05)  # the first task holds the lock
+        others = await asyncio.gather(*(region.aget_or_create("k", slow_create) for _ in range(5)))
+        return [await first, *others]
+
+    assert run(main()) == ["new", *["old"] * 5]  # dogpile's rule: the expired value meanwhile
+    assert made.calls == 1
+
+
+@pytest.mark.usefixtures("fresh_default")
+def test_the_default_registry_configures_itself_on_first_async_use() -> None:
+    region = librecache.get_region("TOOLS")  # decorated before anything is configured
+
+    @region.cache_on_arguments()
+    async def tool(name: str) -> str:
+        return name.upper()
+
+    assert run(tool("search")) == "SEARCH"  # the first use configures the default from the environment
+    assert run(tool.get("search")) == "SEARCH"
+    assert librecache.get_caches().backend_name("TOOLS") == "memory"
+
+
+def test_a_sync_close_inside_the_loop_neither_fails_nor_hangs(redis_env: dict[str, str]) -> None:
+    caches = librecache.Caches(redis_env)
+
+    async def main() -> None:
+        await caches.region("ROLES").aset("k", 1)
+        caches.close()  # sync code called from a coroutine: the loop's client closes in a task
+        await asyncio.sleep(0.05)
+
+    run(main())
+    assert caches.closed
