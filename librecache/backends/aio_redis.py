@@ -521,7 +521,11 @@ class AsyncRedisStore:
                     connection.abandon_lock(name, token, lifetime)
                 return _LOCAL_ONLY
 
-            result = await aguard(connection, "lock", attempt, unsure, stats=self.stats)
+            try:
+                result = await aguard(connection, "lock", attempt, unsure, stats=self.stats)
+            except asyncio.CancelledError:
+                unsure()  # cancelled mid-command: our SET may land; a waiter here takes it over
+                raise
             if result is None:
                 continue
             if result is _LOCAL_ONLY:
