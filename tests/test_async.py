@@ -25,7 +25,7 @@ from librecache.signing import Signer
 from tests import processes
 from tests.conformance import Counter, in_threads
 from tests.conftest import ACL_PASSWORD, ACL_PREFIX, ACL_USER, Deployment
-from tests.servers import RedisClusterFarm, RedisServer, ServerFarm
+from tests.servers import RedisClusterFarm, RedisSentinelFarm, RedisServer, ServerFarm
 from tests.test_registry import fresh_default  # noqa: F401  (a fixture)
 from tests.test_resilience import wait_until
 
@@ -620,3 +620,21 @@ def test_a_sync_close_inside_the_loop_neither_fails_nor_hangs(redis_env: dict[st
 
     run(main())
     assert caches.closed
+
+
+def test_a_sentinel_managed_master_through_the_async_door(redis_sentinel: RedisSentinelFarm, prefix: str,
+                                                          make_caches: Make) -> None:
+    """The asyncio client follows the same Sentinel configuration as the sync one."""
+    region = make_caches({**redis_sentinel.env(prefix), "LIBRECACHE_STRICT": "true"}).region("ROLES")
+    region.set("from sync", 1)
+
+    @region.cache_on_arguments()
+    async def doubled(n: int) -> int:
+        return n * 2
+
+    async def main() -> list[Any]:
+        await region.aset("from async", 2)
+        return [await region.aget("from sync"), await doubled(21), await doubled.get(21)]
+
+    assert run(main()) == [1, 42, 42]
+    assert region.get("from async") == 2
