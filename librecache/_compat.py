@@ -61,6 +61,12 @@ T = TypeVar("T")
 #: - ``_user_defined_key_mangler``: set with ``key_mangler`` so that
 #:   dogpile's ``configure(replace_existing_backend=True)`` keeps the
 #:   backend's mangler when a registry re-points a region.
+#: - ``_is_cache_miss``, ``_unexpired_value_fn``, ``_value``,
+#:   ``_gen_metadata``, ``_serialized_cached_value``: the awaitable calls of
+#:   :mod:`librecache.aio` judge a value (missing, version, hard and soft
+#:   invalidation, expiry) and make one (metadata, bytes) with dogpile's own
+#:   functions, so both doors of a region behave and write alike; dogpile
+#:   has no async API to call instead (its issues #199/#200).
 DOGPILE_REGION_PRIVATES: tuple[str, ...] = (
     "_get_from_backend",
     "_get_multi_from_backend",
@@ -71,6 +77,11 @@ DOGPILE_REGION_PRIVATES: tuple[str, ...] = (
     "_mutex",
     "_lock_registry",
     "_user_defined_key_mangler",
+    "_is_cache_miss",
+    "_unexpired_value_fn",
+    "_value",
+    "_gen_metadata",
+    "_serialized_cached_value",
 )
 
 #: dogpile's wire format for serialized values: ``{metadata json}|payload``

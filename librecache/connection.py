@@ -213,12 +213,8 @@ class RedisConnection:
 
         ``stats``: the namespace's :class:`~librecache.metrics.NamespaceStats`,
         whose ``errors`` and ``fallthroughs`` count this operation too."""
-        breaker = self.breaker
         client = self.client
-        if not self.strict and (not breaker.up or client is None):
-            breaker.fallthrough(write)
-            if stats is not None:
-                stats.fallthroughs += 1
+        if self.falls_through(client is None, write, stats):
             return fallback()
         try:
             try:
@@ -230,20 +226,40 @@ class RedisConnection:
                 self.reset()
                 return action(self.client)
         except Exception as exc:
-            if self.strict:
-                raise
-            kind = classify(exc)
-            if kind == OUTAGE:
-                breaker.failure(exc, operation)
-            elif kind == FULL:
-                breaker.out_of_memory(exc, operation)
-            else:
-                breaker.refusal(exc, operation)
-            breaker.fallthrough(write)
-            if stats is not None:
-                stats.errors += 1
-                stats.fallthroughs += 1
+            self.failed(exc, operation, write, stats)
             return fallback()
+
+    def falls_through(self, unreachable: bool, write: bool = False, stats: Any = None) -> bool:
+        """Whether an operation must fall through without trying Redis (the
+        breaker is open, or ``unreachable``; never in strict mode); counted
+        when so. Shared by :meth:`guard` and its asyncio twin
+        (:func:`librecache.backends.aio_redis.aguard`)."""
+        if self.strict or (self.breaker.up and not unreachable):
+            return False
+        self.breaker.fallthrough(write)
+        if stats is not None:
+            stats.fallthroughs += 1
+        return True
+
+    def failed(self, exc: Exception, operation: str, write: bool = False, stats: Any = None) -> None:
+        """An operation failed with ``exc``: raise it in strict mode;
+        otherwise open the breaker for an outage, count a full Redis or a
+        refusal (:func:`~librecache.health.classify`), and count the
+        fall-through the caller then makes."""
+        if self.strict:
+            raise exc
+        breaker = self.breaker
+        kind = classify(exc)
+        if kind == OUTAGE:
+            breaker.failure(exc, operation)
+        elif kind == FULL:
+            breaker.out_of_memory(exc, operation)
+        else:
+            breaker.refusal(exc, operation)
+        breaker.fallthrough(write)
+        if stats is not None:
+            stats.errors += 1
+            stats.fallthroughs += 1
 
     # -- writes that did not happen ------------------------------------------------------
 

@@ -33,7 +33,7 @@ from dogpile.cache.api import NO_VALUE
 
 from .metrics import Creation, thread_creations
 
-__all__ = ["LazyMutex", "creating_uncached", "get_multi", "memoize", "parse_metadata"]
+__all__ = ["LazyMutex", "creating_uncached", "get_multi", "key_function", "memoize", "parse_metadata"]
 
 _SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 #: Arguments -> key pairs remembered per memoised function, at most.
@@ -84,18 +84,12 @@ def memoize(
 ) -> Callable[..., Any]:
     """The wrapper ``cache_on_arguments`` returns, with dogpile's attributes
     (``set``, ``get``, ``invalidate``, ``refresh``, ``original``)."""
-    bind = binder(user_func)
     expiration_is_callable = callable(expiration_time)
     get_or_create = region._get_or_create_counted
     creation = Creation(region, user_func)
 
     count = _positional_count(user_func)
-
-    def key_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        if not kwargs and len(args) == count:
-            return key_generator(*args)
-        bound_args, bound_kwargs = bind(args, kwargs)
-        return key_generator(*bound_args, **bound_kwargs)
+    key_of = key_function(key_generator, user_func)
 
     # (key, mangled key) of positional calls whose arguments are all exactly
     # str (1 == 1.0 == True and a StrEnum member == its value as dict keys,
@@ -204,6 +198,21 @@ def _read_fresh(region: Any, key: str, timeout: float | None, reads: list[Any]) 
                 pass
     remember(key, raw)
     return NO_VALUE
+def key_function(key_generator: Callable[..., str],
+                 user_func: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], str]:
+    """(args, kwargs) -> the key of a memoised call, as dogpile computes it
+    (arguments bound to the signature, defaults applied); shared by
+    :func:`memoize` and :func:`librecache.aio.memoize_async`."""
+    bind = binder(user_func)
+    count = _positional_count(user_func)
+
+    def key_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        if not kwargs and len(args) == count:
+            return key_generator(*args)
+        bound_args, bound_kwargs = bind(args, kwargs)
+        return key_generator(*bound_args, **bound_kwargs)
+
+    return key_of
 
 
 def _positional_count(user_func: Callable[..., Any]) -> int:

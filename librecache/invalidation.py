@@ -54,6 +54,11 @@ class SharedInvalidation(RegionInvalidationStrategy):
         self.hard = 0.0
         self.soft = 0.0
 
+    @property
+    def bus(self) -> InvalidationBus:
+        """The registry's bus these marks come from."""
+        return self._bus
+
     def invalidate(self, hard: bool = True) -> None:
         self._bus.invalidate(self.namespace, hard)
 
@@ -151,9 +156,13 @@ class InvalidationBus:
 
     def publish_drop(self, namespace: AnyNamespace, keys: Iterable[str]) -> None:
         """Tell every other instance to drop its near copy of ``keys``."""
-        message = encode_drop(self.origin, namespace.value, keys)
+        message = self.drop_message(namespace, keys)
         self._connection.guard("near-cache drop", lambda client: client.publish(self.near_channel, message),
                                lambda: None)
+
+    def drop_message(self, namespace: AnyNamespace, keys: Iterable[str]) -> str:
+        """The message of :meth:`publish_drop` (on :attr:`near_channel`)."""
+        return encode_drop(self.origin, namespace.value, keys)
 
     def _near_message(self, data: Any) -> None:
         decoded = decode_drop(text(data))
@@ -262,12 +271,26 @@ class InvalidationBus:
                     raise ConnectionError("Redis is not reachable")
                 stored = client.hgetall(self.key)
             except Exception as exc:
-                self._retry_at = time.monotonic() + 1.0
-                limited.warning("load", "cannot read invalidation marks from Redis: %s", exc)
+                self.load_failed(exc)
                 return
-            for field, value in stored.items():
-                self._note(text(field), float(value))
-            self.loaded = True
+            self.apply_stored(stored)
+
+    def apply_stored(self, stored: dict[Any, Any]) -> None:
+        """Take the marks read from the hash :attr:`key` (``HGETALL``), by
+        :meth:`load` or its asyncio twin."""
+        for field, value in stored.items():
+            self._note(text(field), float(value))
+        self.loaded = True
+
+    def load_failed(self, exc: BaseException) -> None:
+        """Reading the stored marks failed: readers try again in a second."""
+        self._retry_at = time.monotonic() + 1.0
+        limited.warning("load", "cannot read invalidation marks from Redis: %s", exc)
+
+    def load_due(self) -> bool:
+        """Whether a reader should read the stored marks now (not loaded yet,
+        and no failed attempt in the last second)."""
+        return not self.loaded and time.monotonic() >= self._retry_at
 
     # -- the listener -----------------------------------------------------
 

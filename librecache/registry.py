@@ -12,6 +12,8 @@ and :func:`configure` re-points them all at a new configuration.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import threading
 import time
@@ -27,9 +29,10 @@ from dogpile.cache.region import CacheRegion, DefaultInvalidationStrategy
 from dogpile.util import memoized_property
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from . import aio, forks, keygen
 from . import backends as _backends  # noqa: F401  (registers the backends)
-from . import forks, keygen
 from ._compat import DOGPILE_METADATA_DELIMITER, renew_lock_registry
+from .backends.aio_redis import aclose_clients, close_clients
 from .config import CacheConfig, parse_declarations
 from .connection import RedisConnection
 from .errors import ConfigurationError
@@ -349,9 +352,74 @@ class LibreRegion(CacheRegion):
                 key_generator = make_keys(namespace, user_func)
             else:
                 key_generator = make_keys(namespace, user_func, to_str)
+            if inspect.iscoroutinefunction(user_func):  # an async def: awaitable, same keys (librecache.aio)
+                return aio.memoize_async(self, key_generator, user_func, expiration_time, should_cache_fn)
             return memoize(self, key_generator, user_func, expiration_time, should_cache_fn)
 
         return decorator
+
+    def cache_multi_on_arguments(  # type: ignore[override]
+        self,
+        namespace: str | None = None,
+        expiration_time: float | Callable[[], float] | None = None,
+        should_cache_fn: Callable[[Any], bool] | None = None,
+        asdict: bool = False,
+        to_str: Callable[[Any], str] = str,
+        function_multi_key_generator: Callable[..., Any] | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.cache_multi_on_arguments`;
+        on an ``async def``, an ``async def`` with awaitable companions
+        (:mod:`librecache.aio`)."""
+        sync = super().cache_multi_on_arguments(namespace, expiration_time, should_cache_fn, asdict, to_str,
+                                                function_multi_key_generator)
+        make_keys = function_multi_key_generator or self.function_multi_key_generator
+
+        def decorator(user_func: Callable[..., Any]) -> Callable[..., Any]:
+            if not inspect.iscoroutinefunction(user_func):
+                return sync(user_func)  # type: ignore[no-any-return]
+            key_generator = make_keys(namespace, user_func, to_str=to_str)
+            return aio.memoize_multi_async(self, key_generator, user_func, expiration_time, should_cache_fn, asdict)
+
+        return decorator
+
+    # -- awaitable calls (librecache.aio), named as Django's async cache API names them --
+
+    async def aget(self, key: Any, expiration_time: float | None = None, ignore_expiration: bool = False) -> Any:
+        """:meth:`get`, awaitable: the value, or ``NO_VALUE``."""
+        return await aio.aget(self, key, expiration_time, ignore_expiration)
+
+    async def aget_multi(self, keys: Any, expiration_time: float | None = None,
+                         ignore_expiration: bool = False) -> list[Any]:
+        """:meth:`get_multi`, awaitable."""
+        return await aio.aget_multi(self, keys, expiration_time, ignore_expiration)
+
+    async def aset(self, key: Any, value: Any) -> None:
+        """:meth:`~dogpile.cache.region.CacheRegion.set`, awaitable."""
+        await aio.aset(self, key, value)
+
+    async def aset_multi(self, mapping: Mapping[Any, Any]) -> None:
+        """:meth:`~dogpile.cache.region.CacheRegion.set_multi`, awaitable."""
+        await aio.aset_multi(self, mapping)
+
+    async def adelete(self, key: Any) -> None:
+        """:meth:`~dogpile.cache.region.CacheRegion.delete`, awaitable."""
+        await aio.adelete(self, key)
+
+    async def adelete_multi(self, keys: Any) -> None:
+        """:meth:`~dogpile.cache.region.CacheRegion.delete_multi`, awaitable."""
+        await aio.adelete_multi(self, keys)
+
+    async def aget_or_create(self, key: Any, creator: Callable[..., Any], expiration_time: float | None = None,
+                             should_cache_fn: Callable[[Any], bool] | None = None,
+                             creator_args: tuple[Any, Mapping[str, Any]] | None = None) -> Any:
+        """:meth:`get_or_create`, awaitable; ``creator`` may be sync or async."""
+        return await aio.aget_or_create(self, key, creator, expiration_time, should_cache_fn, creator_args)
+
+    async def aget_or_create_multi(self, keys: Any, creator: Callable[..., Any],
+                                   expiration_time: float | None = None,
+                                   should_cache_fn: Callable[[Any], bool] | None = None) -> list[Any]:
+        """:meth:`get_or_create_multi`, awaitable; ``creator`` may be sync or async."""
+        return await aio.aget_or_create_multi(self, keys, creator, expiration_time, should_cache_fn)
 
     def _mutex(self, key: str) -> Any:
         # the real mutex is fetched only when a value must be created
@@ -595,7 +663,26 @@ class Caches:
         if self._bus is not None:
             self._bus.close(timeout=self.config.connect_timeout / 2)
         if self._connection is not None:
+            close_clients(self._connection, timeout=max(0.0, deadline - time.monotonic()) / 2)
             self._connection.close(timeout=max(0.0, deadline - time.monotonic()))
+
+    async def aclose(self) -> None:
+        """:meth:`close` from a coroutine: the running loop's asyncio
+        client is closed there, the rest in a worker thread (never blocking
+        the loop)."""
+        if self.closed:
+            return
+        if self._connection is not None:
+            await aclose_clients(self._connection)
+        await asyncio.to_thread(self.close)
+
+    async def __aenter__(self) -> Caches:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
 
     def __enter__(self) -> Caches:
         return self

@@ -140,7 +140,56 @@ def decorate_at_import() -> None:
     caches.close()
 
 
+def async_stampede() -> None:
+    """TASKS tasks of one event loop await one cold KEY at START_AT (a
+    memoised ``async def``); the creator counts its calls in Redis."""
+    import asyncio
+
+    caches = librecache.Caches()
+    region = caches.region(os.environ.get("NAMESPACE", "ROLES"))
+    client = caches.redis
+    assert client is not None
+    start_at = float(os.environ["START_AT"])
+
+    @region.cache_on_arguments()
+    async def value_of(key: str) -> str:
+        await asyncio.to_thread(client.incr, "creator-calls")
+        await asyncio.sleep(float(os.environ.get("CREATE_SECONDS", "0.5")))
+        return f"the value of {key}"
+
+    async def main() -> list[str]:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        return list(await asyncio.gather(*(value_of(os.environ["KEY"]) for _ in range(int(os.environ["TASKS"])))))
+
+    say(results=asyncio.run(main()))
+    caches.close()
+
+
+def async_watch() -> None:
+    """Like ``watch``, reading with ``await region.aget``."""
+    import asyncio
+
+    caches = librecache.Caches()
+    region = caches.region(os.environ.get("NAMESPACE", "ROLES"))
+    assert caches.invalidations is not None
+    caches.invalidations.wait_subscribed(5)
+
+    async def main() -> None:
+        say(ready=True, value=await region.aget(os.environ["KEY"]))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if await region.aget(os.environ["KEY"]) is NO_VALUE:
+                say(invalidated=True, at=time.time())
+                return
+            await asyncio.sleep(0.005)
+        say(invalidated=False)
+
+    asyncio.run(main())
+    caches.close()
+
+
 if __name__ == "__main__":
     roles = {"stampede": stampede, "watch": watch, "hold_lock": hold_lock, "produce": produce,
-             "near_writer": near_writer, "decorate_at_import": decorate_at_import}
+             "near_writer": near_writer, "decorate_at_import": decorate_at_import,
+             "async_stampede": async_stampede, "async_watch": async_watch}
     roles[sys.argv[1]]()
