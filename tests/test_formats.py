@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -113,6 +114,36 @@ def test_python_set_multi_and_memoised_values_are_read_by_node(shared: Deploymen
     (key,) = [k.decode() for k in shared.keys(full_key(shared, "APP_CONFIG", "*<lambda>*"))]
     assert stored(shared, key)["value"] == {"name": "x", "tags": ["a", "::b"]}
     assert node.get(key[len(full_key(shared, "APP_CONFIG", "")):]) == {"name": "x", "tags": ["a", ":b"]}
+
+
+def test_the_async_door_reads_and_writes_the_same_formats(shared: Deployment, make_caches: Make) -> None:
+    caches = make_caches({**shared.env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "SEARCH_RESULTS"})
+    subscribed(caches)
+    roles, search = caches.region("ROLES"), caches.region("SEARCH_RESULTS")
+    node = KeyvClient(shared.env, "ROLES")
+    node.set("from-node", {"perms": [":read"]})
+    counted = Counter(lambda name: {"name": name, "tags": ("a", ":b")})
+
+    @roles.cache_on_arguments()
+    async def load(name: str) -> Any:
+        return counted(name)
+
+    async def scenario() -> None:
+        assert await roles.aget("from-node") == {"perms": [":read"]}
+        await roles.aset("from-python", {"t": (1, ":x")})
+        assert await load("y") == {"name": "y", "tags": ("a", ":b")}  # the creator's own value
+        assert await load("y") == {"name": "y", "tags": ["a", ":b"]}  # read back through keyv's form
+        await search.aset("k", {"t": (1, 2)})
+        first = await search.aget("k")
+        assert first == {"t": [1, 2]}  # the near copy in JSON's form, as a Redis read gives it
+        first["t"].append(3)
+        assert await search.aget("k") == {"t": [1, 2]}
+
+    asyncio.run(scenario())
+    assert counted.calls == 1
+    assert node.get("from-python") == {"t": [1, ":x"]}
+    assert stored(shared, full_key(shared, "ROLES", "from-python"))["value"] == {"t": [1, "::x"]}
+    assert roles.get("from-python") == {"t": [1, ":x"]}  # and the sync door reads it alike
 
 
 def test_deletes_are_seen_both_ways(shared: Deployment, make_caches: Make) -> None:
