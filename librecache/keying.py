@@ -140,14 +140,15 @@ class KeySpace:
         """The key of the creation lock of the value stored at ``value_key``.
 
         Always under ``{prefix}::`` and one per value key: a key made by this
-        key space gives ``{prefix}::librecache:lock:{NS}:{key}``, any other
-        (a user's key mangler, or ``backend.get_mutex(key)`` called directly)
-        ``{prefix}::librecache:lock-raw:{value_key}``.
+        key space gives ``{prefix}::librecache:lock:{{prefix}::{NS}:{key}}``,
+        any other (a user's key mangler, or ``backend.get_mutex(key)`` called
+        directly) ``{prefix}::librecache:lock-raw:{value_key}``, each with the
+        value key in braces: a cluster's hash tag, so that the lock lives in
+        the value's slot (one script may read the value and take the lock)
+        whenever the value key holds no brace of its own.
         """
-        root = self.root
-        if value_key.startswith(root):
-            return self.internal("lock", value_key[len(root):])
-        return self.internal("lock-raw", str(value_key))
+        kind = "lock" if value_key.startswith(self.root) else "lock-raw"
+        return self.internal(kind, "{" + str(value_key) + "}")
 
     def pattern(self, namespace: AnyNamespace | None = None) -> str:
         """A SCAN ``MATCH`` pattern for every value key of ``namespace``, or

@@ -553,12 +553,12 @@ def test_a_lock_held_elsewhere_past_the_budget_means_create_without_storing(redi
     env = {**redis_env, "REDIS_CONNECT_TIMEOUT": "100", "LIBRECACHE_SOCKET_TIMEOUT": "0.1"}  # a 0.4 s budget
     region = make_caches(env).region("ROLES")
     prefix = redis_env["REDIS_KEY_PREFIX"]
-    raw.set(f"{prefix}::librecache:lock:ROLES:busy", "another process", px=30_000)
+    raw.set(f"{prefix}::librecache:lock:{{{prefix}::ROLES:busy}}", "another process", px=30_000)
     made = Counter(lambda: "made here")
     assert run(region.aget_or_create("busy", made)) == "made here"
     assert made.calls == 1
     assert region.get("busy") is NO_VALUE  # not stored: the lock was never ours
-    assert raw.get(f"{prefix}::librecache:lock:ROLES:busy") == b"another process"  # and not released either
+    assert raw.get(f"{prefix}::librecache:lock:{{{prefix}::ROLES:busy}}") == b"another process"  # and not released either
 
 
 def test_the_lock_is_released_and_the_value_stored(redis_env: dict[str, str], make_caches: Make,
@@ -568,12 +568,12 @@ def test_the_lock_is_released_and_the_value_stored(redis_env: dict[str, str], ma
     seen: list[Any] = []
 
     async def create() -> str:
-        seen.append(raw.get(f"{prefix}::librecache:lock:ROLES:fresh"))  # held while creating
+        seen.append(raw.get(f"{prefix}::librecache:lock:{{{prefix}::ROLES:fresh}}"))  # held while creating
         return "value"
 
     assert run(region.aget_or_create("fresh", create)) == "value"
     assert seen[0] is not None and len(seen[0]) == 32  # a token, as RedisMutex writes
-    assert raw.exists(f"{prefix}::librecache:lock:ROLES:fresh") == 0
+    assert raw.exists(f"{prefix}::librecache:lock:{{{prefix}::ROLES:fresh}}") == 0
     assert region.get("fresh") == "value"
 
 

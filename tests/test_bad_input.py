@@ -369,8 +369,8 @@ def test_lock_names_are_one_per_key_and_stay_under_the_prefix() -> None:
     locks = [space.lock(key) for key in ("foo", "bar", mangle("foo"), mangle("bar"), "p::ROLES:foo"[3:])]
     assert len(set(locks)) == len(locks)
     assert all(lock.startswith("p::librecache:lock") for lock in locks)
-    assert space.lock(mangle("foo")) == "p::librecache:lock:ROLES:foo"
-    assert space.lock("foo") == "p::librecache:lock-raw:foo"
+    assert space.lock(mangle("foo")) == "p::librecache:lock:{p::ROLES:foo}"
+    assert space.lock("foo") == "p::librecache:lock-raw:{foo}"
     bare = KeySpace("")
     assert bare.lock("foo") != bare.lock("bar")
 

@@ -76,7 +76,7 @@ def test_the_creation_lock_lives_under_the_prefix_and_expires(make_caches: Make,
         return "v"
 
     region.get_or_create("k", creator)
-    assert seen[0] == [f"{prefix}::librecache:lock:ROLES:k".encode()]
+    assert seen[0] == [f"{prefix}::librecache:lock:{{{prefix}::ROLES:k}}".encode()]
     assert 0 < seen[1][0] <= 30_000  # type: ignore[operator]
     assert deployment.keys(f"{prefix}::librecache:lock:*") == []  # released
 

@@ -95,7 +95,7 @@ def test_reads_and_writes_reach_the_master(make_caches: Make, redis_sentinel: Re
 
     @caches.region("TOOLS").cache_on_arguments()
     def load(name: str) -> str:
-        seen.append(master.exists(f"{prefix}::librecache:lock:TOOLS:{__name__}:load|x"))
+        seen.append(master.exists(f"{prefix}::librecache:lock:{{{prefix}::TOOLS:{__name__}:load|x}}"))
         return name.upper()
 
     assert load("x") == "X" and load("x") == "X"

@@ -22,8 +22,10 @@ from redis.cluster import RedisCluster
 
 import librecache
 from librecache.backends.memory import MemoryBackend
+from librecache.backends.redis import READ_OR_LOCK, STORE_AND_RELEASE
 from librecache.nearcache import NearCache, copier_of
 from tests.conftest import Deployment
+from tests.servers import RedisClusterFarm
 from tests.test_nearcache import subscribed
 
 Make = Callable[..., librecache.Caches]
@@ -78,8 +80,7 @@ def test_a_memoised_miss_costs_three_round_trips_where_the_lock_meets_the_value(
     """GET (miss); one script that reads the value again and takes the lock
     (its answer is dogpile's re-check); one script that stores the value and
     releases the lock. Before: GET, SET NX, GET, SET, EVAL (five). On a
-    cluster the lock and the value hash to different slots, so the lock is
-    taken and released by its own commands there (five, as before)."""
+    cluster too: the lock's name carries the value key as its hash tag."""
     region = make_caches(deployment.env).region("ROLES")
     created: list[str] = []
 
@@ -88,19 +89,45 @@ def test_a_memoised_miss_costs_three_round_trips_where_the_lock_meets_the_value(
         created.append(name)
         return {"name": name}
 
-    load("warm")  # the scripts are known to the server from now on
+    load("warm")
+    for port in master_ports(deployment):  # the scripts are known to every master from now on
+        with redis.Redis(port=port) as node:
+            node.script_load(READ_OR_LOCK.text)
+            node.script_load(STORE_AND_RELEASE.text)
     cold = f"cold-{uuid.uuid4().hex[:8]}"
     with monitored(master_ports(deployment), cold) as seen:
         assert load(cold) == {"name": cold}
-    if deployment.cluster:
-        assert sorted(seen) == sorted(["GET", "SET", "GET", "SET", "EVAL"]), seen
-    else:
-        assert seen == ["GET", "EVALSHA", "EVALSHA"], seen
+    assert seen == ["GET", "EVALSHA", "EVALSHA"], seen
     assert created == ["warm", cold]
     assert deployment.keys(f"{prefix}::librecache:lock:*") == []  # released
     with monitored(master_ports(deployment), cold) as seen:
         assert load(cold) == {"name": cold}
     assert seen == ["GET"] and created == ["warm", cold]  # a hit: one GET
+
+
+def test_a_key_with_braces_on_a_cluster_takes_its_lock_by_separate_commands(
+        make_caches: Make, cluster_env: dict[str, str], redis_cluster: RedisClusterFarm) -> None:
+    """A value key holding a hash tag of its own hashes by that tag, not with
+    its lock: the lock is taken and released by its own commands (five
+    round trips), and the value is created once and stored."""
+    region = make_caches(cluster_env).region("ROLES")
+    created: list[str] = []
+
+    @region.cache_on_arguments()
+    def load(name: str) -> str:
+        created.append(name)
+        return name.upper()
+
+    key = f"{{tag}}-{uuid.uuid4().hex[:8]}"
+    raw = RedisCluster(host="127.0.0.1", port=redis_cluster.nodes[0].port)
+    try:
+        ports = [int(node.port) for node in raw.get_primaries()]
+        with monitored(ports, key) as seen:
+            assert load(key) == key.upper()
+        assert sorted(seen) == sorted(["GET", "SET", "GET", "SET", "EVAL"]), seen
+        assert load(key) == key.upper() and created == [key]
+    finally:
+        raw.close()
 
 
 def test_the_lock_script_tells_a_waiter_the_value_another_process_stored(
@@ -111,7 +138,7 @@ def test_the_lock_script_tells_a_waiter_the_value_another_process_stored(
     caches = make_caches(redis_env)
     region = caches.region("ROLES")
     other = make_caches(redis_env).region("ROLES")
-    lock = f"{prefix}::librecache:lock:ROLES:k"
+    lock = f"{prefix}::librecache:lock:{{{prefix}::ROLES:k}}"
     raw.set(lock, "another-process", px=5000)  # another process is creating "k"
 
     def create_elsewhere() -> None:
