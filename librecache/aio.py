@@ -38,7 +38,7 @@ from dogpile.cache.exception import DogpileCacheException
 
 from .backends.aio_redis import AsyncRedisStore, Held, keyed_lock
 from .backends.redis import RedisBackend
-from .fastpath import key_function
+from .fastpath import companions, key_function
 
 __all__ = [
     "adelete",
@@ -349,7 +349,7 @@ def memoize_async(region: Any, key_generator: Callable[..., str], user_func: Cal
     async def get(*args: Any, **kwargs: Any) -> Any:
         return await aget(region, key_of(args, kwargs))
 
-    return _companions(cached, user_func, set_, invalidate, get, refresh)
+    return companions(cached, user_func, set_, invalidate, get, refresh)
 
 
 def memoize_multi_async(region: Any, key_generator: Callable[..., Sequence[str]], user_func: Callable[..., Any],
@@ -400,18 +400,4 @@ def memoize_multi_async(region: Any, key_generator: Callable[..., Sequence[str]]
             await aset_multi(region, dict(zip(keys, values, strict=True)))
         return values
 
-    return _companions(cached, user_func, set_, invalidate, get, refresh)
-
-
-def _companions(cached: Callable[..., Any], user_func: Callable[..., Any], set_: Callable[..., Any],
-                invalidate: Callable[..., Any], get: Callable[..., Any],
-                refresh: Callable[..., Any]) -> Callable[..., Any]:
-    # inspect.getfullargspec does not follow __wrapped__ but honours __signature__
-    cached.__signature__ = inspect.signature(user_func)  # type: ignore[attr-defined]
-    for target in (user_func, cached):
-        target.set = set_  # type: ignore[attr-defined]
-        target.invalidate = invalidate  # type: ignore[attr-defined]
-        target.get = get  # type: ignore[attr-defined]
-        target.refresh = refresh  # type: ignore[attr-defined]
-        target.original = user_func  # type: ignore[attr-defined]
-    return cached
+    return companions(cached, user_func, set_, invalidate, get, refresh)

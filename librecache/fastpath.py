@@ -33,7 +33,7 @@ from dogpile.cache.api import NO_VALUE
 
 from .metrics import Creation, thread_creations
 
-__all__ = ["LazyMutex", "creating_uncached", "get_multi", "key_function", "memoize", "parse_metadata"]
+__all__ = ["LazyMutex", "companions", "creating_uncached", "get_multi", "key_function", "memoize", "parse_metadata"]
 
 _SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 #: Arguments -> key pairs remembered per memoised function, at most.
@@ -161,6 +161,16 @@ def memoize(
     def get(*args: Any, **kwargs: Any) -> Any:
         return region.get(key_of(args, kwargs))
 
+    return companions(cached, user_func, set_, invalidate, get, refresh)
+
+
+def companions(cached: Callable[..., Any], user_func: Callable[..., Any], set_: Callable[..., Any],
+               invalidate: Callable[..., Any], get: Callable[..., Any],
+               refresh: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``cached`` (and ``user_func``, as dogpile does) the attributes of
+    a memoised function: ``set``, ``invalidate``, ``get``, ``refresh``,
+    ``original``, and ``user_func``'s signature; shared by :func:`memoize`
+    and :mod:`librecache.aio`."""
     # inspect.getfullargspec does not follow __wrapped__ but honours __signature__
     cached.__signature__ = inspect.signature(user_func)  # type: ignore[attr-defined]
     for target in (user_func, cached):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -11,6 +12,7 @@ import redis
 from redis.cluster import RedisCluster
 
 import librecache
+from librecache import CacheKeys, registry
 from tests.certs import TestCA
 from tests.servers import RedisClusterFarm, RedisSentinelFarm, RedisServer, ServerFarm
 
@@ -100,6 +102,22 @@ def own_server(farm: ServerFarm) -> Iterator[RedisServer]:
     server = farm.server()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def fresh_default(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run with no process default; restore the state afterwards."""
+    for name in list(os.environ):
+        if name.startswith(("REDIS_", "USE_REDIS", "FORCED_IN_MEMORY", "LIBRECACHE_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(registry, "_default", None)
+    monkeypatch.setattr(
+        registry, "_default_regions",
+        {ns: registry.LibreRegion(ns, on_first_use=registry._ensure_default) for ns in CacheKeys},
+    )
+    yield
+    if registry._default is not None:
+        registry._default.close()
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from tests import processes
 from tests.conformance import Counter, in_threads
 from tests.conftest import ACL_PASSWORD, ACL_PREFIX, ACL_USER, Deployment
 from tests.servers import RedisClusterFarm, RedisSentinelFarm, RedisServer, ServerFarm
-from tests.test_registry import fresh_default  # noqa: F401  (a fixture)
 from tests.test_resilience import wait_until
 
 Make = Callable[..., librecache.Caches]

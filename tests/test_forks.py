@@ -29,7 +29,6 @@ from tests.conformance import Counter
 from tests.conftest import Deployment
 from tests.processes import ROOT, child_environment, stop_process
 from tests.servers import LOOPBACK, RedisServer, free_port
-from tests.test_registry import fresh_default  # noqa: F401  (fixture)
 from tests.test_resilience import FAST_RETRY, RECOVERY, wait_until
 
 CHILD_DEADLINE = 15.0  # seconds a child may take before it counts as hung
@@ -149,7 +148,7 @@ def first_calls() -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_thirty_forks_while_threads_are_busy_never_hang(fresh_default: None, deployment: Deployment) -> None:  # noqa: F811
+def test_thirty_forks_while_threads_are_busy_never_hang(fresh_default: None, deployment: Deployment) -> None:
     env = {**deployment.env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "ROLES", "REDIS_PING_INTERVAL": "0.05",
            "FORCED_IN_MEMORY_CACHE_NAMESPACES": "FLOWS", "LIBRECACHE_LOCK_TIMEOUT": "5"}
     hung, timings, errors = 0, [], []
@@ -207,7 +206,7 @@ def invalidation_round(conn: Connection) -> None:
 
 
 @pytest.mark.slow
-def test_multiprocessing_fork_workers_see_invalidations(fresh_default: None, redis_env: dict[str, str]) -> None:  # noqa: F811
+def test_multiprocessing_fork_workers_see_invalidations(fresh_default: None, redis_env: dict[str, str]) -> None:
     caches = librecache.configure(redis_env)
     client = caches.redis
     assert client is not None
@@ -256,7 +255,7 @@ def test_multiprocessing_fork_workers_see_invalidations(fresh_default: None, red
 
 
 def test_near_cache_in_a_child_drops_what_another_process_rewrote(
-    fresh_default: None, redis_env: dict[str, str]  # noqa: F811
+    fresh_default: None, redis_env: dict[str, str]
 ) -> None:
     env = {**redis_env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "ROLES"}
     caches = librecache.configure(env)
@@ -288,7 +287,7 @@ def test_near_cache_in_a_child_drops_what_another_process_rewrote(
         child.end()
 
 
-def test_keepalive_runs_in_a_child(fresh_default: None, redis_env: dict[str, str]) -> None:  # noqa: F811
+def test_keepalive_runs_in_a_child(fresh_default: None, redis_env: dict[str, str]) -> None:
     caches = librecache.configure({**redis_env, "REDIS_PING_INTERVAL": "0.2"})
     caches.region("TOOLS").set("k", 1)
 
@@ -337,7 +336,7 @@ def outage_child(conn: Connection) -> None:
 
 
 @pytest.mark.slow
-def test_children_resume_caching_after_an_outage(fresh_default: None, own_server: RedisServer) -> None:  # noqa: F811
+def test_children_resume_caching_after_an_outage(fresh_default: None, own_server: RedisServer) -> None:
     env = {"USE_REDIS": "true", "REDIS_URI": own_server.url, "REDIS_KEY_PREFIX": "forked", **FAST_RETRY}
     caches = librecache.configure(env)
     caches.region("TOOLS").set("warm", 1)

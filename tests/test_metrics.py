@@ -25,7 +25,6 @@ from librecache import metrics
 from librecache.fastpath import LazyMutex
 from tests.conftest import Deployment
 from tests.servers import RedisServer, ServerFarm
-from tests.test_registry import fresh_default  # noqa: F401  (a fixture)
 from tests.test_resilience import FAST_RETRY, wait_until
 
 Make = Callable[..., librecache.Caches]

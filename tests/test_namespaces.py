@@ -5,7 +5,7 @@ import time; the command; every startup error."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -166,21 +166,6 @@ def test_declared_namespace_with_a_near_cache(redis_env: dict[str, str], make_ca
 
 
 # -- the process default -----------------------------------------------------------
-
-
-@pytest.fixture
-def fresh_default(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(__import__("os").environ):
-        if name.startswith(("REDIS_", "USE_REDIS", "FORCED_IN_MEMORY", "LIBRECACHE_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setattr(registry, "_default", None)
-    monkeypatch.setattr(
-        registry, "_default_regions",
-        {ns: registry.LibreRegion(ns, on_first_use=registry._ensure_default) for ns in CacheKeys},
-    )
-    yield
-    if registry._default is not None:
-        registry._default.close()
 
 
 def test_get_region_of_a_declared_namespace_before_configure(fresh_default: None, monkeypatch: pytest.MonkeyPatch,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from dogpile.cache.region import CacheRegion
@@ -11,22 +11,6 @@ from dogpile.cache.region import CacheRegion
 import librecache
 from librecache import CacheKeys, ConfigurationError, UnknownNamespaceError, registry
 from tests import processes
-
-
-@pytest.fixture
-def fresh_default(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Run with no process default; restore the state afterwards."""
-    for name in list(__import__("os").environ):
-        if name.startswith(("REDIS_", "USE_REDIS", "FORCED_IN_MEMORY", "LIBRECACHE_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setattr(registry, "_default", None)
-    monkeypatch.setattr(
-        registry, "_default_regions",
-        {ns: registry.LibreRegion(ns, on_first_use=registry._ensure_default) for ns in CacheKeys},
-    )
-    yield
-    if registry._default is not None:
-        registry._default.close()
 
 
 def test_region_lookup_by_member_and_name(make_caches: Callable[..., librecache.Caches]) -> None:

@@ -421,8 +421,7 @@ def test_master_killed_under_load(make_caches: Make, own_sentinel: RedisSentinel
     wait_until(lambda: load.creations_during(0.3) == 0, 20)
     # the old master comes back: Sentinel makes it a replica, and nothing it held is served
     victim.restart()
-    own_sentinel.wait_healthy()
-    assert own_sentinel.master is survivor
+    own_sentinel.wait_healthy()  # (a loaded machine may even see a second failover, back to it)
     wait_until(lambda: load.creations_during(0.3) == 0, 20)
     load.stop()
     assert load.wrong == [] and load.errors == []
@@ -432,7 +431,7 @@ def test_master_killed_under_load(make_caches: Make, own_sentinel: RedisSentinel
     COUNTED["SIGKILL under load: errors met, calls answered without Redis, calls made"] = (
         health["errors"], health["fallthroughs"], load.calls)
     # a value written on the new master is what is served, near caches or not
-    master = redis.Redis(port=survivor.port)
+    master = redis.Redis(port=own_sentinel.master.port)
     region.set("fresh", "old")
     master.set(f"{prefix}::TOOLS:fresh", master.get(f"{prefix}::TOOLS:probe") or b"")
     assert region.get("fresh") == "after the crash"
