@@ -366,7 +366,11 @@ def test_async_stampede_across_processes_runs_the_creator_once(deployment: Deplo
     assert [report["results"] for report in reports] == [["the value of cold"] * 10] * 3
     caches = make_caches(deployment.env)
     assert caches.redis is not None
-    assert int(caches.redis.get("creator-calls")) == 1
+    calls = int(caches.redis.get("creator-calls"))
+    # exactly once while Redis answers; a call that met an error (a loaded machine's
+    # time-out) degrades to the process's own lock, as documented
+    troubled = [report for report in reports if report["errors"] or report["fallthroughs"]]
+    assert calls == 1 or (troubled and calls <= 1 + len(troubled)), (calls, reports)
 
 
 def test_invalidation_from_a_sync_process_reaches_async_readers(deployment: Deployment, make_caches: Make) -> None:

@@ -389,11 +389,18 @@ def by_worker(url: str, expect: Callable[[dict[str, Any]], bool], workers: int, 
     sync worker must take one (an idle worker that hung would show)."""
     seen: dict[int, Any] = {}
     last: dict[int, Any] = {}
+    failures: list[str] = []
 
     def done() -> bool:
         answers: list[Any] = []
-        threads = [threading.Thread(target=lambda: answers.append(get_json(f"{url}?hold=0.3")))
-                   for _ in range(workers)]
+
+        def ask() -> None:
+            try:
+                answers.append(get_json(f"{url}?hold=0.3"))
+            except OSError as exc:  # a worker that does not answer: shown if the wait fails
+                failures.append(repr(exc))
+
+        threads = [threading.Thread(target=ask) for _ in range(workers)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -407,7 +414,8 @@ def by_worker(url: str, expect: Callable[[dict[str, Any]], bool], workers: int, 
     try:
         wait_until(done, timeout)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; the last answer of each worker: {last}") from None
+        raise AssertionError(f"{exc}; the last answer of each worker: {last}; failed requests: {failures[-5:]}") \
+            from None
     return seen
 
 
@@ -427,7 +435,7 @@ def test_gunicorn_preload_workers(own_server: RedisServer) -> None:
         wait_for_http(f"{base}/version", 30, gunicorn)
         admin.set("gunicorn::version", 1)
         get_json(f"{base}/invalidate")
-        first = by_worker(f"{base}/version", lambda a: a["version"] == 1, 2, 20)
+        first = by_worker(f"{base}/version", lambda a: a["version"] == 1, 2, 60)
         assert len(first) == 2
         # one worker invalidates: every worker recomputes
         admin.set("gunicorn::version", 2)

@@ -161,7 +161,9 @@ def async_stampede() -> None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
         return list(await asyncio.gather(*(value_of(os.environ["KEY"]) for _ in range(int(os.environ["TASKS"])))))
 
-    say(results=asyncio.run(main()))
+    results = asyncio.run(main())
+    health = caches.health() or {}
+    say(results=results, errors=health.get("errors", 0), fallthroughs=health.get("fallthroughs", 0))
     caches.close()
 
 
