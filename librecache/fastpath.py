@@ -31,6 +31,7 @@ from typing import Any
 
 from dogpile.cache.api import NO_VALUE
 
+from ._compat import DOGPILE_METADATA_DELIMITER
 from .metrics import Creation, thread_creations
 
 __all__ = ["LazyMutex", "companions", "creating_uncached", "get_multi", "key_function", "memoize", "parse_metadata"]
@@ -196,15 +197,14 @@ def _read_fresh(region: Any, key: str, timeout: float | None, reads: list[Any]) 
         return NO_VALUE  # get_or_create reads it (a json or keyv namespace: through its format)
     raw = backend.get_serialized(key)
     if raw is not NO_VALUE:
-        header, _, pickled = raw.partition(b"|")
-        if header[:7] == _CT_HEAD and header[-9:] == _CT_TAIL:
-            expires = region.expiration_time if timeout is None else timeout
+        created, pickled = dogpile_header(raw)
+        expires = region.expiration_time if timeout is None else timeout
+        if created is not None and created > 0 \
+                and (expires is None or expires == -1 or time.time() - created <= expires) \
+                and not region.region_invalidator.is_invalidated(created):
             try:
-                created = float(header[7:-9])
-                if created > 0 and (expires is None or expires == -1 or time.time() - created <= expires) \
-                        and not region.region_invalidator.is_invalidated(created):
-                    return loads(pickled)
-            except Exception:  # not a time stamp, or not unpickled: as get_or_create reads it (logged)
+                return loads(pickled)
+            except Exception:  # not unpickled: as get_or_create reads it (logged)
                 pass
     remember(key, raw)
     return NO_VALUE
@@ -317,6 +317,20 @@ _CT_HEAD = b'{"ct": '
 _CT_TAIL = b', "v": 2}'
 
 
+def dogpile_header(raw: bytes) -> tuple[float | None, bytes]:
+    """The creation time and the pickled payload of a value in dogpile's
+    usual form, ``{"ct": <float>, "v": 2}|<pickle>``, read without
+    :mod:`json`; the creation time is ``None`` for anything else (which the
+    region then parses as it parses every value)."""
+    header, _, payload = raw.partition(DOGPILE_METADATA_DELIMITER)
+    if header[:7] != _CT_HEAD or header[-9:] != _CT_TAIL:
+        return None, payload
+    try:
+        return float(header[7:-9]), payload
+    except ValueError:
+        return None, payload
+
+
 def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expiration: bool) -> list[Any]:
     """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_multi` of
     ``region``, with the same results: each value, or ``NO_VALUE`` when it
@@ -356,8 +370,8 @@ def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expi
             if value is NO_VALUE:
                 append(NO_VALUE)
                 continue
-            header, _, pickled = value.partition(b"|")
-            if header[:7] == _CT_HEAD and header[-9:] == _CT_TAIL:
+            created, pickled = dogpile_header(value)
+            if created is not None:
                 try:
                     append(loads(pickled))
                     continue
@@ -374,12 +388,10 @@ def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expi
         if not raw:
             created = value.metadata["ct"]
         else:  # dogpile's usual header, parsed here; anything else as the region parses it
-            header, _, payload = value.partition(b"|")
-            try:
-                if header[:7] != _CT_HEAD or header[-9:] != _CT_TAIL:
-                    raise ValueError(header)
-                created = float(header[7:-9])
-            except ValueError:
+            parsed, payload = dogpile_header(value)
+            if parsed is not None:
+                created = parsed
+            else:
                 value = region._parse_serialized_from_backend(value)
                 if value is NO_VALUE:
                     append(NO_VALUE)
