@@ -261,9 +261,7 @@ class InvalidationBus:
         with self._load_lock:
             if self._wanted and self._thread is None:
                 self.start()  # first read in a forked child
-            if self.loaded and not force:
-                return
-            if not force and time.monotonic() < self._retry_at:
+            if not force and not self.load_due():
                 return
             try:
                 client = self._connection.client

@@ -39,7 +39,7 @@ from ..config import CacheConfig
 from ..connection import RedisConnection, _demoted, limited
 from ..health import OUTAGE, classify
 from ..replies import text
-from .redis import _RELEASE, LOCK_POLL_INTERVAL, RedisBackend
+from .redis import _RELEASE, LOCK_POLL_INTERVAL, RedisBackend, lock_expired
 
 __all__ = ["AsyncClients", "AsyncRedisStore", "Held", "aclose_clients", "aguard", "close_clients", "keyed_lock"]
 
@@ -544,6 +544,5 @@ class AsyncRedisStore:
             lambda: connection.abandon_lock(name, token, self.backend.lock_timeout),
         )
         if released == 0:
-            log.warning("creation lock %s expired before the value was stored; "
-                        "raise LIBRECACHE_LOCK_TIMEOUT if creating values takes that long", name)
+            lock_expired(name)
 

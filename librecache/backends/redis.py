@@ -24,7 +24,7 @@ from ..signing import Signer
 from . import take_arguments
 from .memory import check_picklable
 
-__all__ = ["READ_OR_LOCK", "STORE_AND_RELEASE", "RedisBackend", "RedisMutex"]
+__all__ = ["READ_OR_LOCK", "STORE_AND_RELEASE", "RedisBackend", "RedisMutex", "lock_expired"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,13 @@ if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[1]) else redis.call('SET',
 if redis.call('GET', KEYS[2]) == ARGV[2] then return redis.call('DEL', KEYS[2]) end
 return 0
 """)
+
+
+def lock_expired(name: str) -> None:
+    """Log that the creation lock ``name`` expired before its holder stored
+    the value (another creator may have run meanwhile)."""
+    log.warning("creation lock %s expired before the value was stored; "
+                "raise LIBRECACHE_LOCK_TIMEOUT if creating values takes that long", name)
 
 
 class RedisMutex(CacheMutex):
@@ -235,14 +242,8 @@ class RedisMutex(CacheMutex):
         released = STORE_AND_RELEASE(client, (self._value_key, self._name), (value, token, expires_ms or ""))
         self._token = None
         if released == 0:
-            self._expired()
+            lock_expired(self._name)
         return True
-
-    def _expired(self) -> None:
-        log.warning(
-            "creation lock %s expired before the value was stored; "
-            "raise LIBRECACHE_LOCK_TIMEOUT if creating values takes that long", self._name,
-        )
 
     def release(self) -> None:
         token, self._token = self._token, None
@@ -257,7 +258,7 @@ class RedisMutex(CacheMutex):
                     lambda: self._connection.abandon_lock(self._name, token, self._timeout),
                 )
                 if released == 0:
-                    self._expired()
+                    lock_expired(self._name)
         finally:
             self._local.release()
 
