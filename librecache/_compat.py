@@ -121,9 +121,17 @@ class _Permanent(Exception):
         self.error = error
 
 
-def _marked(do: Callable[[], T], transient: Callable[[Exception], bool]) -> Callable[[], T]:
+def _marked(do: Callable[[], T], transient: Callable[[Exception], bool], first: Exception) -> Callable[[], T]:
+    """``do`` for redis-py's retry loop, whose first attempt already failed
+    with ``first``: the loop sees that failure as its own first attempt
+    (same classification, ``fail`` handler, back-off and count), then calls
+    ``do`` again; a failure ``transient`` refuses comes out as :class:`_Permanent`."""
+    pending: list[Exception] = [first]
+
     def attempt() -> T:
         try:
+            if pending:
+                raise pending.pop()
             return do()
         except Exception as exc:
             if transient(exc):
@@ -135,14 +143,15 @@ def _marked(do: Callable[[], T], transient: Callable[[Exception], bool]) -> Call
 
 def call_transient_only(
     call: Callable[..., T], do: Callable[[], T], fail: Callable[..., Any], args: tuple[Any, ...],
-    kwargs: dict[str, Any], transient: Callable[[Exception], bool],
+    kwargs: dict[str, Any], transient: Callable[[Exception], bool], first: Exception,
 ) -> T:
     """``Retry.call_with_retry`` (passed as ``call``, with whatever
-    arguments this redis-py version passes) that retries only failures
-    ``transient`` accepts: the others are raised at once. Public API only:
-    redis-py's ``is_retryable`` argument exists from 6.x/7.x on only."""
+    arguments this redis-py version passes) after a first attempt of ``do``
+    failed with ``first``, retrying only failures ``transient`` accepts: the
+    others are raised at once. Public API only: redis-py's ``is_retryable``
+    argument exists from 6.x/7.x on only."""
     try:
-        return call(_marked(do, transient), fail, *args, **kwargs)
+        return call(_marked(do, transient, first), fail, *args, **kwargs)
     except _Permanent as wrapped:
         error = wrapped.error
     raise error
@@ -150,12 +159,15 @@ def call_transient_only(
 
 async def call_transient_only_async(
     call: Callable[..., Awaitable[T]], do: Callable[[], Awaitable[T]], fail: Callable[..., Any],
-    args: tuple[Any, ...], kwargs: dict[str, Any], transient: Callable[[Exception], bool],
+    args: tuple[Any, ...], kwargs: dict[str, Any], transient: Callable[[Exception], bool], first: Exception,
 ) -> T:
     """The asyncio twin of :func:`call_transient_only`."""
+    pending: list[Exception] = [first]
 
     async def attempt() -> T:
         try:
+            if pending:
+                raise pending.pop()
             return await do()
         except Exception as exc:
             if transient(exc):

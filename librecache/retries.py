@@ -35,10 +35,19 @@ MAX_COMMAND_RETRIES = 1
 class FailFastRetry(Retry):
     """redis-py's :class:`~redis.retry.Retry` that does not retry permanent
     failures (:func:`is_transient`): they are reported at once, with the
-    reason, instead of after the whole back-off schedule."""
+    reason, instead of after the whole back-off schedule.
+
+    The first attempt runs outside redis-py's retry loop (nearly every
+    command succeeds at once, and the loop's wrapping costs on each); a
+    failure of it is handed to the loop as the loop's own first attempt:
+    the same ``fail`` call, back-off and count of attempts."""
 
     def call_with_retry(self, do: Callable[[], Any], fail: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return call_transient_only(super().call_with_retry, do, fail, args, kwargs, is_transient)
+        try:
+            return do()
+        except Exception as exc:
+            first = exc
+        return call_transient_only(super().call_with_retry, do, fail, args, kwargs, is_transient, first)
 
 
 def retry_policy(config: CacheConfig, retry_class: type[Retry] | type[AsyncRetry] = FailFastRetry) -> Any:
@@ -55,4 +64,8 @@ class AsyncFailFastRetry(AsyncRetry):
     async def call_with_retry(  # type: ignore[override]
         self, do: Callable[[], Any], fail: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Any:
-        return await call_transient_only_async(super().call_with_retry, do, fail, args, kwargs, is_transient)
+        try:
+            return await do()
+        except Exception as exc:
+            first = exc
+        return await call_transient_only_async(super().call_with_retry, do, fail, args, kwargs, is_transient, first)

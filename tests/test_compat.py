@@ -5,6 +5,7 @@ production. Sections per library."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import os
 import pickle
@@ -128,6 +129,60 @@ def test_fail_fast_retry_on_this_redis_version(error: Exception, expected_attemp
     assert raised.value is error
     assert len(attempts) == expected_attempts, f"{REDIS}: Retry.call_with_retry"
     assert len(failed) == (expected_attempts if expected_attempts > 1 else 0)  # fail() only for retried ones
+
+
+@pytest.mark.parametrize("fails", [0, 1, 2])
+def test_fail_fast_retry_counts_attempts_exactly_with_an_unwrapped_first_one(fails: int) -> None:
+    """The first attempt runs outside redis-py's loop; a failure of it is
+    that loop's first failure: the same fail() calls and attempt count."""
+    attempts: list[int] = []
+    failed: list[Any] = []
+    retry = FailFastRetry(_compat.jitter_backoff(base=0.0, cap=0.0), 2)
+
+    def do() -> str:
+        attempts.append(1)
+        if len(attempts) <= fails:
+            raise RedisConnectionError("dropped")
+        return "answer"
+
+    assert retry.call_with_retry(do, failed.append) == "answer"
+    assert len(attempts) == fails + 1, f"{REDIS}: Retry.call_with_retry"
+    assert len(failed) == fails
+
+
+@pytest.mark.parametrize(("error", "expected_attempts"), [
+    (RedisConnectionError("dropped"), 3),
+    (AuthenticationError("invalid password"), 1),
+])
+def test_async_fail_fast_retry_on_this_redis_version(error: Exception, expected_attempts: int) -> None:
+    from librecache.retries import AsyncFailFastRetry
+
+    attempts: list[int] = []
+    failed: list[Any] = []
+    retry = AsyncFailFastRetry(_compat.jitter_backoff(base=0.0, cap=0.0), 2)
+
+    async def do() -> str:
+        attempts.append(1)
+        raise error
+
+    async def fail(error: Exception) -> None:
+        failed.append(error)
+
+    async def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) <= 1:
+            raise RedisConnectionError("dropped")
+        return "answer"
+
+    with pytest.raises(type(error)) as raised:
+        asyncio.run(retry.call_with_retry(do, fail))
+    assert raised.value is error
+    assert len(attempts) == expected_attempts, f"{REDIS}: asyncio Retry.call_with_retry"
+    assert len(failed) == (expected_attempts if expected_attempts > 1 else 0)
+    attempts.clear()
+    failed.clear()
+    assert asyncio.run(retry.call_with_retry(flaky, fail)) == "answer"
+    assert (len(attempts), len(failed)) == (2, 1)
 
 
 def test_fail_fast_retry_keeps_a_permanent_errors_cause() -> None:
