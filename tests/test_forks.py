@@ -519,3 +519,27 @@ def test_fork_figures_are_reported() -> None:
     """Runs last in this module: prints what the fork tests measured."""
     for name, seconds in {**FIGURES, **{k: v for k, v in RECOVERY.items() if "fork" in k}}.items():
         print(f"FORKS {name}: {seconds * 1000:.0f} ms")
+
+
+def test_lock_tokens_differ_between_a_parent_and_its_forked_children() -> None:
+    """Creation-lock tokens are a random per-process prefix and a counter:
+    a forked child draws a new prefix, so it never repeats its parent's
+    tokens (or a sibling's)."""
+    from librecache.backends.redis import lock_token
+
+    parent = {lock_token() for _ in range(100)}
+    assert len(parent) == 100
+    seen: list[set[str]] = []
+    for _ in range(3):
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child
+            os.write(write, " ".join(lock_token() for _ in range(100)).encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            seen.append(set(pipe.read().split()))
+        os.waitpid(child, 0)
+    for tokens in seen:
+        assert len(tokens) == 100 and not tokens & parent
+    assert not seen[0] & seen[1] and not seen[1] & seen[2]

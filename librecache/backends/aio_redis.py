@@ -24,7 +24,6 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -39,7 +38,7 @@ from ..config import CacheConfig
 from ..connection import RedisConnection, _demoted, limited
 from ..health import OUTAGE, classify
 from ..replies import text
-from .redis import _RELEASE, LOCK_POLL_INTERVAL, RedisBackend, lock_expired
+from .redis import _RELEASE, LOCK_POLL_INTERVAL, RedisBackend, lock_expired, lock_token
 
 __all__ = ["AsyncClients", "AsyncRedisStore", "Held", "aclose_clients", "aguard", "close_clients", "keyed_lock"]
 
@@ -495,7 +494,7 @@ class AsyncRedisStore:
         """The token of the Redis lock ``name`` (``_LOCAL_ONLY`` while Redis
         cannot take locks), or ``None`` when it is held elsewhere past ``deadline``."""
         connection = self.connection
-        token = uuid.uuid4().hex
+        token = lock_token()
         lifetime = self.backend.lock_timeout
         lifetime_ms = max(1, int(lifetime * 1000))
 

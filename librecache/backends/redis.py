@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ from ..signing import Signer
 from . import take_arguments
 from .memory import check_picklable
 
-__all__ = ["READ_OR_LOCK", "STORE_AND_RELEASE", "RedisBackend", "RedisMutex", "lock_expired"]
+__all__ = ["READ_OR_LOCK", "STORE_AND_RELEASE", "RedisBackend", "RedisMutex", "lock_expired", "lock_token"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,27 @@ if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[1]) else redis.call('SET',
 if redis.call('GET', KEYS[2]) == ARGV[2] then return redis.call('DEL', KEYS[2]) end
 return 0
 """)
+
+
+class _Tokens:
+    """Creation-lock tokens: unique across processes (a random prefix of
+    64 bits, drawn again in every forked child) and within one (a
+    counter); a tenth of the cost of :func:`uuid.uuid4` per lock."""
+
+    def __init__(self) -> None:
+        self.renew()
+        os.register_at_fork(after_in_child=self.renew)
+
+    def renew(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):x}"
+
+
+#: A new creation-lock token (shared by the sync and asyncio locks).
+lock_token = _Tokens()
 
 
 def lock_expired(name: str) -> None:
@@ -159,7 +181,7 @@ class RedisMutex(CacheMutex):
 
     def _take(self, deadline: float | None) -> bool:
         connection = self._connection
-        token = uuid.uuid4().hex
+        token = lock_token()
         lifetime_ms = max(1, int(self._timeout * 1000))
         # a blocking acquisition is followed by dogpile's re-check of the value
         value_key = self._value_key if deadline != 0.0 else None
