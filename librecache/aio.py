@@ -38,7 +38,11 @@ from dogpile.cache.exception import DogpileCacheException
 
 from .backends.aio_redis import AsyncRedisStore, Held, keyed_lock
 from .backends.redis import RedisBackend
+from .fastpath import SOFT_WITHOUT_TTL as _SOFT_WITHOUT_TTL
 from .fastpath import companions, key_function
+from .fastpath import expiration_of as _expiration
+from .fastpath import fresh as _fresh
+from .fastpath import judge as _judge
 
 __all__ = [
     "adelete",
@@ -52,9 +56,6 @@ __all__ = [
     "memoize_async",
     "memoize_multi_async",
 ]
-
-_SOFT_WITHOUT_TTL = "Non-None expiration time required for soft invalidation"
-
 
 class MemoryStore:
     """The async door of a memory namespace: the region's own backend
@@ -113,32 +114,6 @@ def _count(region: Any, hits: int, misses: int) -> None:
     if stats is not None:
         stats.hits += hits
         stats.misses += misses
-
-
-def _expiration(region: Any, expiration_time: float | None) -> float | None:
-    """``get_or_create``'s reading of its ``expiration_time`` argument."""
-    if expiration_time is None:
-        expiration_time = region.expiration_time
-    return None if expiration_time == -1 else expiration_time
-
-
-def _judge(region: Any, value: Any, key: Any, expiration_time: float | None) -> tuple[Any, float] | None:
-    """``(payload, created)`` of a value ``get_or_create`` may use (created
-    as dogpile's soft invalidation reads it), or ``None`` when the value
-    must be created: dogpile's own tests."""
-    if region._is_cache_miss(value, key):
-        return None
-    created = value.metadata["ct"]
-    if region.region_invalidator.is_soft_invalidated(created):
-        if expiration_time is None:
-            raise DogpileCacheException(_SOFT_WITHOUT_TTL)
-        created = time.time() - expiration_time - 0.0001
-    return value.payload, created
-
-
-def _fresh(found: tuple[Any, float] | None, expiration_time: float | None) -> bool:
-    """dogpile's ``Lock._is_expired``, negated."""
-    return found is not None and (expiration_time is None or time.time() - found[1] <= expiration_time)
 
 
 async def _create(region: Any, creator: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE
+from dogpile.cache.exception import DogpileCacheException
 
 from ._compat import DOGPILE_METADATA_DELIMITER
 from .metrics import Creation, thread_creations
@@ -39,6 +40,8 @@ __all__ = ["LazyMutex", "companions", "creating_uncached", "get_multi", "key_fun
 _SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 #: Arguments -> key pairs remembered per memoised function, at most.
 MEMO_SIZE = 4096
+#: What :func:`_read_fresh` returns when Redis holds no value for the key.
+ABSENT: Any = object()
 _METADATA = re.compile(rb'^\{"ct": ([0-9.e+-]+), "v": (\d+)\}$')
 
 
@@ -137,6 +140,8 @@ def memoize(
                                region.region_invalidator)
         else:  # so does a fresh value read from Redis
             found = _read_fresh(region, keys[1], timeout, reads)
+        if found is ABSENT:  # a cold miss: dogpile's rules for it, without its lock machinery
+            return _create_absent(region, keys[1], creation, timeout, should_cache_fn, args, kwargs)
         if found is NO_VALUE:
             try:
                 return get_or_create(keys[0], creation, timeout, should_cache_fn, (args, kwargs))
@@ -188,26 +193,87 @@ def _read_fresh(region: Any, key: str, timeout: float | None, reads: list[Any]) 
     would return it as it is (stored in dogpile's usual header, fresh, not
     invalidated), else ``NO_VALUE``; what was read is then kept for
     ``get_or_create``'s first read (``remember_read``), so a miss costs no
-    extra round trip. Only for a backend with ``remember_read`` (Redis, not
-    wrapped in proxies: they see every read) and a region without an
+    extra round trip; :data:`ABSENT` when Redis holds no value (nothing to
+    hand on). Only for a backend with ``remember_read`` (Redis, not wrapped
+    in proxies: they see every read) and a region without an
     ``async_creation_runner``."""
     backend, remember = reads
     loads = region.deserializer
     if remember is None or loads is None or region.async_creation_runner is not None or region._format is not None:
         return NO_VALUE  # get_or_create reads it (a json or keyv namespace: through its format)
     raw = backend.get_serialized(key)
-    if raw is not NO_VALUE:
-        created, pickled = dogpile_header(raw)
-        expires = region.expiration_time if timeout is None else timeout
-        if created is not None and created > 0 \
-                and (expires is None or expires == -1 or time.time() - created <= expires) \
-                and not region.region_invalidator.is_invalidated(created):
-            try:
-                return loads(pickled)
-            except Exception:  # not unpickled: as get_or_create reads it (logged)
-                pass
+    if raw is NO_VALUE:
+        return ABSENT
+    created, pickled = dogpile_header(raw)
+    expires = region.expiration_time if timeout is None else timeout
+    if created is not None and created > 0 \
+            and (expires is None or expires == -1 or time.time() - created <= expires) \
+            and not region.region_invalidator.is_invalidated(created):
+        try:
+            return loads(pickled)
+        except Exception:  # not unpickled: as get_or_create reads it (logged)
+            pass
     remember(key, raw)
     return NO_VALUE
+#: dogpile's message when soft invalidation meets a value without expiration time.
+SOFT_WITHOUT_TTL = "Non-None expiration time required for soft invalidation"
+
+
+def expiration_of(region: Any, expiration_time: float | None) -> float | None:
+    """``get_or_create``'s reading of its ``expiration_time`` argument."""
+    if expiration_time is None:
+        expiration_time = region.expiration_time
+    return None if expiration_time == -1 else expiration_time
+
+
+def judge(region: Any, value: Any, key: Any, expiration_time: float | None) -> tuple[Any, float] | None:
+    """``(payload, created)`` of a value ``get_or_create`` may use (created
+    as dogpile's soft invalidation reads it), or ``None`` when the value
+    must be created: dogpile's own tests (its ``get_value``)."""
+    if region._is_cache_miss(value, key):
+        return None
+    created = value.metadata["ct"]
+    if region.region_invalidator.is_soft_invalidated(created):
+        if expiration_time is None:
+            raise DogpileCacheException(SOFT_WITHOUT_TTL)
+        created = time.time() - expiration_time - 0.0001
+    return value.payload, created
+
+
+def fresh(found: tuple[Any, float] | None, expiration_time: float | None) -> bool:
+    """dogpile's ``Lock._is_expired``, negated."""
+    return found is not None and (expiration_time is None or time.time() - found[1] <= expiration_time)
+
+
+def _create_absent(region: Any, key: str, creation: Creation, timeout: float | None, should_cache_fn: Any,
+                   args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``get_or_create`` of the mangled ``key`` whose read found nothing in
+    Redis, by dogpile's rules for that case (its ``Lock``: take the creation
+    mutex, re-check the value, create, store, release) without the lock
+    machinery around them: the same mutex (:class:`LazyMutex`, so the
+    creation lock, its budget and its counters), the same re-check (answered
+    by the lock's own script), the same creator wrapper, checks and store."""
+    expiration_time = expiration_of(region, timeout)
+    mutex = region._mutex(key)
+    mutex.acquire()
+    try:
+        again = judge(region, region._get_from_backend(key), key, expiration_time)
+        if fresh(again, expiration_time):  # another caller created it meanwhile
+            stats = region._stats
+            if stats is not None:
+                stats.hits += 1
+            return again[0]  # type: ignore[index]
+        created = creation(*args, **kwargs)
+        value = region._value(created)
+        if expiration_time is None and region.region_invalidator.was_soft_invalidated():
+            raise DogpileCacheException(SOFT_WITHOUT_TTL)
+        if not should_cache_fn or should_cache_fn(created):
+            region._set_cached_value_to_backend(key, value)
+        return created
+    finally:
+        mutex.release()
+
+
 def key_function(key_generator: Callable[..., str],
                  user_func: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], str]:
     """(args, kwargs) -> the key of a memoised call, as dogpile computes it
