@@ -13,9 +13,11 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
+from redis.crc import key_slot
+
 from .keys import AnyNamespace
 
-__all__ = ["MAX_KEY_LENGTH", "KeySpace", "key_text", "memory_mangler"]
+__all__ = ["MAX_KEY_LENGTH", "KeySpace", "key_text", "memory_mangler", "same_slot"]
 
 #: Keys longer than this many characters keep their readable head and hash
 #: the rest (memcached's limit, and a sensible bound for Redis memory).
@@ -156,3 +158,13 @@ class KeySpace:
         base = self.root if namespace is None else self.namespace(namespace)
         escaped = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in base)
         return escaped + "*"
+
+
+def same_slot(key: str, lock: str) -> bool:
+    """Whether a cluster keeps ``key`` and its creation ``lock`` (as
+    :meth:`KeySpace.lock` names it) in one slot. Without computing slots
+    when the key holds no brace and the lock's first brace opens it: the
+    hash tag is then the whole key."""
+    if "{" not in key and "}" not in key and lock.find("{") == len(lock) - len(key) - 2:
+        return True
+    return bool(key_slot(key.encode("utf-8")) == key_slot(lock.encode("utf-8")))

@@ -239,3 +239,16 @@ def test_clear_removes_its_namespace_only_on_every_master(make_caches: Make, dep
     assert caches.clear("TOOLS") == 2500
     assert deployment.keys(f"{prefix}::TOOLS:*") == []
     assert caches.region("ROLES").get("keep") == 1
+
+
+@pytest.mark.parametrize("prefix", ["p", "", "a{b}", "x}y"])
+@pytest.mark.parametrize("key", ["p::ROLES:k", "p::ROLES:{tag}k", "p::ROLES:k}", "raw", "r{aw", "{}", "a{b}::ROLES:z"])
+def test_same_slot_agrees_with_the_slots_redis_py_computes(prefix: str, key: str) -> None:
+    """same_slot (which skips computing slots for brace-free keys) agrees
+    with the slots redis-py computes."""
+    from redis.crc import key_slot
+
+    from librecache.keying import KeySpace, same_slot
+
+    name = KeySpace(prefix).lock(key)
+    assert same_slot(key, name) == (key_slot(key.encode()) == key_slot(name.encode()))

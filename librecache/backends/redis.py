@@ -12,11 +12,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE, BytesBackend, CacheMutex, SerializedReturnType
-from redis.crc import key_slot
 from redis.exceptions import ConnectionError, NoScriptError
 
 from ..connection import RedisConnection
-from ..keying import KeySpace
+from ..keying import KeySpace, same_slot
 from ..keys import CacheKeys
 from ..logs import RateLimitedLog
 from ..nearcache import NearCache
@@ -476,7 +475,7 @@ class RedisBackend(BytesBackend):
     def get_mutex(self, key: str) -> RedisMutex:
         name = self.keyspace.lock(key)
         # one script may touch the value and its lock only when both live in one slot
-        together = not self.cluster or key_slot(key.encode("utf-8")) == key_slot(name.encode("utf-8"))
+        together = not self.cluster or same_slot(key, name)
         return RedisMutex(self.connection, name, self.lock_timeout, self.stats,
                           value_key=key if together else None, held=self._held)
 
