@@ -446,11 +446,30 @@ def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expi
             value = region._parse_serialized_from_backend(value)
             append(value if value is NO_VALUE else value.payload)
         return values
+    oldest = _oldest_text(region.region_invalidator, now, expiration_time, is_invalidated) if raw else None
+    if oldest is not None:  # dogpile's usual headers compared as text: no float parsed
+        for value in found:
+            if value is NO_VALUE:
+                append(NO_VALUE)
+                continue
+            header, _, payload = value.partition(DOGPILE_METADATA_DELIMITER)
+            if header[:7] == _CT_HEAD and header[-9:] == _CT_TAIL and header[17:18] == b"." \
+                    and header[7:17].isdigit():
+                if header[7:-9] < oldest:
+                    append(NO_VALUE)
+                    continue
+                try:
+                    append(loads(payload))
+                    continue
+                except Exception:  # CantDeserializeException, or corrupt: as the region reads it (logged)
+                    pass
+            append(_judged(region, value, now, expiration_time, is_invalidated))
+        return values
     for value in found:
         if value is NO_VALUE or value is None:
             append(NO_VALUE)
             continue
-        payload: Any = NO_VALUE
+        payload = NO_VALUE
         if not raw:
             created = value.metadata["ct"]
         else:  # dogpile's usual header, parsed here; anything else as the region parses it
@@ -476,3 +495,39 @@ def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expi
                 value = region._parse_serialized_from_backend(value)
                 append(value if value is NO_VALUE else value.payload)
     return values
+
+
+def _oldest_text(invalidator: Any, now: float, expiration_time: float | None,
+                 is_invalidated: Callable[[float], bool] | None) -> bytes | None:
+    """The creation time before which a value is stale (expired, or
+    invalidated), as dogpile's header writes times (``repr``: ten integer
+    digits, a point, the decimals), so that headers of that form compare
+    with it as text exactly as their times compare as numbers (the point at
+    the same place; shorter decimals are smaller); ``None`` when that
+    cannot be (an invalidator of another kind, a time of another form)."""
+    oldest = 0.0 if expiration_time is None else now - expiration_time
+    if is_invalidated is not None:
+        before = getattr(invalidator, "invalidated_before", None)
+        if before is None:
+            return None
+        oldest = max(oldest, before())
+    text = repr(oldest).encode()
+    if oldest == 0.0:
+        return b"0"  # every ten-digit time is later
+    if len(text) > 11 and text[10:11] == b"." and text[:10].isdigit():
+        return text
+    return None
+
+
+def _judged(region: Any, value: bytes, now: float, expiration_time: float | None,
+            is_invalidated: Callable[[float], bool] | None) -> Any:
+    """The payload of ``value`` (bytes) as the region reads it, or
+    ``NO_VALUE`` when it is missing, corrupt, expired or invalidated."""
+    parsed = region._parse_serialized_from_backend(value)
+    if parsed is NO_VALUE:
+        return NO_VALUE
+    created = parsed.metadata["ct"]
+    if (expiration_time is not None and now - created > expiration_time) or \
+            (is_invalidated is not None and is_invalidated(created)):
+        return NO_VALUE
+    return parsed.payload

@@ -80,6 +80,13 @@ class SharedInvalidation(RegionInvalidationStrategy):
     def was_hard_invalidated(self) -> bool:
         return self.hard > 0 and self.hard >= self.soft
 
+    def invalidated_before(self) -> float:
+        """The time stamp before which values are invalidated, hard or soft
+        (``is_invalidated(t)`` is ``t < invalidated_before()``); 0: none."""
+        if not self._bus.loaded:
+            self._bus.load()
+        return max(self.hard, self.soft)
+
     def was_soft_invalidated(self) -> bool:
         return self.soft > self.hard
 

@@ -7,6 +7,7 @@ hits as independent as Redis reads."""
 from __future__ import annotations
 
 import enum
+import pickle
 import threading
 import time
 import uuid
@@ -234,6 +235,37 @@ def test_get_multi_reads_foreign_bytes_as_misses(make_caches: Make, deployment: 
     deployment.raw.set(f"{prefix}::TOOLS:garbage", b"not dogpile at all")
     deployment.raw.set(f"{prefix}::TOOLS:badpickle", b'{"ct": 1.0, "v": 2}|\x80\x05garbage')
     assert region.get_multi(["good", "json", "garbage", "badpickle"]) == [1, NO_VALUE, NO_VALUE, NO_VALUE]
+
+
+def test_get_multi_judges_creation_times_of_every_form_as_dogpile(make_caches: Make, deployment: Deployment,
+                                                                     prefix: str) -> None:
+    """get_multi compares dogpile's usual headers as text (no float parsed):
+    headers holding times in other forms (few or many digits, an exponent,
+    a trailing zero, the boundary itself), with and without invalidation
+    marks, are judged as dogpile's own get_multi judges them."""
+    caches = make_caches({**deployment.env, "LIBRECACHE_NAMESPACE_TTLS": "TOOLS=300"})
+    region = caches.region("TOOLS")
+    now = time.time()
+    pickled = pickle.dumps("value")
+    forms = {
+        "recent": repr(now - 5), "old": repr(now - 400), "zero": "0.0", "tiny": "5",
+        "future": repr(now + 1e10), "exponent": f"{now - 5:e}", "trailing": f"{now - 5:.7f}0",
+        "whole": str(int(now - 5)), "integer-digits": f"{int(now - 5)}.", "nine-digits": repr(now - 9e8),
+    }
+    for key, created in forms.items():
+        deployment.raw.set(f"{prefix}::TOOLS:{key}", b'{"ct": ' + created.encode() + b', "v": 2}|' + pickled)
+    keys = list(forms)
+    for expiration in (None, 10, 1000, 10**9 * 2, -1):
+        assert region.get_multi(keys, expiration_time=expiration) == \
+            CacheRegion.get_multi(region, keys, expiration_time=expiration), expiration
+    assert region.get_multi(keys)[:2] == ["value", NO_VALUE]
+    region.invalidate(hard=True)
+    region.set("after", "new")
+    keys.append("after")
+    for expiration in (None, 1000, -1):
+        assert region.get_multi(keys, expiration_time=expiration) == \
+            CacheRegion.get_multi(region, keys, expiration_time=expiration), expiration
+    assert region.get_multi(keys)[-1] == "new" and region.get_multi(keys)[0] is NO_VALUE
 
 
 def test_get_multi_with_signed_values(make_caches: Make, redis_env: dict[str, str], raw: redis.Redis,
