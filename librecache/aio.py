@@ -38,7 +38,7 @@ from dogpile.cache.exception import DogpileCacheException
 
 from .backends.aio_redis import AsyncRedisStore, Held, keyed_lock
 from .backends.redis import RedisBackend
-from .fastpath import companions, key_function
+from .fastpath import companions, fresh_payload, key_function
 
 __all__ = [
     "adelete",
@@ -65,6 +65,9 @@ class MemoryStore:
 
     async def marks(self) -> None:
         return None
+
+    def raw_reads(self) -> bool:
+        return False
 
     def marks_due(self) -> bool:
         return False
@@ -228,12 +231,22 @@ async def aget_or_create(region: Any, key: Any, creator: Callable[..., Any], exp
     by the call budget; past it the caller creates the value itself and
     does not store it."""
     started = time.monotonic()
-    expiration_time = _expiration(region, expiration_time)
     store = store_of(region)
     mangled = _mangled(region, key)
     if store.marks_due():
         await store.marks()
-    found = _judge(region, await store.get(mangled), key, expiration_time)
+    if store.raw_reads():  # a fresh value is judged from its bytes, as the sync hit path does
+        serialized = await store.read(mangled)
+        if serialized is not NO_VALUE:
+            payload = fresh_payload(region, serialized, expiration_time)
+            if payload is not NO_VALUE:
+                _count(region, 1, 0)
+                return payload
+        value = store.parse(serialized)
+    else:
+        value = await store.get(mangled)
+    expiration_time = _expiration(region, expiration_time)
+    found = _judge(region, value, key, expiration_time)
     if _fresh(found, expiration_time):
         _count(region, 1, 0)
         return found[0]  # type: ignore[index]

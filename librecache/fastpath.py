@@ -197,17 +197,32 @@ def _read_fresh(region: Any, key: str, timeout: float | None, reads: list[Any]) 
         return NO_VALUE  # get_or_create reads it (a json or keyv namespace: through its format)
     raw = backend.get_serialized(key)
     if raw is not NO_VALUE:
-        created, pickled = dogpile_header(raw)
-        expires = region.expiration_time if timeout is None else timeout
-        if created is not None and created > 0 \
-                and (expires is None or expires == -1 or time.time() - created <= expires) \
-                and not region.region_invalidator.is_invalidated(created):
-            try:
-                return loads(pickled)
-            except Exception:  # not unpickled: as get_or_create reads it (logged)
-                pass
+        found = fresh_payload(region, raw, timeout)
+        if found is not NO_VALUE:
+            return found
     remember(key, raw)
     return NO_VALUE
+
+
+def fresh_payload(region: Any, raw: bytes, timeout: float | None) -> Any:
+    """The unpickled payload of ``raw`` (a value's bytes as the backend
+    returns them) when dogpile's ``get_or_create`` with ``timeout`` (its
+    ``expiration_time`` argument) would return it as it is: stored in
+    dogpile's usual header, fresh, not invalidated (hard or soft); else
+    ``NO_VALUE``, and the region reads it as it reads every value. Shared by
+    the sync hit path and :mod:`librecache.aio`."""
+    created, pickled = dogpile_header(raw)
+    expires = region.expiration_time if timeout is None else timeout
+    if created is not None and created > 0 \
+            and (expires is None or expires == -1 or time.time() - created <= expires) \
+            and not region.region_invalidator.is_invalidated(created):
+        try:
+            return region.deserializer(pickled)
+        except Exception:  # not unpickled: as get_or_create reads it (logged)
+            pass
+    return NO_VALUE
+
+
 def key_function(key_generator: Callable[..., str],
                  user_func: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], str]:
     """(args, kwargs) -> the key of a memoised call, as dogpile computes it

@@ -50,9 +50,26 @@ def retry_policy(config: CacheConfig, retry_class: type[Retry] | type[AsyncRetry
 
 
 class AsyncFailFastRetry(AsyncRetry):
-    """The asyncio twin of :class:`FailFastRetry`."""
+    """The asyncio twin of :class:`FailFastRetry`. The first attempt is
+    awaited directly (most commands succeed at once: no coroutine layers
+    per command); after a transient failure of it, redis-py's schedule runs
+    from that failure on, exactly as if it had made the first attempt."""
 
     async def call_with_retry(  # type: ignore[override]
         self, do: Callable[[], Any], fail: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Any:
-        return await call_transient_only_async(super().call_with_retry, do, fail, args, kwargs, is_transient)
+        try:
+            return await do()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            first: Exception | None = exc
+
+        async def again() -> Any:
+            nonlocal first
+            if first is not None:  # the schedule's first attempt: the one that failed
+                error, first = first, None
+                raise error
+            return await do()
+
+        return await call_transient_only_async(super().call_with_retry, again, fail, args, kwargs, is_transient)

@@ -25,6 +25,7 @@ from librecache.signing import Signer
 from tests import processes
 from tests.conformance import Counter, in_threads
 from tests.conftest import ACL_PASSWORD, ACL_PREFIX, ACL_USER, Deployment
+from tests.faults import FaultProxy
 from tests.servers import RedisClusterFarm, RedisSentinelFarm, RedisServer, ServerFarm
 from tests.test_resilience import wait_until
 
@@ -641,3 +642,129 @@ def test_a_sentinel_managed_master_through_the_async_door(redis_sentinel: RedisS
 
     assert run(main()) == [1, 42, 42]
     assert region.get("from async") == 2
+
+
+# --------------------------------------------------------------------------
+# Concurrent reads of one key share one GET (single flight)
+# --------------------------------------------------------------------------
+
+
+def _gets(server: RedisServer) -> int:
+    """GET commands the server has run so far."""
+    stats = redis.Redis(port=server.port).info("commandstats")
+    return int(stats.get("cmdstat_get", {}).get("calls", 0))
+
+
+def test_concurrent_reads_of_one_key_share_one_get(redis_server: RedisServer, redis_env: dict[str, str],
+                                                    make_caches: Make) -> None:
+    region = make_caches(redis_env).region("ROLES")
+    calls = Counter(lambda key: {"key": key, "roles": ["a", "b"]})
+
+    @region.cache_on_arguments()
+    async def roles(key: str) -> Any:
+        return calls(key)
+
+    async def main() -> tuple[list[Any], int, int]:
+        await roles("one")  # created and stored
+        await roles("one")  # the connection is open
+        before = _gets(redis_server)
+        same = await asyncio.gather(*(roles("one") for _ in range(20)))
+        middle = _gets(redis_server)
+        distinct = await asyncio.gather(*(roles(f"d{n}") for n in range(10)))
+        assert distinct == [{"key": f"d{n}", "roles": ["a", "b"]} for n in range(10)]
+        return same, middle - before, _gets(redis_server) - middle
+
+    same, shared, distinct_gets = run(main())
+    assert shared == 1  # one round trip for 20 concurrent hits of one key
+    assert distinct_gets >= 10  # distinct keys: a GET each (and the creations' own reads)
+    assert all(value == {"key": "one", "roles": ["a", "b"]} for value in same)
+    assert len({id(value) for value in same}) == len(same)  # each caller decoded its own copy
+
+
+def test_a_write_is_seen_by_reads_that_start_after_it(redis_env: dict[str, str], make_caches: Make) -> None:
+    """A read in flight when this loop writes the key is not shared with
+    reads that start after the write."""
+    region = make_caches(redis_env).region("ROLES")
+
+    async def main() -> list[Any]:
+        await region.aset("k", "old")
+        early = asyncio.ensure_future(region.aget("k"))  # starts its GET, not answered yet
+        await asyncio.sleep(0)
+        await region.aset("k", "new")
+        return [await region.aget("k"), await early]
+
+    late, early = run(main())
+    assert late == "new"
+    assert early in ("old", "new")
+
+
+@pytest.fixture
+def link(farm: ServerFarm) -> Iterator[FaultProxy]:
+    """A server of the test's own behind a :class:`FaultProxy`."""
+    server = farm.server()
+    with FaultProxy(server.port) as proxy:
+        yield proxy
+    server.stop()
+
+
+def _flight(region: librecache.LibreRegion, key: str) -> Any:
+    """The shared GET of ``key`` in flight in the running loop, if any (what
+    the test waits for)."""
+    from librecache.aio import store_of
+
+    store = store_of(region)
+    flights = store._flights.get(asyncio.get_running_loop(), {})
+    return flights.get(region.key_mangler(key) if region.key_mangler else key)
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        await asyncio.sleep(0.001)
+
+
+def test_cancelling_one_reader_of_a_shared_get_cancels_no_other(link: FaultProxy, make_caches: Make) -> None:
+    proxy = link
+    region = make_caches({"USE_REDIS": "true", "REDIS_URI": proxy.url, "REDIS_KEY_PREFIX": "flight",
+                          "LIBRECACHE_SOCKET_TIMEOUT": "5"}).region("ROLES")
+
+    async def main() -> list[Any]:
+        await region.aset("k", {"v": 1})
+        proxy.latency(to_server=0.05, to_client=0.05)
+        first = asyncio.ensure_future(region.aget("k"))
+        await _until(lambda: _flight(region, "k") is not None)
+        readers = [asyncio.ensure_future(region.aget("k")) for _ in range(5)]
+        await _until(lambda: _flight(region, "k")[0] is not None)  # the others joined it
+        readers[0].cancel()  # a waiter
+        first.cancel()  # the reader that sent the GET
+        results = await asyncio.gather(*readers[1:])
+        assert first.cancelled() and readers[0].cancelled()
+        return results
+
+    assert run(main()) == [{"v": 1}] * 4
+
+
+def test_a_failure_while_shared_degrades_every_reader(link: FaultProxy, make_caches: Make) -> None:
+    proxy = link
+    caches = make_caches({"USE_REDIS": "true", "REDIS_URI": proxy.url, "REDIS_KEY_PREFIX": "flightfail",
+                          "LIBRECACHE_SOCKET_TIMEOUT": "5", "REDIS_RETRY_MAX_DELAY": "200"})
+    region = caches.region("ROLES")
+    calls = Counter(lambda key: f"made {key}")
+
+    @region.cache_on_arguments()
+    async def made(key: str) -> Any:
+        return calls(key)
+
+    async def main() -> list[Any]:
+        await made("k")
+        proxy.reset_replies(1.0)  # every reply cut: the GET and its retry fail
+        return list(await asyncio.gather(*(made("k") for _ in range(10))))
+
+    assert run(main()) == ["made k"] * 10  # no exception: each reader fell through to the function
+    assert proxy.resets >= 1
+    health = caches.health()
+    assert health is not None and not health["up"]
+    proxy.clear()
+    wait_until(lambda: caches.health()["up"], 10)  # type: ignore[index]
+    assert run(made("k")) == "made k"

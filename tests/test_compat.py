@@ -5,6 +5,7 @@ production. Sections per library."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import os
 import pickle
@@ -29,7 +30,7 @@ from librecache import CacheConfig, _compat, config
 from librecache.connection import RedisConnection
 from librecache.fastpath import parse_metadata
 from librecache.prefixing import PrefixedRedis, _adopt
-from librecache.retries import FailFastRetry
+from librecache.retries import AsyncFailFastRetry, FailFastRetry
 from tests.servers import RedisClusterFarm, RedisServer
 
 DOGPILE = f"dogpile.cache {importlib.metadata.version('dogpile.cache')}"
@@ -128,6 +129,52 @@ def test_fail_fast_retry_on_this_redis_version(error: Exception, expected_attemp
     assert raised.value is error
     assert len(attempts) == expected_attempts, f"{REDIS}: Retry.call_with_retry"
     assert len(failed) == (expected_attempts if expected_attempts > 1 else 0)  # fail() only for retried ones
+
+
+@pytest.mark.parametrize(("error", "expected_attempts"), [
+    (RedisConnectionError("dropped"), 3),  # transient: retried twice
+    (AuthenticationError("invalid password"), 1),  # permanent: raised at once
+])
+def test_async_fail_fast_retry_on_this_redis_version(error: Exception, expected_attempts: int) -> None:
+    """The asyncio twin awaits the first attempt itself (no coroutine layers
+    on success) and hands a transient failure to redis-py's schedule: the
+    same attempts and fail() calls as the sync policy."""
+    attempts: list[int] = []
+    failed: list[Any] = []
+    retry = AsyncFailFastRetry(_compat.jitter_backoff(base=0.0, cap=0.0), 2)
+
+    async def do() -> None:
+        attempts.append(1)
+        raise error
+
+    async def fail(error: Exception) -> None:
+        failed.append(error)
+
+    with pytest.raises(type(error)) as raised:
+        asyncio.run(retry.call_with_retry(do, fail))
+    assert raised.value is error
+    assert len(attempts) == expected_attempts, f"{REDIS}: asyncio Retry.call_with_retry"
+    assert len(failed) == (expected_attempts if expected_attempts > 1 else 0)  # fail() only for retried ones
+
+
+@pytest.mark.parametrize("failures", [0, 1, 2])
+def test_async_fail_fast_retry_returns_the_attempt_that_succeeds(failures: int) -> None:
+    attempts: list[int] = []
+    failed: list[Any] = []
+    retry = AsyncFailFastRetry(_compat.jitter_backoff(base=0.0, cap=0.0), 2)
+
+    async def do() -> str:
+        attempts.append(1)
+        if len(attempts) <= failures:
+            raise RedisConnectionError("dropped")
+        return "answer"
+
+    async def fail(error: Exception) -> None:
+        failed.append(error)
+
+    assert asyncio.run(retry.call_with_retry(do, fail)) == "answer"
+    assert len(attempts) == failures + 1
+    assert len(failed) == failures
 
 
 def test_fail_fast_retry_keeps_a_permanent_errors_cause() -> None:

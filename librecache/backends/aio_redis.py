@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _LOCAL_ONLY = object()
 _FAILED = object()
+_AGAIN = object()  # a shared read's first reader was cancelled: read again
 
 
 # --------------------------------------------------------------------------
@@ -320,6 +321,9 @@ class AsyncRedisStore:
         self.near = backend.near[0] if backend.near is not None else None
         self.bus = getattr(region.region_invalidator, "bus", None)
         self.clients = clients_of(self.connection)
+        #: Per event loop: the GETs in flight, by key (see :meth:`_shared_get`).
+        self._flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[Any]]] = \
+            weakref.WeakKeyDictionary()
 
     def marks_due(self) -> bool:
         """Whether :meth:`marks` has anything to do (a plain check, no await)."""
@@ -347,6 +351,75 @@ class AsyncRedisStore:
             return NO_VALUE
         return self.region._parse_serialized_from_backend(self.backend._opened(key, raw))
 
+    def raw_reads(self) -> bool:
+        """Whether a value read by :meth:`read` may be judged from its bytes
+        (:func:`librecache.fastpath.fresh_payload`): dogpile's pickled values,
+        no format (json, keyv) and no near cache to consult first."""
+        near = self.near
+        region = self.region
+        return region.deserializer is not None and region._format is None and (near is None or not near.enabled)
+
+    async def read(self, key: str) -> Any:
+        """The bytes stored under ``key`` as the region parses them (checked
+        for a lost write and a signature), or ``NO_VALUE``."""
+        raw = await aguard(self.connection, "get", lambda c: self._shared_get(c, key), lambda: None,
+                           stats=self.stats, clients=self.clients)
+        if raw is None or self.connection.is_pending(key):  # a write of it was lost: what Redis holds may be older
+            return NO_VALUE
+        return self.backend._opened(key, raw)
+
+    def parse(self, serialized: Any) -> Any:
+        """What :meth:`read` returned, as a dogpile value (``NO_VALUE`` for a miss)."""
+        return self.region._parse_serialized_from_backend(serialized)
+
+    async def _shared_get(self, client: Any, key: str) -> bytes | None:
+        """``GET key``, shared by the tasks of this loop that read ``key``
+        while it is in flight (single flight): one round trip for many
+        concurrent readers, each of which then decodes its own copy. A
+        failure is raised in every reader (each degrades as it would
+        alone); a reader's cancellation cancels no other (the first reader's
+        hands the read over to the others, which read again)."""
+        loop = asyncio.get_running_loop()
+        flights = self._flights.get(loop)
+        if flights is None:
+            flights = self._flights[loop] = {}
+        flight = flights.get(key)
+        if flight is not None:
+            future = flight[0]
+            if future is None:
+                future = flight[0] = loop.create_future()
+            outcome = await asyncio.shield(future)
+            if outcome is not _AGAIN:
+                return outcome  # type: ignore[no-any-return]
+            return await self._shared_get(client, key)
+        flight = flights[key] = [None]
+        try:
+            raw: bytes | None = await client.get(key)
+        except BaseException as exc:
+            future = flight[0]
+            if future is not None and not future.done():
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                    future.exception()  # retrieved: a reader that was cancelled meanwhile logs nothing
+                else:  # cancelled: the others read again
+                    future.set_result(_AGAIN)
+            raise
+        finally:
+            if flights.get(key) is flight:
+                del flights[key]
+        future = flight[0]
+        if future is not None and not future.done():
+            future.set_result(raw)
+        return raw
+
+    def _land(self, keys: list[str]) -> None:
+        """Reads of ``keys`` in flight in this loop are not shared any more: a
+        read that starts after a write of this store sees it."""
+        flights = self._flights.get(asyncio.get_running_loop())
+        if flights:
+            for key in keys:
+                flights.pop(key, None)
+
     async def get(self, key: str) -> Any:
         near = self.near
         generation = 0
@@ -356,9 +429,7 @@ class AsyncRedisStore:
             if value is not NO_VALUE:
                 return value
             generation = near.generation
-        raw = await aguard(self.connection, "get", lambda c: c.get(key), lambda: None, stats=self.stats,
-                           clients=self.clients)
-        value = self._parsed(key, raw)
+        value = self.parse(await self.read(key))
         if near is not None and near.enabled and isinstance(value, CachedValue):
             near.store(key, value, generation)
         return value
@@ -435,7 +506,10 @@ class AsyncRedisStore:
         """:meth:`RedisBackend._write`: a write that failed or was dropped
         leaves no older value to be served."""
         connection = self.connection
-        if await aguard(connection, operation, action, lambda: False, write=True, stats=self.stats) is False:
+        self._land(keys)
+        written = await aguard(connection, operation, action, lambda: False, write=True, stats=self.stats)
+        self._land(keys)  # and reads sent while it was in flight
+        if written is False:
             await self._discard(keys)
         else:
             connection.written(keys)
