@@ -768,3 +768,39 @@ def test_a_failure_while_shared_degrades_every_reader(link: FaultProxy, make_cac
     proxy.clear()
     wait_until(lambda: caches.health()["up"], 10)  # type: ignore[index]
     assert run(made("k")) == "made k"
+
+
+def test_a_black_holed_link_bounds_async_calls_and_caching_comes_back(link: FaultProxy, make_caches: Make) -> None:
+    """Redis stops answering with every connection left open (a black
+    hole): awaited calls return within the call budget with no exception
+    (the function runs), the breaker opens so later calls fall through at
+    once, and caching resumes by itself when the link heals."""
+    caches = make_caches({"USE_REDIS": "true", "REDIS_URI": link.url, "REDIS_KEY_PREFIX": "hole",
+                          "LIBRECACHE_SOCKET_TIMEOUT": "0.5", "REDIS_CONNECT_TIMEOUT": "500",
+                          "REDIS_RETRY_MAX_DELAY": "200"})
+    region = caches.region("ROLES")
+    calls = Counter(lambda n: n * 10)
+
+    @region.cache_on_arguments()
+    async def value_of(n: int) -> int:
+        return int(calls(n))
+
+    assert run(value_of(1)) == 10 and run(value_of(1)) == 10 and calls.calls == 1
+    link.blackhole()
+
+    async def during() -> tuple[list[Any], float]:
+        started = time.monotonic()
+        values = [await value_of(1), await value_of(2), await region.aget("x")]
+        return values, time.monotonic() - started
+
+    values, took = run(during())
+    assert values == [10, 20, NO_VALUE]  # no exception: the function ran
+    assert calls.calls == 3
+    budget = 2 * (0.5 + 0.5)  # connection.call_budget: two attempts of connect and reply time-outs
+    assert took < budget + 2.0, took  # one bounded failure, then the breaker: an honest margin
+    health = caches.health()
+    assert health is not None and not health["up"]
+    link.heal(deliver=False)
+    wait_until(lambda: caches.health()["up"], 15)  # type: ignore[index]
+    assert run(value_of(3)) == 30 and run(value_of(3)) == 30
+    assert calls.calls == 4  # caching resumed by itself
