@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -649,14 +650,17 @@ def test_a_sentinel_managed_master_through_the_async_door(redis_sentinel: RedisS
 # --------------------------------------------------------------------------
 
 
-def _gets(server: RedisServer) -> int:
-    """GET commands the server has run so far."""
+def _reads(server: RedisServer) -> tuple[int, int]:
+    """GET and MGET commands the server has run so far."""
     stats = redis.Redis(port=server.port).info("commandstats")
-    return int(stats.get("cmdstat_get", {}).get("calls", 0))
+    return tuple(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("get", "mget"))  # type: ignore[return-value]
 
 
-def test_concurrent_reads_of_one_key_share_one_get(redis_server: RedisServer, redis_env: dict[str, str],
-                                                    make_caches: Make) -> None:
+def test_concurrent_reads_share_round_trips(redis_server: RedisServer, redis_env: dict[str, str],
+                                           make_caches: Make) -> None:
+    """20 concurrent hits of one key: one GET. 10 concurrent hits of
+    distinct keys: the first read is sent at once, the others that start
+    while it is in flight go as one MGET. A lone read is a GET."""
     region = make_caches(redis_env).region("ROLES")
     calls = Counter(lambda key: {"key": key, "roles": ["a", "b"]})
 
@@ -664,21 +668,37 @@ def test_concurrent_reads_of_one_key_share_one_get(redis_server: RedisServer, re
     async def roles(key: str) -> Any:
         return calls(key)
 
-    async def main() -> tuple[list[Any], int, int]:
-        await roles("one")  # created and stored
-        await roles("one")  # the connection is open
-        before = _gets(redis_server)
+    async def main() -> tuple[list[Any], list[Any], list[tuple[int, int]]]:
+        for key in ["one", *(f"d{n}" for n in range(10))]:
+            await roles(key)  # created and stored, one at a time
+        await roles("one")
+        counts = [_reads(redis_server)]
         same = await asyncio.gather(*(roles("one") for _ in range(20)))
-        middle = _gets(redis_server)
+        counts.append(_reads(redis_server))
         distinct = await asyncio.gather(*(roles(f"d{n}") for n in range(10)))
-        assert distinct == [{"key": f"d{n}", "roles": ["a", "b"]} for n in range(10)]
-        return same, middle - before, _gets(redis_server) - middle
+        counts.append(_reads(redis_server))
+        await roles("one")
+        counts.append(_reads(redis_server))
+        return same, distinct, counts
 
-    same, shared, distinct_gets = run(main())
-    assert shared == 1  # one round trip for 20 concurrent hits of one key
-    assert distinct_gets >= 10  # distinct keys: a GET each (and the creations' own reads)
+    same, distinct, counts = run(main())
+    steps = [(after[0] - before[0], after[1] - before[1]) for before, after in itertools.pairwise(counts)]
+    assert steps == [(1, 0), (1, 1), (1, 0)]  # (GETs, MGETs) of each step
+    assert calls.calls == 11  # every read was a hit
+    assert distinct == [{"key": f"d{n}", "roles": ["a", "b"]} for n in range(10)]
     assert all(value == {"key": "one", "roles": ["a", "b"]} for value in same)
     assert len({id(value) for value in same}) == len(same)  # each caller decoded its own copy
+
+
+def test_concurrent_reads_on_a_cluster_split_per_slot(redis_cluster: RedisClusterFarm, cluster_env: dict[str, str],
+                                                     make_caches: Make) -> None:
+    region = make_caches(cluster_env).region("ROLES")
+
+    async def main() -> list[Any]:
+        await region.aset_multi({f"k{n}": n for n in range(30)})
+        return list(await asyncio.gather(*(region.aget(f"k{n}") for n in range(30))))
+
+    assert run(main()) == list(range(30))
 
 
 def test_a_write_is_seen_by_reads_that_start_after_it(redis_env: dict[str, str], make_caches: Make) -> None:

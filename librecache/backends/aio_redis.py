@@ -303,6 +303,20 @@ async def keyed_lock(name: str, wait: bool, deadline: float | None) -> AsyncIter
             del table[name]
 
 
+def _settle(flights: list[list[Any]], exc: BaseException) -> None:
+    """The read of ``flights`` failed with ``exc``: raise it in their
+    readers; a cancelled read makes them read again."""
+    for flight in flights:
+        future = flight[0]
+        if future is None or future.done():
+            continue
+        if isinstance(exc, Exception):
+            future.set_exception(exc)
+            future.exception()  # retrieved: a reader that was cancelled meanwhile logs nothing
+        else:
+            future.set_result(_AGAIN)
+
+
 # --------------------------------------------------------------------------
 # One namespace
 # --------------------------------------------------------------------------
@@ -321,9 +335,13 @@ class AsyncRedisStore:
         self.near = backend.near[0] if backend.near is not None else None
         self.bus = getattr(region.region_invalidator, "bus", None)
         self.clients = clients_of(self.connection)
-        #: Per event loop: the GETs in flight, by key (see :meth:`_shared_get`).
+        #: Per event loop: the reads in flight, by key, and the keys of the
+        #: next MGET (see :meth:`_shared_get`).
         self._flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[Any]]] = \
             weakref.WeakKeyDictionary()
+        self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[Any]]] = \
+            weakref.WeakKeyDictionary()
+        self._sending: set[asyncio.Task[None]] = set()
 
     def marks_due(self) -> bool:
         """Whether :meth:`marks` has anything to do (a plain check, no await)."""
@@ -373,17 +391,23 @@ class AsyncRedisStore:
         return self.region._parse_serialized_from_backend(serialized)
 
     async def _shared_get(self, client: Any, key: str) -> bytes | None:
-        """``GET key``, shared by the tasks of this loop that read ``key``
-        while it is in flight (single flight): one round trip for many
-        concurrent readers, each of which then decodes its own copy. A
-        failure is raised in every reader (each degrades as it would
-        alone); a reader's cancellation cancels no other (the first reader's
-        hands the read over to the others, which read again)."""
+        """``GET key``, shared by the tasks of this loop: a read of a key
+        already in flight waits for that read (single flight), and while
+        any read is in flight, the reads of other keys that start meanwhile
+        go together as one ``MGET`` (per slot on a cluster) in the next
+        loop iteration. So a burst of concurrent hits costs one or two round
+        trips, not one command each; a lone read is sent at once. Each
+        reader then checks and decodes its own copy. A failure is raised in
+        every reader (each degrades as it would alone); a reader's
+        cancellation cancels no other (a cancelled first reader hands the
+        read over: the others read again)."""
         loop = asyncio.get_running_loop()
         flights = self._flights.get(loop)
         if flights is None:
             flights = self._flights[loop] = {}
         flight = flights.get(key)
+        if flight is None and flights:  # other reads are in flight: this one goes in the next MGET
+            flight = self._batched(loop, flights, client, key)
         if flight is not None:
             future = flight[0]
             if future is None:
@@ -396,13 +420,7 @@ class AsyncRedisStore:
         try:
             raw: bytes | None = await client.get(key)
         except BaseException as exc:
-            future = flight[0]
-            if future is not None and not future.done():
-                if isinstance(exc, Exception):
-                    future.set_exception(exc)
-                    future.exception()  # retrieved: a reader that was cancelled meanwhile logs nothing
-                else:  # cancelled: the others read again
-                    future.set_result(_AGAIN)
+            _settle([flight], exc)
             raise
         finally:
             if flights.get(key) is flight:
@@ -411,6 +429,39 @@ class AsyncRedisStore:
         if future is not None and not future.done():
             future.set_result(raw)
         return raw
+
+    def _batched(self, loop: asyncio.AbstractEventLoop, flights: dict[str, list[Any]], client: Any,
+                 key: str) -> list[Any]:
+        """Queue ``key`` for this loop's next ``MGET`` (sent by a task that
+        starts in the next loop iteration); its flight."""
+        batch = self._batches.get(loop)
+        if batch is None:
+            batch = self._batches[loop] = {}
+            task = loop.create_task(self._mget(loop, flights, client, batch))
+            self._sending.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._sending.discard)
+        flight = flights[key] = batch[key] = [loop.create_future()]
+        return flight
+
+    async def _mget(self, loop: asyncio.AbstractEventLoop, flights: dict[str, list[Any]], client: Any,
+                    batch: dict[str, list[Any]]) -> None:
+        if self._batches.get(loop) is batch:
+            del self._batches[loop]
+        keys = list(batch)
+        try:
+            raws = list(await (client.mget_nonatomic(keys) if self.backend.cluster else client.mget(keys)))
+        except BaseException as exc:
+            _settle(list(batch.values()), exc)
+            if not isinstance(exc, Exception):
+                raise
+            return  # raised in every reader of the batch
+        finally:
+            for key, flight in batch.items():
+                if flights.get(key) is flight:
+                    del flights[key]
+        for flight, raw in zip(batch.values(), raws, strict=True):
+            if not flight[0].done():
+                flight[0].set_result(raw)
 
     def _land(self, keys: list[str]) -> None:
         """Reads of ``keys`` in flight in this loop are not shared any more: a
