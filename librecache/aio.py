@@ -230,7 +230,7 @@ async def aget_or_create(region: Any, key: Any, creator: Callable[..., Any], exp
     expired value. Waiting for another process's creation lock is bounded
     by the call budget; past it the caller creates the value itself and
     does not store it."""
-    started = time.monotonic()
+    started = time.monotonic()  # the call budget counts from here
     store = store_of(region)
     mangled = _mangled(region, key)
     if store.marks_due():

@@ -750,19 +750,22 @@ def test_cancelling_one_reader_of_a_shared_get_cancels_no_other(link: FaultProxy
                           "LIBRECACHE_SOCKET_TIMEOUT": "5"}).region("ROLES")
 
     async def main() -> list[Any]:
-        await region.aset("k", {"v": 1})
+        await region.aset_multi({"k": {"v": 1}, "o1": 1, "o2": 2, "o3": 3})
         proxy.latency(to_server=0.05, to_client=0.05)
         first = asyncio.ensure_future(region.aget("k"))
         await _until(lambda: _flight(region, "k") is not None)
         readers = [asyncio.ensure_future(region.aget("k")) for _ in range(5)]
         await _until(lambda: _flight(region, "k")[0] is not None)  # the others joined it
+        others = [asyncio.ensure_future(region.aget(key)) for key in ("o1", "o2", "o3")]  # one MGET
+        await _until(lambda: _flight(region, "o1") is not None)
         readers[0].cancel()  # a waiter
         first.cancel()  # the reader that sent the GET
-        results = await asyncio.gather(*readers[1:])
-        assert first.cancelled() and readers[0].cancelled()
+        others[0].cancel()  # a reader of the MGET
+        results = await asyncio.gather(*readers[1:], *others[1:])
+        assert first.cancelled() and readers[0].cancelled() and others[0].cancelled()
         return results
 
-    assert run(main()) == [{"v": 1}] * 4
+    assert run(main()) == [{"v": 1}] * 4 + [2, 3]
 
 
 def test_a_failure_while_shared_degrades_every_reader(link: FaultProxy, make_caches: Make) -> None:
@@ -777,11 +780,13 @@ def test_a_failure_while_shared_degrades_every_reader(link: FaultProxy, make_cac
         return calls(key)
 
     async def main() -> list[Any]:
-        await made("k")
-        proxy.reset_replies(1.0)  # every reply cut: the GET and its retry fail
-        return list(await asyncio.gather(*(made("k") for _ in range(10))))
+        for key in ("k", "o1", "o2", "o3"):
+            await made(key)
+        proxy.reset_replies(1.0)  # every reply cut: the GET, the MGET and their retries fail
+        return list(await asyncio.gather(*(made(key) for key in ["k"] * 10 + ["o1", "o2", "o3"])))
 
-    assert run(main()) == ["made k"] * 10  # no exception: each reader fell through to the function
+    # no exception: each reader, of the shared GET and of the MGET, fell through to the function
+    assert run(main()) == ["made k"] * 10 + ["made o1", "made o2", "made o3"]
     assert proxy.resets >= 1
     health = caches.health()
     assert health is not None and not health["up"]
