@@ -9,7 +9,10 @@ it. Sections per library: environs, dogpile.cache, redis-py.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,6 +23,7 @@ from dogpile.util import NameRegistry
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import AbstractBackoff, FullJitterBackoff
 from redis.connection import ConnectionPool
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 T = TypeVar("T")
 
@@ -352,3 +356,51 @@ REDIS_PRIVATES: dict[str, tuple[str, ...]] = {
     # fork safety and the keep-alive (the functions above)
     "redis.connection.ConnectionPool": ("_lock", "_available_connections", "_in_use_connections"),
 }
+
+
+# -- redis.asyncio: a write bounded without a Task --------------------------------
+
+#: Whether :func:`timed_send` changes anything: ``asyncio.timeout`` exists
+#: from Python 3.11 on (before, redis-py's own ``wait_for`` stays).
+TIMED_SEND = sys.version_info >= (3, 11)
+
+
+@functools.cache
+def timed_send(base: type[T]) -> type[T]:
+    """``base``, a :mod:`redis.asyncio` connection class whose writes on an
+    open connection are bounded by the socket time-out with
+    ``asyncio.timeout`` instead of ``asyncio.wait_for``.
+
+    Stands in for redis-py's own bound of a write: ``Connection.send_packed_command``
+    wraps every write in ``asyncio.wait_for(..., socket_timeout)`` when a
+    socket time-out is set, which makes a Task and an extra loop iteration
+    per command (``asyncio.timeout`` needs neither). The bound is the same
+    (the write, with the health check redis-py makes before it, within
+    ``socket_timeout``; its reply is read within ``socket_timeout`` as
+    before), so is the failure (redis-py's ``TimeoutError("Timeout writing
+    to socket")``, the connection dropped: redis-py disconnects a connection
+    whose write was interrupted). Uses the public ``socket_timeout``,
+    ``is_connected`` and ``send_packed_command`` only; a connection that is
+    not open yet is left to redis-py (it connects within its own time-outs).
+    """
+    if not TIMED_SEND:
+        return base
+
+    class TimedSend(base):  # type: ignore[valid-type,misc]
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            timeout: float | None = self.socket_timeout  # type: ignore[has-type]
+            if not timeout or not self.is_connected:
+                return await super().send_packed_command(command, check_health)  # type: ignore[no-any-return]
+            self.socket_timeout = None  # redis-py's wait_for is skipped; the bound is ours
+            try:
+                async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
+                    await super().send_packed_command(command, check_health)
+            except TimeoutError:
+                raise RedisTimeoutError("Timeout writing to socket") from None
+            finally:
+                if self.socket_timeout is None:  # unless redis-py relaxed it meanwhile
+                    self.socket_timeout = timeout
+            return None
+
+    TimedSend.__name__ = TimedSend.__qualname__ = f"TimedSend{base.__name__}"
+    return TimedSend  # type: ignore[return-value]

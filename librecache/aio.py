@@ -38,11 +38,7 @@ from dogpile.cache.exception import DogpileCacheException
 
 from .backends.aio_redis import AsyncRedisStore, Held, keyed_lock
 from .backends.redis import RedisBackend
-from .fastpath import SOFT_WITHOUT_TTL as _SOFT_WITHOUT_TTL
-from .fastpath import companions, key_function
-from .fastpath import expiration_of as _expiration
-from .fastpath import fresh as _fresh
-from .fastpath import judge as _judge
+from .fastpath import SOFT_WITHOUT_TTL, companions, expiration_of, fresh, fresh_payload, judge, key_function
 
 __all__ = [
     "adelete",
@@ -66,6 +62,9 @@ class MemoryStore:
 
     async def marks(self) -> None:
         return None
+
+    def raw_reads(self) -> bool:
+        return False
 
     def marks_due(self) -> bool:
         return False
@@ -202,14 +201,24 @@ async def aget_or_create(region: Any, key: Any, creator: Callable[..., Any], exp
     expired value. Waiting for another process's creation lock is bounded
     by the call budget; past it the caller creates the value itself and
     does not store it."""
-    started = time.monotonic()
-    expiration_time = _expiration(region, expiration_time)
+    started = time.monotonic()  # the call budget counts from here
     store = store_of(region)
     mangled = _mangled(region, key)
     if store.marks_due():
         await store.marks()
-    found = _judge(region, await store.get(mangled), key, expiration_time)
-    if _fresh(found, expiration_time):
+    if store.raw_reads():  # a fresh value is judged from its bytes, as the sync hit path does
+        serialized = await store.read(mangled)
+        if serialized is not NO_VALUE:
+            payload = fresh_payload(region, serialized, expiration_time)
+            if payload is not NO_VALUE:
+                _count(region, 1, 0)
+                return payload
+        value = store.parse(serialized)
+    else:
+        value = await store.get(mangled)
+    expiration_time = expiration_of(region, expiration_time)
+    found = judge(region, value, key, expiration_time)
+    if fresh(found, expiration_time):
         _count(region, 1, 0)
         return found[0]  # type: ignore[index]
     args, kwargs = creator_args if creator_args else ((), {})
@@ -218,8 +227,8 @@ async def aget_or_create(region: Any, key: Any, creator: Callable[..., Any], exp
             _count(region, 1, 0)
             return found[0]  # type: ignore[index]
         if found is None:  # created meanwhile by the caller we waited for?
-            again = _judge(region, await store.get(mangled), key, expiration_time)
-            if _fresh(again, expiration_time):
+            again = judge(region, await store.get(mangled), key, expiration_time)
+            if fresh(again, expiration_time):
                 _count(region, 1, 0)
                 stats = region._stats
                 if stats is not None:
@@ -228,7 +237,7 @@ async def aget_or_create(region: Any, key: Any, creator: Callable[..., Any], exp
         created = await _create(region, creator, args, kwargs)
         value = region._value(created)
         if expiration_time is None and region.region_invalidator.was_soft_invalidated():
-            raise DogpileCacheException(_SOFT_WITHOUT_TTL)
+            raise DogpileCacheException(SOFT_WITHOUT_TTL)
         if held.confirmed and (not should_cache_fn or should_cache_fn(created)):
             await store.set(mangled, value, keep_near=True)
         return created
@@ -242,15 +251,15 @@ async def aget_or_create_multi(region: Any, keys: Iterable[Any], creator: Callab
     for the keys to create, one write for what it returned."""
     started = time.monotonic()
     keys = list(keys)
-    expiration_time = _expiration(region, expiration_time)
+    expiration_time = expiration_of(region, expiration_time)
     store = store_of(region)
     unique = sorted(set(keys))
     mangled = {key: _mangled(region, key) for key in unique}
     if store.marks_due():
         await store.marks()
     read = await store.get_multi([mangled[key] for key in unique])
-    found = {key: _judge(region, value, key, expiration_time) for key, value in zip(unique, read, strict=True)}
-    results = {key: found[key][0] for key in unique if _fresh(found[key], expiration_time)}  # type: ignore[index]
+    found = {key: judge(region, value, key, expiration_time) for key, value in zip(unique, read, strict=True)}
+    results = {key: found[key][0] for key in unique if fresh(found[key], expiration_time)}  # type: ignore[index]
     to_create: list[Any] = []
     if len(results) < len(unique):
         async with AsyncExitStack() as locks:
@@ -266,8 +275,8 @@ async def aget_or_create_multi(region: Any, keys: Iterable[Any], creator: Callab
             waited = [key for key in confirmed if found[key] is None]
             if waited:  # created meanwhile by the callers we waited for?
                 for key, value in zip(waited, await store.get_multi([mangled[k] for k in waited]), strict=True):
-                    again = _judge(region, value, key, expiration_time)
-                    if _fresh(again, expiration_time):
+                    again = judge(region, value, key, expiration_time)
+                    if fresh(again, expiration_time):
                         results[key] = again[0]  # type: ignore[index]
                         del confirmed[key]
                         if region._stats is not None:
@@ -276,7 +285,7 @@ async def aget_or_create_multi(region: Any, keys: Iterable[Any], creator: Callab
             if to_create:
                 created = list(await _create(region, creator, to_create, {}))
                 if expiration_time is None and region.region_invalidator.was_soft_invalidated():
-                    raise DogpileCacheException(_SOFT_WITHOUT_TTL)
+                    raise DogpileCacheException(SOFT_WITHOUT_TTL)
                 metadata = region._gen_metadata()
                 storing = {}
                 for key, value in zip(to_create, created, strict=True):

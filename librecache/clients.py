@@ -21,7 +21,7 @@ from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import Connection, ConnectionPool
 
-from ._compat import async_cluster_options
+from ._compat import async_cluster_options, timed_send
 from .config import CacheConfig
 from .connecting import BoundedConnection, BoundedSSLConnection, client_options, pool_class
 from .hostnames import HostnameBook
@@ -75,6 +75,7 @@ def async_client(config: CacheConfig) -> AsyncRedis | AsyncRedisCluster:
     options["retry"] = retry_policy(config, AsyncFailFastRetry)
     if config.tls:
         options["ssl"] = True
+    base = timed_send(AsyncSSLConnection if config.tls else AsyncConnection)
     if config.cluster:
         # every blocked stream subscriber holds a connection to its node
         cluster = AsyncRedisCluster(
@@ -82,16 +83,18 @@ def async_client(config: CacheConfig) -> AsyncRedis | AsyncRedisCluster:
             max_connections=ASYNC_MAX_CONNECTIONS, **async_cluster_options(not config.alternative_dns_lookup),
             **options,
         )
-        if config.alternative_dns_lookup:
-            # The asyncio cluster client connects lazily: before its first
-            # command, make every node connection use the host-name book.
-            base = AsyncSSLConnection if config.tls else AsyncConnection
-            connection_class = HostnameBook.for_config(config).connection_class(base)
-            cluster.nodes_manager.connection_kwargs["connection_class"] = connection_class
-            for node in cluster.nodes_manager.startup_nodes.values():
-                node.connection_class = connection_class
+        # The asyncio cluster client connects lazily: before its first
+        # command, make every node connection bound its writes without a Task
+        # (and use the host-name book).
+        connection_class = HostnameBook.for_config(config).connection_class(base) \
+            if config.alternative_dns_lookup else base
+        cluster.nodes_manager.connection_kwargs["connection_class"] = connection_class
+        for node in cluster.nodes_manager.startup_nodes.values():
+            node.connection_class = connection_class
         return cluster
     if config.sentinel:
         return async_sentinel_client(config, options, ASYNC_MAX_CONNECTIONS)
     uri = config.redis_uris[0]
-    return AsyncRedis(host=uri.host, port=uri.port, db=uri.db, **options)
+    client = AsyncRedis(host=uri.host, port=uri.port, db=uri.db, **options)
+    client.connection_pool.connection_class = base  # no connection is made before the first command
+    return client

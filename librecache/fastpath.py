@@ -204,17 +204,32 @@ def _read_fresh(region: Any, key: str, timeout: float | None, reads: list[Any]) 
     raw = backend.get_serialized(key)
     if raw is NO_VALUE:
         return ABSENT
+    found = fresh_payload(region, raw, timeout)
+    if found is not NO_VALUE:
+        return found
+    remember(key, raw)
+    return NO_VALUE
+
+
+def fresh_payload(region: Any, raw: bytes, timeout: float | None) -> Any:
+    """The unpickled payload of ``raw`` (a value's bytes as the backend
+    returns them) when dogpile's ``get_or_create`` with ``timeout`` (its
+    ``expiration_time`` argument) would return it as it is: stored in
+    dogpile's usual header, fresh, not invalidated (hard or soft); else
+    ``NO_VALUE``, and the region reads it as it reads every value. Shared by
+    the sync hit path and :mod:`librecache.aio`."""
     created, pickled = dogpile_header(raw)
     expires = region.expiration_time if timeout is None else timeout
     if created is not None and created > 0 \
             and (expires is None or expires == -1 or time.time() - created <= expires) \
             and not region.region_invalidator.is_invalidated(created):
         try:
-            return loads(pickled)
+            return region.deserializer(pickled)
         except Exception:  # not unpickled: as get_or_create reads it (logged)
             pass
-    remember(key, raw)
     return NO_VALUE
+
+
 #: dogpile's message when soft invalidation meets a value without expiration time.
 SOFT_WITHOUT_TTL = "Non-None expiration time required for soft invalidation"
 

@@ -59,7 +59,10 @@ def retry_policy(config: CacheConfig, retry_class: type[Retry] | type[AsyncRetry
 
 
 class AsyncFailFastRetry(AsyncRetry):
-    """The asyncio twin of :class:`FailFastRetry`."""
+    """The asyncio twin of :class:`FailFastRetry`. The first attempt is
+    awaited directly (most commands succeed at once: no coroutine layers
+    per command); after a transient failure of it, redis-py's schedule runs
+    from that failure on, exactly as if it had made the first attempt."""
 
     async def call_with_retry(  # type: ignore[override]
         self, do: Callable[[], Any], fail: Callable[..., Any], *args: Any, **kwargs: Any

@@ -19,6 +19,7 @@ from redis.asyncio.sentinel import SentinelManagedSSLConnection as AsyncSentinel
 from redis.backoff import NoBackoff
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection, SentinelManagedSSLConnection
 
+from ._compat import timed_send
 from .config import CacheConfig
 from .connecting import BoundedConnection, BoundedSSLConnection, client_options
 from .logs import RateLimitedLog
@@ -226,7 +227,7 @@ def async_sentinel_client(config: CacheConfig, options: dict[str, Any], max_conn
     sentinel_kwargs["retry"] = AsyncFailFastRetry(NoBackoff(), 0)
     manager = AsyncSentinel([(uri.host, uri.port) for uri in config.redis_uris], sentinel_kwargs=sentinel_kwargs)
     options = {key: value for key, value in options.items() if key != "ssl"}
-    options["connection_class"] = AsyncSentinelSSLConnection if config.tls else AsyncSentinelConnection
+    options["connection_class"] = timed_send(AsyncSentinelSSLConnection if config.tls else AsyncSentinelConnection)
     pool = AsyncSentinelPool(config.sentinel_master, manager, db=config.redis_uris[0].db,
                              max_connections=max_connections, **options)
     return AsyncRedis.from_pool(pool)

@@ -19,13 +19,20 @@ Faults, each switched on and off while connections are open:
 Replies are matched to commands by parsing both directions (RESP2 and
 RESP3; push messages are not replies). A connection that subscribes is
 passed through untouched from then on.
+
+``python -m tests.faults --target-port P --latency 0.001`` runs a latency
+proxy in a process of its own (a benchmark's link, whose pump threads must
+not share the measured process's GIL): it prints its port on one line and
+runs until its standard input closes.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -361,3 +368,20 @@ class FaultProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def main() -> None:
+    """A latency proxy in its own process (see the module): prints its port,
+    runs until standard input closes."""
+    parser = argparse.ArgumentParser(description="a latency proxy on 127.0.0.1 to a loopback port")
+    parser.add_argument("--target-port", type=int, required=True)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds of delay each way")
+    args = parser.parse_args()
+    with FaultProxy(args.target_port) as proxy:
+        proxy.latency(to_server=args.latency, to_client=args.latency)
+        print(proxy.port, flush=True)
+        sys.stdin.read()  # until the parent closes it (or exits)
+
+
+if __name__ == "__main__":
+    main()

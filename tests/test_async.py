@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -25,6 +26,7 @@ from librecache.signing import Signer
 from tests import processes
 from tests.conformance import Counter, in_threads
 from tests.conftest import ACL_PASSWORD, ACL_PREFIX, ACL_USER, Deployment
+from tests.faults import FaultProxy
 from tests.servers import RedisClusterFarm, RedisSentinelFarm, RedisServer, ServerFarm
 from tests.test_resilience import wait_until
 
@@ -643,3 +645,189 @@ def test_a_sentinel_managed_master_through_the_async_door(redis_sentinel: RedisS
 
     assert run(main()) == [1, 42, 42]
     assert region.get("from async") == 2
+
+
+# --------------------------------------------------------------------------
+# Concurrent reads of one key share one GET (single flight)
+# --------------------------------------------------------------------------
+
+
+def _reads(server: RedisServer) -> tuple[int, int]:
+    """GET and MGET commands the server has run so far."""
+    stats = redis.Redis(port=server.port).info("commandstats")
+    return tuple(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("get", "mget"))  # type: ignore[return-value]
+
+
+def test_concurrent_reads_share_round_trips(redis_server: RedisServer, redis_env: dict[str, str],
+                                           make_caches: Make) -> None:
+    """20 concurrent hits of one key: one GET. 10 concurrent hits of
+    distinct keys: the first read is sent at once, the others that start
+    while it is in flight go as one MGET. A lone read is a GET."""
+    region = make_caches(redis_env).region("ROLES")
+    calls = Counter(lambda key: {"key": key, "roles": ["a", "b"]})
+
+    @region.cache_on_arguments()
+    async def roles(key: str) -> Any:
+        return calls(key)
+
+    async def main() -> tuple[list[Any], list[Any], list[tuple[int, int]]]:
+        for key in ["one", *(f"d{n}" for n in range(10))]:
+            await roles(key)  # created and stored, one at a time
+        await roles("one")
+        counts = [_reads(redis_server)]
+        same = await asyncio.gather(*(roles("one") for _ in range(20)))
+        counts.append(_reads(redis_server))
+        distinct = await asyncio.gather(*(roles(f"d{n}") for n in range(10)))
+        counts.append(_reads(redis_server))
+        await roles("one")
+        counts.append(_reads(redis_server))
+        return same, distinct, counts
+
+    same, distinct, counts = run(main())
+    steps = [(after[0] - before[0], after[1] - before[1]) for before, after in itertools.pairwise(counts)]
+    assert steps == [(1, 0), (1, 1), (1, 0)]  # (GETs, MGETs) of each step
+    assert calls.calls == 11  # every read was a hit
+    assert distinct == [{"key": f"d{n}", "roles": ["a", "b"]} for n in range(10)]
+    assert all(value == {"key": "one", "roles": ["a", "b"]} for value in same)
+    assert len({id(value) for value in same}) == len(same)  # each caller decoded its own copy
+
+
+def test_concurrent_reads_on_a_cluster_split_per_slot(redis_cluster: RedisClusterFarm, cluster_env: dict[str, str],
+                                                     make_caches: Make) -> None:
+    region = make_caches(cluster_env).region("ROLES")
+
+    async def main() -> list[Any]:
+        await region.aset_multi({f"k{n}": n for n in range(30)})
+        return list(await asyncio.gather(*(region.aget(f"k{n}") for n in range(30))))
+
+    assert run(main()) == list(range(30))
+
+
+def test_a_write_is_seen_by_reads_that_start_after_it(redis_env: dict[str, str], make_caches: Make) -> None:
+    """A read in flight when this loop writes the key is not shared with
+    reads that start after the write."""
+    region = make_caches(redis_env).region("ROLES")
+
+    async def main() -> list[Any]:
+        await region.aset("k", "old")
+        early = asyncio.ensure_future(region.aget("k"))  # starts its GET, not answered yet
+        await asyncio.sleep(0)
+        await region.aset("k", "new")
+        return [await region.aget("k"), await early]
+
+    late, early = run(main())
+    assert late == "new"
+    assert early in ("old", "new")
+
+
+@pytest.fixture
+def link(farm: ServerFarm) -> Iterator[FaultProxy]:
+    """A server of the test's own behind a :class:`FaultProxy`."""
+    server = farm.server()
+    with FaultProxy(server.port) as proxy:
+        yield proxy
+    server.stop()
+
+
+def _flight(region: librecache.LibreRegion, key: str) -> Any:
+    """The shared GET of ``key`` in flight in the running loop, if any (what
+    the test waits for)."""
+    from librecache.aio import store_of
+
+    store = store_of(region)
+    flights = store._flights.get(asyncio.get_running_loop(), {})
+    return flights.get(region.key_mangler(key) if region.key_mangler else key)
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        await asyncio.sleep(0.001)
+
+
+def test_cancelling_one_reader_of_a_shared_get_cancels_no_other(link: FaultProxy, make_caches: Make) -> None:
+    proxy = link
+    region = make_caches({"USE_REDIS": "true", "REDIS_URI": proxy.url, "REDIS_KEY_PREFIX": "flight",
+                          "LIBRECACHE_SOCKET_TIMEOUT": "5"}).region("ROLES")
+
+    async def main() -> list[Any]:
+        await region.aset_multi({"k": {"v": 1}, "o1": 1, "o2": 2, "o3": 3})
+        proxy.latency(to_server=0.05, to_client=0.05)
+        first = asyncio.ensure_future(region.aget("k"))
+        await _until(lambda: _flight(region, "k") is not None)
+        readers = [asyncio.ensure_future(region.aget("k")) for _ in range(5)]
+        await _until(lambda: _flight(region, "k")[0] is not None)  # the others joined it
+        others = [asyncio.ensure_future(region.aget(key)) for key in ("o1", "o2", "o3")]  # one MGET
+        await _until(lambda: _flight(region, "o1") is not None)
+        readers[0].cancel()  # a waiter
+        first.cancel()  # the reader that sent the GET
+        others[0].cancel()  # a reader of the MGET
+        results = await asyncio.gather(*readers[1:], *others[1:])
+        assert first.cancelled() and readers[0].cancelled() and others[0].cancelled()
+        return results
+
+    assert run(main()) == [{"v": 1}] * 4 + [2, 3]
+
+
+def test_a_failure_while_shared_degrades_every_reader(link: FaultProxy, make_caches: Make) -> None:
+    proxy = link
+    caches = make_caches({"USE_REDIS": "true", "REDIS_URI": proxy.url, "REDIS_KEY_PREFIX": "flightfail",
+                          "LIBRECACHE_SOCKET_TIMEOUT": "5", "REDIS_RETRY_MAX_DELAY": "200"})
+    region = caches.region("ROLES")
+    calls = Counter(lambda key: f"made {key}")
+
+    @region.cache_on_arguments()
+    async def made(key: str) -> Any:
+        return calls(key)
+
+    async def main() -> list[Any]:
+        for key in ("k", "o1", "o2", "o3"):
+            await made(key)
+        proxy.reset_replies(1.0)  # every reply cut: the GET, the MGET and their retries fail
+        return list(await asyncio.gather(*(made(key) for key in ["k"] * 10 + ["o1", "o2", "o3"])))
+
+    # no exception: each reader, of the shared GET and of the MGET, fell through to the function
+    assert run(main()) == ["made k"] * 10 + ["made o1", "made o2", "made o3"]
+    assert proxy.resets >= 1
+    health = caches.health()
+    assert health is not None and not health["up"]
+    proxy.clear()
+    wait_until(lambda: caches.health()["up"], 10)  # type: ignore[index]
+    assert run(made("k")) == "made k"
+
+
+def test_a_black_holed_link_bounds_async_calls_and_caching_comes_back(link: FaultProxy, make_caches: Make) -> None:
+    """Redis stops answering with every connection left open (a black
+    hole): awaited calls return within the call budget with no exception
+    (the function runs), the breaker opens so later calls fall through at
+    once, and caching resumes by itself when the link heals."""
+    caches = make_caches({"USE_REDIS": "true", "REDIS_URI": link.url, "REDIS_KEY_PREFIX": "hole",
+                          "LIBRECACHE_SOCKET_TIMEOUT": "0.5", "REDIS_CONNECT_TIMEOUT": "500",
+                          "REDIS_RETRY_MAX_DELAY": "200"})
+    region = caches.region("ROLES")
+    calls = Counter(lambda n: n * 10)
+
+    @region.cache_on_arguments()
+    async def value_of(n: int) -> int:
+        return int(calls(n))
+
+    assert run(value_of(1)) == 10 and run(value_of(1)) == 10 and calls.calls == 1
+    link.blackhole()
+
+    async def during() -> tuple[list[Any], float]:
+        started = time.monotonic()
+        values = [await value_of(1), await value_of(2), await region.aget("x")]
+        return values, time.monotonic() - started
+
+    values, took = run(during())
+    assert values == [10, 20, NO_VALUE]  # no exception: the function ran
+    assert calls.calls == 3
+    budget = 2 * (0.5 + 0.5)  # connection.call_budget: two attempts of connect and reply time-outs
+    assert took < budget + 2.0, took  # one bounded failure, then the breaker: an honest margin
+    health = caches.health()
+    assert health is not None and not health["up"]
+    link.heal(deliver=False)
+    wait_until(lambda: caches.health()["up"], 15)  # type: ignore[index]
+    assert run(value_of(3)) == 30 and run(value_of(3)) == 30
+    assert calls.calls == 4  # caching resumed by itself

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import inspect
 import os
 import pickle
+import signal
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ from librecache import CacheConfig, _compat, config
 from librecache.connection import RedisConnection
 from librecache.fastpath import parse_metadata
 from librecache.prefixing import PrefixedRedis, _adopt
-from librecache.retries import FailFastRetry
+from librecache.retries import AsyncFailFastRetry, FailFastRetry
 from tests.servers import RedisClusterFarm, RedisServer
 
 DOGPILE = f"dogpile.cache {importlib.metadata.version('dogpile.cache')}"
@@ -151,38 +155,49 @@ def test_fail_fast_retry_counts_attempts_exactly_with_an_unwrapped_first_one(fai
 
 
 @pytest.mark.parametrize(("error", "expected_attempts"), [
-    (RedisConnectionError("dropped"), 3),
-    (AuthenticationError("invalid password"), 1),
+    (RedisConnectionError("dropped"), 3),  # transient: retried twice
+    (AuthenticationError("invalid password"), 1),  # permanent: raised at once
 ])
 def test_async_fail_fast_retry_on_this_redis_version(error: Exception, expected_attempts: int) -> None:
-    from librecache.retries import AsyncFailFastRetry
-
+    """The asyncio twin awaits the first attempt itself (no coroutine layers
+    on success) and hands a transient failure to redis-py's schedule: the
+    same attempts and fail() calls as the sync policy."""
     attempts: list[int] = []
     failed: list[Any] = []
     retry = AsyncFailFastRetry(_compat.jitter_backoff(base=0.0, cap=0.0), 2)
 
-    async def do() -> str:
+    async def do() -> None:
         attempts.append(1)
         raise error
 
     async def fail(error: Exception) -> None:
         failed.append(error)
 
-    async def flaky() -> str:
-        attempts.append(1)
-        if len(attempts) <= 1:
-            raise RedisConnectionError("dropped")
-        return "answer"
-
     with pytest.raises(type(error)) as raised:
         asyncio.run(retry.call_with_retry(do, fail))
     assert raised.value is error
     assert len(attempts) == expected_attempts, f"{REDIS}: asyncio Retry.call_with_retry"
-    assert len(failed) == (expected_attempts if expected_attempts > 1 else 0)
-    attempts.clear()
-    failed.clear()
-    assert asyncio.run(retry.call_with_retry(flaky, fail)) == "answer"
-    assert (len(attempts), len(failed)) == (2, 1)
+    assert len(failed) == (expected_attempts if expected_attempts > 1 else 0)  # fail() only for retried ones
+
+
+@pytest.mark.parametrize("failures", [0, 1, 2])
+def test_async_fail_fast_retry_returns_the_attempt_that_succeeds(failures: int) -> None:
+    attempts: list[int] = []
+    failed: list[Any] = []
+    retry = AsyncFailFastRetry(_compat.jitter_backoff(base=0.0, cap=0.0), 2)
+
+    async def do() -> str:
+        attempts.append(1)
+        if len(attempts) <= failures:
+            raise RedisConnectionError("dropped")
+        return "answer"
+
+    async def fail(error: Exception) -> None:
+        failed.append(error)
+
+    assert asyncio.run(retry.call_with_retry(do, fail)) == "answer"
+    assert len(attempts) == failures + 1
+    assert len(failed) == failures
 
 
 def test_fail_fast_retry_keeps_a_permanent_errors_cause() -> None:
@@ -301,6 +316,69 @@ def test_borrow_idle_connection(pool: ConnectionPool) -> None:
     assert borrowed in pool._available_connections
     with _compat.borrow_idle_connection(pool, 3600.0, set()) as none:
         assert none is None  # nobody idle that long
+
+
+# -- redis.asyncio: a write bounded without a Task (timed_send) ---------------------------------
+
+
+@contextmanager
+def frozen(server: RedisServer) -> Iterator[None]:
+    """The server's process stopped (SIGSTOP): connections stay open, nothing is read."""
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+def test_redis_asyncio_bounds_writes_with_wait_for() -> None:
+    """What :func:`librecache._compat.timed_send` stands in for: redis-py's
+    asyncio ``Connection.send_packed_command`` wraps a write in
+    ``asyncio.wait_for`` (a Task per command) when a socket time-out is set.
+    When this fails, redis-py changed how it bounds writes: look again
+    whether ``timed_send`` is still needed."""
+    from redis.asyncio.connection import Connection as AsyncConnection
+
+    source = inspect.getsource(AsyncConnection.send_packed_command)
+    assert "wait_for" in source and "self.socket_timeout" in source, f"{REDIS}: asyncio send_packed_command"
+
+
+@pytest.mark.skipif(not _compat.TIMED_SEND, reason="asyncio.timeout exists from Python 3.11 on")
+def test_timed_send_fails_a_stuck_write_as_redis_py_does(own_server: RedisServer) -> None:
+    """A write the server does not take (its process stopped, 64 MB sent):
+    redis-py's TimeoutError("Timeout writing to socket") within the socket
+    time-out, and the connection dropped (redis-py disconnects a connection
+    whose write was interrupted), as with redis-py's own wait_for."""
+    from redis.asyncio.connection import Connection as AsyncConnection
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    timed = _compat.timed_send(AsyncConnection)
+    assert _compat.timed_send(AsyncConnection) is timed  # one class per base
+
+    async def main() -> tuple[BaseException | None, bool, float, Any]:
+        connection = timed(host="127.0.0.1", port=own_server.port, socket_timeout=0.5, socket_connect_timeout=2)
+        await connection.connect()
+        await connection.send_command("PING")
+        assert await connection.read_response() in (b"PONG", "PONG")
+        raised: BaseException | None = None
+        started = time.monotonic()
+        with frozen(own_server):
+            try:
+                await connection.send_packed_command(connection.pack_command("SET", "big", b"x" * (64 << 20)))
+            except BaseException as exc:
+                raised = exc
+            took = time.monotonic() - started
+        connected = connection.is_connected
+        timeout = connection.socket_timeout
+        await connection.disconnect()
+        return raised, connected, took, timeout
+
+    raised, connected, took, timeout = asyncio.run(main())
+    assert isinstance(raised, RedisTimeoutError) and "writing" in str(raised)
+    assert not connected
+    assert timeout == 0.5  # the connection's own time-out is back
+    assert took < 0.5 + 2.0  # the socket time-out, with an honest margin on a loaded machine
 
 
 # -- redis-py: every lock of a client ----------------------------------------------------------

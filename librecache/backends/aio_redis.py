@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _LOCAL_ONLY = object()
 _FAILED = object()
+_AGAIN = object()  # a shared read's first reader was cancelled: read again
 
 
 # --------------------------------------------------------------------------
@@ -301,6 +302,20 @@ async def keyed_lock(name: str, wait: bool, deadline: float | None) -> AsyncIter
             del table[name]
 
 
+def _settle(flights: list[list[Any]], exc: BaseException) -> None:
+    """The read of ``flights`` failed with ``exc``: raise it in their
+    readers; a cancelled read makes them read again."""
+    for flight in flights:
+        future = flight[0]
+        if future is None or future.done():
+            continue
+        if isinstance(exc, Exception):
+            future.set_exception(exc)
+            future.exception()  # retrieved: a reader that was cancelled meanwhile logs nothing
+        else:
+            future.set_result(_AGAIN)
+
+
 # --------------------------------------------------------------------------
 # One namespace
 # --------------------------------------------------------------------------
@@ -319,6 +334,13 @@ class AsyncRedisStore:
         self.near = backend.near[0] if backend.near is not None else None
         self.bus = getattr(region.region_invalidator, "bus", None)
         self.clients = clients_of(self.connection)
+        #: Per event loop: the reads in flight, by key, and the keys of the
+        #: next MGET (see :meth:`_shared_get`).
+        self._flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[Any]]] = \
+            weakref.WeakKeyDictionary()
+        self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[Any]]] = \
+            weakref.WeakKeyDictionary()
+        self._sending: set[asyncio.Task[None]] = set()
 
     def marks_due(self) -> bool:
         """Whether :meth:`marks` has anything to do (a plain check, no await)."""
@@ -346,6 +368,108 @@ class AsyncRedisStore:
             return NO_VALUE
         return self.region._parse_serialized_from_backend(self.backend._opened(key, raw))
 
+    def raw_reads(self) -> bool:
+        """Whether a value read by :meth:`read` may be judged from its bytes
+        (:func:`librecache.fastpath.fresh_payload`): dogpile's pickled values,
+        no format (json, keyv) and no near cache to consult first."""
+        near = self.near
+        region = self.region
+        return region.deserializer is not None and region._format is None and (near is None or not near.enabled)
+
+    async def read(self, key: str) -> Any:
+        """The bytes stored under ``key`` as the region parses them (checked
+        for a lost write and a signature), or ``NO_VALUE``."""
+        raw = await aguard(self.connection, "get", lambda c: self._shared_get(c, key), lambda: None,
+                           stats=self.stats, clients=self.clients)
+        if raw is None or self.connection.is_pending(key):  # a write of it was lost: what Redis holds may be older
+            return NO_VALUE
+        return self.backend._opened(key, raw)
+
+    def parse(self, serialized: Any) -> Any:
+        """What :meth:`read` returned, as a dogpile value (``NO_VALUE`` for a miss)."""
+        return self.region._parse_serialized_from_backend(serialized)
+
+    async def _shared_get(self, client: Any, key: str) -> bytes | None:
+        """``GET key``, shared by the tasks of this loop: a read of a key
+        already in flight waits for that read (single flight), and while
+        any read is in flight, the reads of other keys that start meanwhile
+        go together as one ``MGET`` (per slot on a cluster) in the next
+        loop iteration. So a burst of concurrent hits costs one or two round
+        trips, not one command each; a lone read is sent at once. Each
+        reader then checks and decodes its own copy. A failure is raised in
+        every reader (each degrades as it would alone); a reader's
+        cancellation cancels no other (a cancelled first reader hands the
+        read over: the others read again)."""
+        loop = asyncio.get_running_loop()
+        flights = self._flights.get(loop)
+        if flights is None:
+            flights = self._flights[loop] = {}
+        flight = flights.get(key)
+        if flight is None and flights:  # other reads are in flight: this one goes in the next MGET
+            flight = self._batched(loop, flights, client, key)
+        if flight is not None:
+            future = flight[0]
+            if future is None:
+                future = flight[0] = loop.create_future()
+            outcome = await asyncio.shield(future)
+            if outcome is not _AGAIN:
+                return outcome  # type: ignore[no-any-return]
+            return await self._shared_get(client, key)
+        flight = flights[key] = [None]
+        try:
+            raw: bytes | None = await client.get(key)
+        except BaseException as exc:
+            _settle([flight], exc)
+            raise
+        finally:
+            if flights.get(key) is flight:
+                del flights[key]
+        future = flight[0]
+        if future is not None and not future.done():
+            future.set_result(raw)
+        return raw
+
+    def _batched(self, loop: asyncio.AbstractEventLoop, flights: dict[str, list[Any]], client: Any,
+                 key: str) -> list[Any]:
+        """Queue ``key`` for this loop's next ``MGET`` (sent by a task that
+        starts in the next loop iteration); its flight."""
+        batch = self._batches.get(loop)
+        if batch is None:
+            batch = self._batches[loop] = {}
+            task = loop.create_task(self._mget(loop, flights, client, batch))
+            self._sending.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._sending.discard)
+        flight = flights[key] = batch[key] = [loop.create_future()]
+        return flight
+
+    async def _mget(self, loop: asyncio.AbstractEventLoop, flights: dict[str, list[Any]], client: Any,
+                    batch: dict[str, list[Any]]) -> None:
+        if self._batches.get(loop) is batch:
+            del self._batches[loop]
+        keys = list(batch)
+        try:
+            raws = list(await (client.mget_nonatomic(keys) if self.backend.cluster else client.mget(keys)))
+        except BaseException as exc:
+            _settle(list(batch.values()), exc)
+            if not isinstance(exc, Exception):
+                raise
+            return  # raised in every reader of the batch
+        finally:
+            for key, flight in batch.items():
+                if flights.get(key) is flight:
+                    del flights[key]
+        for flight, raw in zip(batch.values(), raws, strict=True):
+            if not flight[0].done():
+                flight[0].set_result(raw)
+
+    def _land(self, keys: list[str]) -> None:
+        """Reads of ``keys`` in flight in this loop are not shared any more: a
+        read that starts after a write of this store sees it."""
+        flights = self._flights.get(asyncio.get_running_loop())
+        if flights:
+            for key in keys:
+                flights.pop(key, None)
+
     async def get(self, key: str) -> Any:
         near = self.near
         generation = 0
@@ -355,9 +479,7 @@ class AsyncRedisStore:
             if value is not NO_VALUE:
                 return value
             generation = near.generation
-        raw = await aguard(self.connection, "get", lambda c: c.get(key), lambda: None, stats=self.stats,
-                           clients=self.clients)
-        value = self._parsed(key, raw)
+        value = self.parse(await self.read(key))
         if near is not None and near.enabled and isinstance(value, CachedValue):
             near.store(key, value, generation)
         return value
@@ -434,7 +556,10 @@ class AsyncRedisStore:
         """:meth:`RedisBackend._write`: a write that failed or was dropped
         leaves no older value to be served."""
         connection = self.connection
-        if await aguard(connection, operation, action, lambda: False, write=True, stats=self.stats) is False:
+        self._land(keys)
+        written = await aguard(connection, operation, action, lambda: False, write=True, stats=self.stats)
+        self._land(keys)  # and reads sent while it was in flight
+        if written is False:
             await self._discard(keys)
         else:
             connection.written(keys)
