@@ -12,7 +12,7 @@ import gc
 import itertools
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -498,11 +498,15 @@ def test_the_loop_keeps_ticking_while_redis_is_held(redis_server: RedisServer, r
     assert ticks >= 20, ticks
 
 
-@pytest.fixture
-def own_server(farm: ServerFarm) -> Iterator[RedisServer]:
-    server = farm.server()
-    yield server
-    server.stop()
+def counted(region: Any) -> tuple[Counter, Callable[[int], Awaitable[int]]]:
+    """A memoised ``async def`` of ``region`` giving ``n * 10``, and the counter of its runs."""
+    calls = Counter(lambda n: n * 10)
+
+    @region.cache_on_arguments()
+    async def value_of(n: int) -> int:
+        return int(calls(n))
+
+    return calls, value_of
 
 
 def test_redis_killed_async_calls_fall_through_and_caching_resumes(own_server: RedisServer, make_caches: Make) -> None:
@@ -510,11 +514,7 @@ def test_redis_killed_async_calls_fall_through_and_caching_resumes(own_server: R
            "REDIS_RETRY_MAX_DELAY": "200", "LIBRECACHE_SOCKET_TIMEOUT": "1", "REDIS_CONNECT_TIMEOUT": "1000"}
     caches = make_caches(env)
     region = caches.region("ROLES")
-    calls = Counter(lambda n: n * 10)
-
-    @region.cache_on_arguments()
-    async def value_of(n: int) -> int:
-        return int(calls(n))
+    calls, value_of = counted(region)
 
     # an async-only service: nothing sync ever touches the region
     assert run(value_of(1)) == 10 and run(value_of(1)) == 10 and calls.calls == 1
@@ -806,11 +806,7 @@ def test_a_black_holed_link_bounds_async_calls_and_caching_comes_back(link: Faul
                           "LIBRECACHE_SOCKET_TIMEOUT": "0.5", "REDIS_CONNECT_TIMEOUT": "500",
                           "REDIS_RETRY_MAX_DELAY": "200"})
     region = caches.region("ROLES")
-    calls = Counter(lambda n: n * 10)
-
-    @region.cache_on_arguments()
-    async def value_of(n: int) -> int:
-        return int(calls(n))
+    calls, value_of = counted(region)
 
     assert run(value_of(1)) == 10 and run(value_of(1)) == 10 and calls.calls == 1
     link.blackhole()
