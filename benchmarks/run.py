@@ -9,10 +9,12 @@ Run after the README's set-up:  ``.venv/bin/python -m benchmarks.run``
 
 The whole measurement is repeated (``--runs``, interleaved rounds in each,
 every operation keeping its best round per run): each ratio is reported as
-the median of the runs, with their lowest and highest (the spread). The hit
-against raw redis-py and the near cache against a Redis hit are measured
-once more in pairs of short back-to-back rounds, until the median of the
-pairs is steady (spread: the quartiles of the pairs).
+the median of the runs, with their lowest and highest (the spread). The hit,
+the miss, get_multi and the 16-thread hit against their baselines, and the
+near cache against a Redis hit, are measured once more in pairs of short
+back-to-back rounds, until the median of the pairs is steady (spread: the
+quartiles of the pairs): a load that comes and goes slows both sides of a
+pair alike.
 
 Operations, per topology (memory, single Redis, cluster):
 
@@ -114,9 +116,17 @@ RATIOS = (
      f"redis-py GET + unpickle x{THREADS} threads"),
 )
 NEAR = "near-cache hit speed-up vs redis hit"
-#: Measured in pairs of short back-to-back rounds until steady (spread: the quartiles of the pairs).
+#: Measured in pairs of short back-to-back rounds until steady (spread: the quartiles of the pairs):
+#: (ratio name, librecache operation, baseline operation, seconds per round, threads).
 PAIRED_HIT = "hit vs redis-py GET+unpickle, paired"
 PAIRED_NEAR = "near-cache hit speed-up vs redis hit, paired"
+PAIRED = (
+    (PAIRED_HIT, "hit", "raw", 0.05, 1),
+    (PAIRED_NEAR, "hit", "near", 0.1, 1),
+    ("miss+store vs dogpile, paired", "miss", "dogpile miss", 0.05, 1),
+    ("get_multi vs redis-py MGET+unpickle, paired", "multi", "raw multi", 0.1, 1),
+    (f"{THREADS} threads hit vs redis-py GET+unpickle, paired", "hit", "raw", 0.1, THREADS),
+)
 
 
 def ratios_of(row: dict[str, float]) -> dict[str, float | None]:
@@ -179,12 +189,13 @@ def main() -> None:
             # one namespace per operation: the misses must not evict (memory's LRU bound) the others' keys
             hit, _ = memoised(ours.region("ROLES"))
             _, miss = memoised(ours.region("PLUGINS"))
+            many = multi(ours.region("TOOLS"))
             measure(hit, topology, "librecache hit")
             measure(miss, topology, "librecache miss+store")
-            measure(multi(ours.region("TOOLS")), topology, "librecache get_multi 1000")
+            measure(many, topology, "librecache get_multi 1000")
             near_env = {**env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "ROLES"}
             if topology != "memory":
-                pairs[topology] = {"hit": hit}
+                pairs[topology] = {"hit": hit, "miss": miss, "multi": many}
                 measure(hit, topology, f"librecache hit x{THREADS} threads", THREADS)
                 near = librecache.Caches(near_env)
                 to_close.append(near)
@@ -208,6 +219,8 @@ def main() -> None:
             hit, miss = memoised(plain)
             measure(hit, topology, "dogpile hit")
             measure(miss, topology, "dogpile miss+store")
+            if topology != "memory":
+                pairs[topology]["dogpile miss"] = miss
             try:
                 measure(multi(plain), topology, "dogpile get_multi 1000")
             except (redis.RedisError, RedisClusterException) as exc:  # dogpile cluster: MSET/MGET across slots
@@ -227,8 +240,8 @@ def main() -> None:
                 raw.mset_nonatomic({key: pickle.dumps(VALUE) for key in keys}) if topology == "cluster" else \
                     raw.mset({key: pickle.dumps(VALUE) for key in keys})
                 fetch = raw.mget_nonatomic if topology == "cluster" else raw.mget
-                measure(lambda fetch=fetch, keys=keys: [pickle.loads(v) for v in fetch(keys)],
-                        topology, "redis-py MGET 1000 + unpickle")
+                pairs[topology]["raw multi"] = lambda fetch=fetch, keys=keys: [pickle.loads(v) for v in fetch(keys)]
+                measure(pairs[topology]["raw multi"], topology, "redis-py MGET 1000 + unpickle")
                 to_close.append(raw)
             stampedes[topology] = {
                 "librecache": stampede("librecache", env),
@@ -239,8 +252,11 @@ def main() -> None:
             runs.append(measure_all())
             print(f"run {number + 1} of {args.runs} done", flush=True)
         for topology, ops_of in pairs.items():
-            paired[topology] = {PAIRED_HIT: paired_ratio(ops_of["hit"], ops_of["raw"]),
-                                PAIRED_NEAR: paired_ratio(ops_of["hit"], ops_of["near"], seconds=0.1)}
+            paired[topology] = {
+                name: paired_ratio(ops_of[ours_op], ops_of[base_op], seconds=seconds,
+                                   measure=rate if threads == 1 else
+                                   (lambda op, s, threads=threads: threaded_rate(op, s, threads)))
+                for name, ours_op, base_op, seconds, threads in PAIRED}
             print(f"{topology} paired: " + ", ".join(f"{name} {figure['median']:.2f}x ({figure['pairs']:.0f} pairs)"
                                                       for name, figure in paired[topology].items()), flush=True)
     finally:
@@ -263,7 +279,7 @@ def main() -> None:
             ratios[topology][name] = figure["median"]
             spread[topology][name] = [figure["q1"], figure["q3"]]
     for topology in topologies:
-        for name in (PAIRED_HIT, PAIRED_NEAR):
+        for name, *_ in PAIRED:
             ratios[topology].setdefault(name, None)
             spread[topology].setdefault(name, None)
     ops = {topology: {name: statistics.median(run[topology][name] for run in runs)

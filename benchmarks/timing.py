@@ -65,13 +65,15 @@ def save(name: str, data: Any) -> Path:
 
 
 def paired_ratio(ours: Callable[[], Any], base: Callable[[], Any], seconds: float = 0.05, least: int = 20,
-                 most: int = 300, tolerance: float = 0.01) -> dict[str, float]:
+                 most: int = 300, tolerance: float = 0.01,
+                 measure: Callable[[Callable[[], Any], float], float] = rate) -> dict[str, float]:
     """Time per call of ``ours`` / ``base``, from short rounds run back to
     back (which one goes first alternates), repeated until the running
     median of the pairs' ratios has moved less than ``tolerance`` (relative)
     over the last ``least`` pairs, or ``most`` pairs were made. A load that
     comes and goes slows both sides of a pair alike, so the median of pairs
-    is steadier than a ratio of two separate bests.
+    is steadier than a ratio of two separate bests. ``measure`` times one
+    round (:func:`rate`, or a threaded rate).
 
     :returns: ``median``, the quartiles ``q1`` and ``q3``, and ``pairs``.
     """
@@ -79,11 +81,11 @@ def paired_ratio(ours: Callable[[], Any], base: Callable[[], Any], seconds: floa
     medians: list[float] = []
     while len(ratios) < most:
         if len(ratios) % 2 == 0:
-            took_ours = 1 / rate(ours, seconds)
-            took_base = 1 / rate(base, seconds)
+            took_ours = 1 / measure(ours, seconds)
+            took_base = 1 / measure(base, seconds)
         else:
-            took_base = 1 / rate(base, seconds)
-            took_ours = 1 / rate(ours, seconds)
+            took_base = 1 / measure(base, seconds)
+            took_ours = 1 / measure(ours, seconds)
         ratios.append(took_ours / took_base)
         medians.append(statistics.median(ratios))
         recent = medians[-least:]
