@@ -363,10 +363,12 @@ class AsyncRedisStore:
 
     # -- reads --------------------------------------------------------------
 
-    def _parsed(self, key: str, raw: bytes | None) -> Any:
+    def _checked(self, key: str, raw: bytes | None) -> Any:
+        """``raw`` read under ``key``, checked for a lost write and a
+        signature (the bytes the region parses), or ``NO_VALUE``."""
         if self.connection.is_pending(key):  # a write of it was lost: what Redis holds may be older
             return NO_VALUE
-        return self.region._parse_serialized_from_backend(self.backend._opened(key, raw))
+        return self.backend._opened(key, raw)
 
     def raw_reads(self) -> bool:
         """Whether a value read by :meth:`read` may be judged from its bytes
@@ -381,9 +383,7 @@ class AsyncRedisStore:
         for a lost write and a signature), or ``NO_VALUE``."""
         raw = await aguard(self.connection, "get", lambda c: self._shared_get(c, key), lambda: None,
                            stats=self.stats, clients=self.clients)
-        if raw is None or self.connection.is_pending(key):  # a write of it was lost: what Redis holds may be older
-            return NO_VALUE
-        return self.backend._opened(key, raw)
+        return self._checked(key, raw)
 
     def parse(self, serialized: Any) -> Any:
         """What :meth:`read` returned, as a dogpile value (``NO_VALUE`` for a miss)."""
@@ -506,7 +506,7 @@ class AsyncRedisStore:
 
             raws = await aguard(self.connection, "mget", read, lambda: [None] * len(missing), stats=self.stats)
             for key, raw in zip(missing, raws, strict=True):
-                value = found[key] = self._parsed(key, raw)
+                value = found[key] = self.parse(self._checked(key, raw))
                 if near is not None and near.enabled and isinstance(value, CachedValue):
                     near.store(key, value, generation)
         return [found[key] for key in keys]
