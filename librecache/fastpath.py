@@ -11,8 +11,10 @@
   a value has to be created.
 - :func:`get_multi`: dogpile's ``get_multi`` makes four passes over the
   keys (mangle, parse, check, unwrap), each a Python call per key; here
-  ASCII keys are mangled in one step and each value is parsed, checked
-  and unpickled in one pass.
+  ASCII keys are mangled in one step, and a batch whose values are all in
+  dogpile's usual form and fresh is judged and unpickled in loops of C
+  (one regular expression over its headers, ``min`` of their times as
+  text); any other batch is judged value by value, in one pass.
 - :func:`parse_metadata`: dogpile's metadata header is ``{"ct": <float>,
   "v": <int>}``; it is read without :mod:`json` when it has that exact
   shape, and with :mod:`json` otherwise.
@@ -23,10 +25,12 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import operator
 import re
 import threading
 import time
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE
@@ -442,62 +446,30 @@ def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expi
         if invalidator.is_invalidated(now) or invalidator.was_hard_invalidated() \
                 or invalidator.was_soft_invalidated():
             is_invalidated = invalidator.is_invalidated
+    if raw:
+        oldest = _oldest_text(region.region_invalidator, now, expiration_time, is_invalidated)
+        if oldest is not None:
+            every = _all_fresh(found, loads, _CT_HEAD + oldest)
+            if every is not None:
+                return every
+            return _text_judged(region, found, oldest, now, expiration_time, is_invalidated)
+    elif expiration_time is None and is_invalidated is None:  # no value can be stale: only read them
+        return [value if value is NO_VALUE else value.payload for value in found]
     values: list[Any] = []
     append = values.append
-    if expiration_time is None and is_invalidated is None:  # no value can be stale: only read them
-        if not raw:
-            return [value if value is NO_VALUE else value.payload for value in found]
-        for value in found:
-            if value is NO_VALUE:
-                append(NO_VALUE)
-                continue
-            created, pickled = dogpile_header(value)
-            if created is not None:
-                try:
-                    append(loads(pickled))
-                    continue
-                except Exception:  # CantDeserializeException, or corrupt: as the region reads it (logged)
-                    pass
-            value = region._parse_serialized_from_backend(value)
-            append(value if value is NO_VALUE else value.payload)
-        return values
-    oldest = _oldest_text(region.region_invalidator, now, expiration_time, is_invalidated) if raw else None
-    if oldest is not None:  # dogpile's usual headers compared as text: no float parsed
-        for value in found:
-            if value is NO_VALUE:
-                append(NO_VALUE)
-                continue
-            header, _, payload = value.partition(DOGPILE_METADATA_DELIMITER)
-            if header[:7] == _CT_HEAD and header[-9:] == _CT_TAIL and header[17:18] == b"." \
-                    and header[7:17].isdigit():
-                if header[7:-9] < oldest:
-                    append(NO_VALUE)
-                    continue
-                try:
-                    append(loads(payload))
-                    continue
-                except Exception:  # CantDeserializeException, or corrupt: as the region reads it (logged)
-                    pass
-            append(_judged(region, value, now, expiration_time, is_invalidated))
-        return values
+    value: Any
     for value in found:
         if value is NO_VALUE or value is None:
             append(NO_VALUE)
             continue
-        payload = NO_VALUE
-        if not raw:
-            created = value.metadata["ct"]
-        else:  # dogpile's usual header, parsed here; anything else as the region parses it
-            parsed, payload = dogpile_header(value)
-            if parsed is not None:
-                created = parsed
-            else:
-                value = region._parse_serialized_from_backend(value)
-                if value is NO_VALUE:
-                    append(NO_VALUE)
-                    continue
-                payload = NO_VALUE
-                created = value.metadata["ct"]
+        payload: Any
+        if raw:  # dogpile's usual header, parsed here; anything else as the region parses it
+            created, payload = dogpile_header(value)
+            if created is None:
+                append(_judged(region, value, now, expiration_time, is_invalidated))
+                continue
+        else:
+            created, payload = value.metadata["ct"], NO_VALUE
         if (expiration_time is not None and now - created > expiration_time) or \
                 (is_invalidated is not None and is_invalidated(created)):
             append(NO_VALUE)
@@ -507,8 +479,74 @@ def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expi
             try:
                 append(loads(payload))
             except Exception:  # CantDeserializeException, or corrupt: as the region reads it (logged)
-                value = region._parse_serialized_from_backend(value)
-                append(value if value is NO_VALUE else value.payload)
+                append(_judged(region, value, now, expiration_time, is_invalidated))
+    return values
+
+
+#: Headers in dogpile's usual form, creation times written as ``repr`` writes them, one per line.
+_FORMED = re.compile(rb'(?:\{"ct": \d{10}\.\d+, "v": 2\}\n)*\{"ct": \d{10}\.\d+, "v": 2\}')
+_HEADER = operator.itemgetter(0)
+_PAYLOAD = operator.itemgetter(2)
+
+
+def _all_fresh(found: list[Any], loads: Callable[[bytes], Any], threshold: bytes) -> list[Any] | None:
+    """Every value of ``found`` (bytes, or ``NO_VALUE``) unpickled, when
+    each one present is in dogpile's usual form with a creation time as
+    :func:`_oldest_text` writes them, none is older than ``threshold`` (its
+    header text), and each unpickles; else ``None``, and the caller judges
+    them one by one. Judged and unpickled in loops of C (``map``, one
+    regular expression over the headers joined, ``min``), not of Python: a
+    batch of values all fresh is the common case, and the one that costs."""
+    present = found
+    try:
+        parts = list(map(bytes.partition, present, repeat(DOGPILE_METADATA_DELIMITER, len(present))))
+    except TypeError:  # NO_VALUE among them
+        present = [value for value in found if value is not NO_VALUE]
+        if not present:
+            return list(found)
+        try:
+            parts = list(map(bytes.partition, present, repeat(DOGPILE_METADATA_DELIMITER, len(present))))
+        except TypeError:
+            return None
+    headers = list(map(_HEADER, parts))
+    joined = b"\n".join(headers)
+    # as many lines as values (no header holds a line break), each well formed, the oldest fresh
+    if joined.count(b"\n") != len(headers) - 1 or _FORMED.fullmatch(joined) is None or min(headers) < threshold:
+        return None
+    try:
+        values = list(map(loads, map(_PAYLOAD, parts)))
+    except Exception:  # CantDeserializeException, or corrupt: the caller reads each as the region does (logged)
+        return None
+    if present is found:
+        return values
+    unpickled = iter(values)
+    return [NO_VALUE if value is NO_VALUE else next(unpickled) for value in found]
+
+
+def _text_judged(region: Any, found: list[Any], oldest: bytes, now: float, expiration_time: float | None,
+                 is_invalidated: Callable[[float], bool] | None) -> list[Any]:
+    """The values of ``found`` (bytes, or ``NO_VALUE``) judged one by one:
+    dogpile's usual headers compared as text with ``oldest`` (see
+    :func:`_oldest_text`), no float parsed; others as the region reads them."""
+    loads = region.deserializer
+    values: list[Any] = []
+    append = values.append
+    for value in found:
+        if value is NO_VALUE:
+            append(NO_VALUE)
+            continue
+        header, _, payload = value.partition(DOGPILE_METADATA_DELIMITER)
+        if header[:7] == _CT_HEAD and header[-9:] == _CT_TAIL and header[17:18] == b"." \
+                and header[7:17].isdigit() and header[18:-9].isdigit():
+            if header[7:-9] < oldest:
+                append(NO_VALUE)
+                continue
+            try:
+                append(loads(payload))
+                continue
+            except Exception:  # CantDeserializeException, or corrupt: as the region reads it (logged)
+                pass
+        append(_judged(region, value, now, expiration_time, is_invalidated))
     return values
 
 
@@ -526,9 +564,9 @@ def _oldest_text(invalidator: Any, now: float, expiration_time: float | None,
         if before is None:
             return None
         oldest = max(oldest, before())
-    text = repr(oldest).encode()
     if oldest == 0.0:
         return b"0"  # every ten-digit time is later
+    text = repr(oldest).encode()
     if len(text) > 11 and text[10:11] == b"." and text[:10].isdigit():
         return text
     return None

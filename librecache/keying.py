@@ -128,7 +128,7 @@ class KeySpace:
 
         def mangle_many(keys: list[Any]) -> list[str]:
             if _plain(keys) and (not keys or max(map(len, keys)) <= room):
-                return [head + key for key in keys]
+                return list(map(head.__add__, keys))
             return [mangle(key) for key in keys]
 
         mangle.many = mangle_many  # type: ignore[attr-defined]

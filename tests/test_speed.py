@@ -268,6 +268,52 @@ def test_get_multi_judges_creation_times_of_every_form_as_dogpile(make_caches: M
     assert region.get_multi(keys)[-1] == "new" and region.get_multi(keys)[0] is NO_VALUE
 
 
+def test_get_multi_of_a_large_batch_answers_as_dogpile_when_a_value_spoils_it(
+        make_caches: Make, deployment: Deployment, prefix: str) -> None:
+    """A batch of values all fresh and in dogpile's usual form is judged and
+    unpickled at once; one value that is missing, stale, corrupt, or whose
+    header only looks usual (two headers in one, digits that are not) sends
+    the batch to the judgement of each value: the answers are dogpile's own
+    get_multi's on the same region, with and without invalidation marks."""
+    caches = make_caches({**deployment.env, "LIBRECACHE_NAMESPACE_TTLS": "TOOLS=300"})
+    region = caches.region("TOOLS")
+    keys = [f"k{n}" for n in range(200)]
+    region.set_multi({key: {"n": key} for key in keys})
+    now = repr(time.time()).encode()
+    pickled = pickle.dumps("odd")
+    spoilers = {
+        "missing": None,
+        "stale": b'{"ct": ' + repr(time.time() - 400).encode() + b', "v": 2}|' + pickled,
+        "corrupt": b'{"ct": ' + now + b', "v": 2}|\x80\x05garbage',
+        "two headers": b'{"ct": ' + now + b', "v": 2}\n{"ct": ' + now + b', "v": 2}|' + pickled,
+        "not digits": b'{"ct": ' + now + b'x1, "v": 2}|' + pickled,
+        "version": b'{"ct": ' + now + b', "v": 1}|' + pickled,  # dogpile's get_multi reads it
+    }
+
+    def both(batch: list[str], **kwargs: Any) -> list[Any]:
+        ours = region.get_multi(batch, **kwargs)
+        assert ours == CacheRegion.get_multi(region, batch, **kwargs), kwargs
+        return ours
+
+    assert both(keys) == [{"n": key} for key in keys]
+    for name, spoiler in spoilers.items():
+        batch = keys[:100] + [name] + keys[100:]
+        if spoiler is not None:
+            deployment.raw.set(f"{prefix}::TOOLS:{name}", spoiler)
+        found = both(batch)
+        assert found[100] == ("odd" if name == "version" else NO_VALUE), name
+        assert found[:100] + found[101:] == [{"n": key} for key in keys], name
+        assert both(batch, expiration_time=1000)[:100] == found[:100]
+        assert both(batch, expiration_time=-1) == [NO_VALUE] * 201  # dogpile: every value older than -1 s
+        assert both(batch, ignore_expiration=True)[101:] == found[101:]
+    region.delete_multi(keys[::2])  # gaps in a batch otherwise fresh
+    assert both(keys) == [NO_VALUE if n % 2 == 0 else {"n": key} for n, key in enumerate(keys)]
+    assert both(keys[::2]) == [NO_VALUE] * 100
+    region.invalidate(hard=True)
+    region.set_multi({key: {"n": key} for key in keys[:50]})
+    assert both(keys)[:50] == [{"n": key} for key in keys[:50]] and both(keys)[50:] == [NO_VALUE] * 150
+
+
 def test_get_multi_with_signed_values(make_caches: Make, redis_env: dict[str, str], raw: redis.Redis,
                                       prefix: str) -> None:
     region = make_caches({**redis_env, "LIBRECACHE_SIGNING_KEYS": "k1:" + "s" * 32}).region("TOOLS")
