@@ -214,19 +214,29 @@ class RedisConnection:
         ``stats``: the namespace's :class:`~librecache.metrics.NamespaceStats`,
         whose ``errors`` and ``fallthroughs`` count this operation too."""
         client = self.client
-        if self.falls_through(client is None, write, stats):
+        if (client is None or not self.breaker.up) and self.falls_through(client is None, write, stats):
             return fallback()
         try:
-            try:
-                return action(client)
-            except (ReadOnlyError, RedisConnectionError) as exc:
-                if not _demoted(exc):
-                    raise
-                limited.warning("readonly", "READONLY reply during %s: reconnecting to the current master", operation)
-                self.reset()
-                return action(self.client)
+            return action(client)
         except Exception as exc:
-            self.failed(exc, operation, write, stats)
+            return self.recover(exc, operation, action, fallback, write, stats)
+
+    def recover(self, exc: Exception, operation: str, action: Callable[[Any], Any], fallback: Callable[[], Any],
+                write: bool = False, stats: Any = None) -> Any:
+        """What :meth:`guard` does when ``action(client)`` raised ``exc``:
+        after a READONLY reply (a replica promoted away), reset the
+        connections and run ``action`` once more; otherwise, or when that
+        fails too, :meth:`failed` and ``fallback()``. For a hot path that
+        calls the client itself when :meth:`guard` would (the breaker up, a
+        client there): ``RedisBackend.get_serialized``."""
+        try:
+            if not isinstance(exc, (ReadOnlyError, RedisConnectionError)) or not _demoted(exc):
+                raise exc
+            limited.warning("readonly", "READONLY reply during %s: reconnecting to the current master", operation)
+            self.reset()
+            return action(self.client)
+        except Exception as failure:
+            self.failed(failure, operation, write, stats)
             return fallback()
 
     def falls_through(self, unreachable: bool, write: bool = False, stats: Any = None) -> bool:

@@ -44,7 +44,7 @@ __all__ = ["LazyMutex", "companions", "creating_uncached", "get_multi", "key_fun
 _SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 #: Arguments -> key pairs remembered per memoised function, at most.
 MEMO_SIZE = 4096
-#: What :func:`_read_fresh` returns when Redis holds no value for the key.
+#: What a memoised call's read found when Redis holds no value for the key.
 ABSENT: Any = object()
 _METADATA = re.compile(rb'^\{"ct": ([0-9.e+-]+), "v": (\d+)\}$')
 
@@ -126,24 +126,30 @@ def memoize(
         if kwargs or len(args) != count:
             return get_or_create(key_of(args, kwargs), creation, timeout, should_cache_fn, (args, kwargs))
         near = region._near
-        if near is None or not near.enabled:
+        nearby = near is not None and near.enabled
+        if not nearby:
             backend = region.backend
             if backend is not reads[0]:
                 reads[0], reads[1] = backend, getattr(backend, "remember_read", None)
             if reads[1] is None:  # memory, or proxies: dogpile's path
                 return get_or_create(key_generator(*args), creation, timeout, should_cache_fn, (args, kwargs))
-        if single:
-            text = type(args[0]) is str
-        else:
-            text = all(type(arg) is str for arg in args)
+        text = type(args[0]) is str if single else all(type(arg) is str for arg in args)
         keys = memo.get(args) if text and region.key_mangler is memo_of[0] else None
         if keys is None:
             keys = keys_of(args, text)
-        if near is not None and near.enabled:  # a near hit skips dogpile's lock machinery
+        if nearby:  # a near hit skips dogpile's lock machinery
             found = near.fetch(keys[1], region.expiration_time if timeout is None else timeout,
                                region.region_invalidator)
-        else:  # so does a fresh value read from Redis
-            found = _read_fresh(region, keys[1], timeout, reads)
+        elif region.deserializer is None or region.async_creation_runner is not None or region._format is not None:
+            found = NO_VALUE  # get_or_create reads it (a json or keyv namespace: through its format)
+        else:  # so does a fresh value read from Redis (a backend with remember_read: Redis, no proxies)
+            raw = reads[0].get_serialized(keys[1])
+            if raw is NO_VALUE:
+                found = ABSENT  # nothing to hand on
+            else:
+                found = fresh_payload(region, raw, timeout)
+                if found is NO_VALUE:  # what was read is get_or_create's first read: no extra round trip
+                    reads[1](keys[1], raw)
         if found is ABSENT:  # a cold miss: dogpile's rules for it, without its lock machinery
             return _create_absent(region, keys[1], creation, timeout, should_cache_fn, args, kwargs)
         if found is NO_VALUE:
@@ -192,29 +198,6 @@ def companions(cached: Callable[..., Any], user_func: Callable[..., Any], set_: 
     return cached
 
 
-def _read_fresh(region: Any, key: str, timeout: float | None, reads: list[Any]) -> Any:
-    """The value under the mangled ``key`` when dogpile's ``get_or_create``
-    would return it as it is (stored in dogpile's usual header, fresh, not
-    invalidated), else ``NO_VALUE``; what was read is then kept for
-    ``get_or_create``'s first read (``remember_read``), so a miss costs no
-    extra round trip; :data:`ABSENT` when Redis holds no value (nothing to
-    hand on). Only for a backend with ``remember_read`` (Redis, not wrapped
-    in proxies: they see every read) and a region without an
-    ``async_creation_runner``."""
-    backend, remember = reads
-    loads = region.deserializer
-    if remember is None or loads is None or region.async_creation_runner is not None or region._format is not None:
-        return NO_VALUE  # get_or_create reads it (a json or keyv namespace: through its format)
-    raw = backend.get_serialized(key)
-    if raw is NO_VALUE:
-        return ABSENT
-    found = fresh_payload(region, raw, timeout)
-    if found is not NO_VALUE:
-        return found
-    remember(key, raw)
-    return NO_VALUE
-
-
 def fresh_payload(region: Any, raw: bytes, timeout: float | None) -> Any:
     """The unpickled payload of ``raw`` (a value's bytes as the backend
     returns them) when dogpile's ``get_or_create`` with ``timeout`` (its
@@ -222,10 +205,15 @@ def fresh_payload(region: Any, raw: bytes, timeout: float | None) -> Any:
     dogpile's usual header, fresh, not invalidated (hard or soft); else
     ``NO_VALUE``, and the region reads it as it reads every value. Shared by
     the sync hit path and :mod:`librecache.aio`."""
-    created, pickled = dogpile_header(raw)
+    header, _, pickled = raw.partition(DOGPILE_METADATA_DELIMITER)  # dogpile_header's, without the call
+    if header[:7] != _CT_HEAD or header[-9:] != _CT_TAIL:
+        return NO_VALUE
+    try:
+        created = float(header[7:-9])
+    except ValueError:
+        return NO_VALUE
     expires = region.expiration_time if timeout is None else timeout
-    if created is not None and created > 0 \
-            and (expires is None or expires == -1 or time.time() - created <= expires) \
+    if created > 0 and (expires is None or expires == -1 or time.time() - created <= expires) \
             and not region.region_invalidator.is_invalidated(created):
         try:
             return region.deserializer(pickled)

@@ -103,6 +103,10 @@ class _Tokens:
 lock_token = _Tokens()
 
 
+def _nothing() -> None:
+    """What a read that fell through found."""
+
+
 def lock_expired(name: str) -> None:
     """Log that the creation lock ``name`` expired before its holder stored
     the value (another creator may have run meanwhile)."""
@@ -395,8 +399,18 @@ class RedisBackend(BytesBackend):
                 found = mutex.recheck()
                 if found is not _UNSET:
                     return self._opened(key, found)
-        return self._opened(key, connection.guard("get", lambda c: c.get(key), lambda: None,
-                                                     stats=self.stats))
+        client = connection.client
+        value: bytes | None
+        if client is not None and connection.breaker.up:  # guard's own call, without its frames (every hit)
+            try:
+                value = client.get(key)  # type: ignore[assignment]  # bytes: decode_responses is off
+            except Exception as exc:
+                value = connection.recover(exc, "get", lambda c: c.get(key), _nothing, stats=self.stats)
+        else:
+            value = connection.guard("get", lambda c: c.get(key), _nothing, stats=self.stats)
+        if self.signer is None:  # _opened's first two cases, without the call (every hit takes this)
+            return NO_VALUE if value is None else value
+        return self._opened(key, value)
 
     def get_serialized_multi(self, keys: Iterable[str]) -> Sequence[SerializedReturnType]:
         keys = list(keys)
