@@ -38,7 +38,17 @@ from dogpile.cache.exception import DogpileCacheException
 
 from .backends.aio_redis import AsyncRedisStore, Held, keyed_lock
 from .backends.redis import RedisBackend
-from .fastpath import SOFT_WITHOUT_TTL, companions, expiration_of, fresh, fresh_payload, judge, key_function
+from .fastpath import (
+    SOFT_WITHOUT_TTL,
+    companions,
+    expiration_of,
+    fresh,
+    fresh_payload,
+    judge,
+    judged_multi,
+    key_function,
+    mangled_many,
+)
 
 __all__ = [
     "adelete",
@@ -148,15 +158,15 @@ async def aget(region: Any, key: Any, expiration_time: float | None = None, igno
 async def aget_multi(region: Any, keys: Iterable[Any], expiration_time: float | None = None,
                      ignore_expiration: bool = False) -> list[Any]:
     """:meth:`~dogpile.cache.region.CacheRegion.get_multi`, awaitable."""
-    keys = list(keys)
-    if not keys:
+    mangled = mangled_many(region, keys)
+    if not mangled:
         return []
     store = store_of(region)
-    mangled = [_mangled(region, key) for key in keys]
     if store.marks_due():
         await store.marks()
-    unexpired = region._unexpired_value_fn(expiration_time, ignore_expiration)
-    values = [unexpired(value).payload for value in await store.get_multi(mangled)]
+    raw = store.raw_reads()  # bytes judged as the sync get_multi judges them
+    found = await (store.read_multi(mangled) if raw else store.get_multi(mangled))
+    values = judged_multi(region, found, raw, expiration_time, ignore_expiration)
     missed = sum(value is NO_VALUE for value in values)
     _count(region, len(values) - missed, missed)
     return values
@@ -186,7 +196,7 @@ async def adelete(region: Any, key: Any) -> None:
 async def adelete_multi(region: Any, keys: Iterable[Any]) -> None:
     """:meth:`~dogpile.cache.region.CacheRegion.delete_multi`, awaitable
     (one ``DEL`` per slot on a cluster)."""
-    await store_of(region).delete_multi([_mangled(region, key) for key in keys])
+    await store_of(region).delete_multi(mangled_many(region, keys))
 
 
 async def aget_or_create(region: Any, key: Any, creator: Callable[..., Any], expiration_time: float | None = None,

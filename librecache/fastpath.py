@@ -39,7 +39,8 @@ from dogpile.cache.exception import DogpileCacheException
 from ._compat import DOGPILE_METADATA_DELIMITER
 from .metrics import Creation, thread_creations
 
-__all__ = ["LazyMutex", "companions", "creating_uncached", "get_multi", "key_function", "memoize", "parse_metadata"]
+__all__ = ["LazyMutex", "companions", "creating_uncached", "get_multi", "judged_multi", "key_function", "mangled_many",
+           "memoize", "parse_metadata"]
 
 _SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 #: Arguments -> key pairs remembered per memoised function, at most.
@@ -409,18 +410,38 @@ def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expi
     ``region``, with the same results: each value, or ``NO_VALUE`` when it
     is missing, older than ``expiration_time`` (the region's when
     ``None``) unless ``ignore_expiration``, or invalidated."""
-    keys = list(keys)
+    keys = mangled_many(region, keys)
     if not keys:
         return []
-    mangler = region.key_mangler
-    if mangler is not None:
-        many = getattr(mangler, "many", None)
-        keys = many(keys) if many is not None else [mangler(key) for key in keys]
     near = region._near
-    loads = region.deserializer
     # dogpile's bytes parsed here; a json or keyv namespace's through its format
-    raw = loads is not None and (near is None or not near.enabled) and region._format is None
+    raw = region.deserializer is not None and (near is None or not near.enabled) and region._format is None
     found = region.backend.get_serialized_multi(keys) if raw else region._get_multi_from_backend(keys)
+    return judged_multi(region, found, raw, expiration_time, ignore_expiration)
+
+
+def mangled_many(region: Any, keys: Any) -> list[Any]:
+    """``keys`` (any iterable) as the region's key mangler makes them (ASCII
+    ``str`` keys in one step when it can: its ``many``)."""
+    given = list(keys)
+    mangler = region.key_mangler
+    if mangler is None or not given:
+        return given
+    many = getattr(mangler, "many", None)
+    mangled: list[Any] = many(given) if many is not None else [mangler(key) for key in given]
+    return mangled
+
+
+def judged_multi(region: Any, found: list[Any], raw: bool, expiration_time: float | None,
+                 ignore_expiration: bool) -> list[Any]:
+    """The answers of dogpile's ``get_multi`` for the values ``found`` under
+    its keys: each payload, or ``NO_VALUE`` when missing, older than
+    ``expiration_time`` (the region's when ``None``) unless
+    ``ignore_expiration``, or invalidated. ``found``: the backend's bytes
+    (``raw``; dogpile's pickled values) or :class:`CachedValue` objects.
+    Shared by :func:`get_multi` and :func:`librecache.aio.aget_multi` (which
+    loads the invalidation marks first: no sync read in an event loop)."""
+    loads = region.deserializer
     is_invalidated: Callable[[float], bool] | None = None
     now = 0.0
     if ignore_expiration:

@@ -6,6 +6,7 @@ hits as independent as Redis reads."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import pickle
 import threading
@@ -274,7 +275,8 @@ def test_get_multi_of_a_large_batch_answers_as_dogpile_when_a_value_spoils_it(
     unpickled at once; one value that is missing, stale, corrupt, or whose
     header only looks usual (two headers in one, digits that are not) sends
     the batch to the judgement of each value: the answers are dogpile's own
-    get_multi's on the same region, with and without invalidation marks."""
+    get_multi's on the same region, with and without invalidation marks,
+    and so are aget_multi's."""
     caches = make_caches({**deployment.env, "LIBRECACHE_NAMESPACE_TTLS": "TOOLS=300"})
     region = caches.region("TOOLS")
     keys = [f"k{n}" for n in range(200)]
@@ -293,6 +295,7 @@ def test_get_multi_of_a_large_batch_answers_as_dogpile_when_a_value_spoils_it(
     def both(batch: list[str], **kwargs: Any) -> list[Any]:
         ours = region.get_multi(batch, **kwargs)
         assert ours == CacheRegion.get_multi(region, batch, **kwargs), kwargs
+        assert asyncio.run(region.aget_multi(batch, **kwargs)) == ours, kwargs  # the async door judges alike
         return ours
 
     assert both(keys) == [{"n": key} for key in keys]

@@ -484,6 +484,17 @@ class AsyncRedisStore:
             near.store(key, value, generation)
         return value
 
+    async def read_multi(self, keys: list[str]) -> list[Any]:
+        """The bytes stored under each of ``keys`` as the region parses them
+        (checked for a lost write and a signature), or ``NO_VALUE``: one
+        ``MGET`` (one per slot on a cluster)."""
+        raws = await aguard(self.connection, "mget", lambda client: self._mget_all(client, keys),
+                            lambda: [None] * len(keys), stats=self.stats)
+        return [self._checked(key, raw) for key, raw in zip(keys, raws, strict=True)]
+
+    async def _mget_all(self, client: Any, keys: list[str]) -> list[bytes | None]:
+        return list(await (client.mget_nonatomic(keys) if self.backend.cluster else client.mget(keys)))
+
     async def get_multi(self, keys: list[str]) -> list[Any]:
         if not keys:
             return []
@@ -497,16 +508,8 @@ class AsyncRedisStore:
             generation = near.generation
         missing = [key for key in keys if found.get(key, NO_VALUE) is NO_VALUE]
         if missing:
-            cluster = self.backend.cluster
-
-            async def read(client: Any) -> list[bytes | None]:
-                if cluster:  # one MGET per slot
-                    return list(await client.mget_nonatomic(missing))
-                return list(await client.mget(missing))
-
-            raws = await aguard(self.connection, "mget", read, lambda: [None] * len(missing), stats=self.stats)
-            for key, raw in zip(missing, raws, strict=True):
-                value = found[key] = self.parse(self._checked(key, raw))
+            for key, raw in zip(missing, await self.read_multi(missing), strict=True):
+                value = found[key] = self.parse(raw)
                 if near is not None and near.enabled and isinstance(value, CachedValue):
                     near.store(key, value, generation)
         return [found[key] for key in keys]
