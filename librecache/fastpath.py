@@ -206,7 +206,7 @@ def fresh_payload(region: Any, raw: bytes, timeout: float | None) -> Any:
     dogpile's usual header, fresh, not invalidated (hard or soft); else
     ``NO_VALUE``, and the region reads it as it reads every value. Shared by
     the sync hit path and :mod:`librecache.aio`."""
-    header, _, pickled = raw.partition(DOGPILE_METADATA_DELIMITER)  # dogpile_header's, without the call
+    header, _, pickled = raw.partition(DOGPILE_METADATA_DELIMITER)
     if header[:7] != _CT_HEAD or header[-9:] != _CT_TAIL:
         return NO_VALUE
     try:
@@ -391,20 +391,6 @@ _CT_HEAD = b'{"ct": '
 _CT_TAIL = b', "v": 2}'
 
 
-def dogpile_header(raw: bytes) -> tuple[float | None, bytes]:
-    """The creation time and the pickled payload of a value in dogpile's
-    usual form, ``{"ct": <float>, "v": 2}|<pickle>``, read without
-    :mod:`json`; the creation time is ``None`` for anything else (which the
-    region then parses as it parses every value)."""
-    header, _, payload = raw.partition(DOGPILE_METADATA_DELIMITER)
-    if header[:7] != _CT_HEAD or header[-9:] != _CT_TAIL:
-        return None, payload
-    try:
-        return float(header[7:-9]), payload
-    except ValueError:
-        return None, payload
-
-
 def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expiration: bool) -> list[Any]:
     """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_multi` of
     ``region``, with the same results: each value, or ``NO_VALUE`` when it
@@ -413,11 +399,18 @@ def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expi
     keys = mangled_many(region, keys)
     if not keys:
         return []
-    near = region._near
-    # dogpile's bytes parsed here; a json or keyv namespace's through its format
-    raw = region.deserializer is not None and (near is None or not near.enabled) and region._format is None
+    raw = reads_bytes(region)
     found = region.backend.get_serialized_multi(keys) if raw else region._get_multi_from_backend(keys)
     return judged_multi(region, found, raw, expiration_time, ignore_expiration)
+
+
+def reads_bytes(region: Any) -> bool:
+    """Whether ``region``'s values are read as the backend's bytes and
+    judged here (dogpile's pickled values: a deserializer, no json or keyv
+    format, no near cache serving), rather than parsed by the region first.
+    Shared by :func:`get_multi` and the async door."""
+    near = region._near
+    return region.deserializer is not None and region._format is None and (near is None or not near.enabled)
 
 
 def mangled_many(region: Any, keys: Any) -> list[Any]:
@@ -466,29 +459,13 @@ def judged_multi(region: Any, found: list[Any], raw: bool, expiration_time: floa
         return [value if value is NO_VALUE else value.payload for value in found]
     values: list[Any] = []
     append = values.append
-    value: Any
     for value in found:
         if value is NO_VALUE or value is None:
             append(NO_VALUE)
-            continue
-        payload: Any
-        if raw:  # dogpile's usual header, parsed here; anything else as the region parses it
-            created, payload = dogpile_header(value)
-            if created is None:
-                append(_judged(region, value, now, expiration_time, is_invalidated))
-                continue
+        elif raw:  # a threshold text cannot say (another invalidator, a time of another form): as the region reads it
+            append(_judged(region, value, now, expiration_time, is_invalidated))
         else:
-            created, payload = value.metadata["ct"], NO_VALUE
-        if (expiration_time is not None and now - created > expiration_time) or \
-                (is_invalidated is not None and is_invalidated(created)):
-            append(NO_VALUE)
-        elif payload is NO_VALUE:
-            append(value.payload)
-        else:
-            try:
-                append(loads(payload))
-            except Exception:  # CantDeserializeException, or corrupt: as the region reads it (logged)
-                append(_judged(region, value, now, expiration_time, is_invalidated))
+            append(NO_VALUE if _stale(value.metadata["ct"], now, expiration_time, is_invalidated) else value.payload)
     return values
 
 
@@ -506,15 +483,18 @@ def _all_fresh(found: list[Any], loads: Callable[[bytes], Any], threshold: bytes
     them one by one. Judged and unpickled in loops of C (``map``, one
     regular expression over the headers joined, ``min``), not of Python: a
     batch of values all fresh is the common case, and the one that costs."""
+    def split(values: list[Any]) -> list[tuple[bytes, bytes, bytes]]:
+        return list(map(bytes.partition, values, repeat(DOGPILE_METADATA_DELIMITER, len(values))))
+
     present = found
     try:
-        parts = list(map(bytes.partition, present, repeat(DOGPILE_METADATA_DELIMITER, len(present))))
+        parts = split(present)
     except TypeError:  # NO_VALUE among them
         present = [value for value in found if value is not NO_VALUE]
         if not present:
             return list(found)
         try:
-            parts = list(map(bytes.partition, present, repeat(DOGPILE_METADATA_DELIMITER, len(present))))
+            parts = split(present)
         except TypeError:
             return None
     headers = list(map(_HEADER, parts))
@@ -586,10 +566,14 @@ def _judged(region: Any, value: bytes, now: float, expiration_time: float | None
     """The payload of ``value`` (bytes) as the region reads it, or
     ``NO_VALUE`` when it is missing, corrupt, expired or invalidated."""
     parsed = region._parse_serialized_from_backend(value)
-    if parsed is NO_VALUE:
-        return NO_VALUE
-    created = parsed.metadata["ct"]
-    if (expiration_time is not None and now - created > expiration_time) or \
-            (is_invalidated is not None and is_invalidated(created)):
+    if parsed is NO_VALUE or _stale(parsed.metadata["ct"], now, expiration_time, is_invalidated):
         return NO_VALUE
     return parsed.payload
+
+
+def _stale(created: float, now: float, expiration_time: float | None,
+           is_invalidated: Callable[[float], bool] | None) -> bool:
+    """dogpile's ``get_multi`` judgement of a value created at ``created``:
+    older than ``expiration_time`` at ``now``, or invalidated."""
+    return (expiration_time is not None and now - created > expiration_time) or \
+        (is_invalidated is not None and is_invalidated(created))

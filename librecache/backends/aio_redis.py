@@ -36,6 +36,7 @@ from redis.exceptions import ReadOnlyError
 from ..clients import async_client
 from ..config import CacheConfig
 from ..connection import RedisConnection, _demoted, limited
+from ..fastpath import reads_bytes
 from ..health import OUTAGE, classify
 from ..replies import text
 from .redis import _RELEASE, LOCK_POLL_INTERVAL, RedisBackend, lock_expired, lock_token
@@ -372,11 +373,8 @@ class AsyncRedisStore:
 
     def raw_reads(self) -> bool:
         """Whether a value read by :meth:`read` may be judged from its bytes
-        (:func:`librecache.fastpath.fresh_payload`): dogpile's pickled values,
-        no format (json, keyv) and no near cache to consult first."""
-        near = self.near
-        region = self.region
-        return region.deserializer is not None and region._format is None and (near is None or not near.enabled)
+        (:func:`librecache.fastpath.fresh_payload`): :func:`librecache.fastpath.reads_bytes`."""
+        return reads_bytes(self.region)
 
     async def read(self, key: str) -> Any:
         """The bytes stored under ``key`` as the region parses them (checked
@@ -448,7 +446,7 @@ class AsyncRedisStore:
             del self._batches[loop]
         keys = list(batch)
         try:
-            raws = list(await (client.mget_nonatomic(keys) if self.backend.cluster else client.mget(keys)))
+            raws = await self._mget_all(client, keys)
         except BaseException as exc:
             _settle(list(batch.values()), exc)
             if not isinstance(exc, Exception):
@@ -493,6 +491,7 @@ class AsyncRedisStore:
         return [self._checked(key, raw) for key, raw in zip(keys, raws, strict=True)]
 
     async def _mget_all(self, client: Any, keys: list[str]) -> list[bytes | None]:
+        """``MGET`` of ``keys`` (one per slot on a cluster)."""
         return list(await (client.mget_nonatomic(keys) if self.backend.cluster else client.mget(keys)))
 
     async def get_multi(self, keys: list[str]) -> list[Any]:
