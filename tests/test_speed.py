@@ -252,6 +252,7 @@ def test_get_multi_judges_creation_times_of_every_form_as_dogpile(make_caches: M
         "recent": repr(now - 5), "old": repr(now - 400), "zero": "0.0", "tiny": "5",
         "future": repr(now + 1e10), "exponent": f"{now - 5:e}", "trailing": f"{now - 5:.7f}0",
         "whole": str(int(now - 5)), "integer-digits": f"{int(now - 5)}.", "nine-digits": repr(now - 9e8),
+        "infinite": "inf", "underscores": f"{int(now - 5):_}.5",  # float() reads them, JSON (dogpile) does not
     }
     for key, created in forms.items():
         deployment.raw.set(f"{prefix}::TOOLS:{key}", b'{"ct": ' + created.encode() + b', "v": 2}|' + pickled)
