@@ -26,6 +26,7 @@ import functools
 import inspect
 import json
 import operator
+import pickle
 import re
 import threading
 import time
@@ -138,9 +139,21 @@ def memoize(
         keys = memo.get(args) if text and region.key_mangler is memo_of[0] else None
         if keys is None:
             keys = keys_of(args, text)
-        if nearby:  # a near hit skips dogpile's lock machinery
-            found = near.fetch(keys[1], region.expiration_time if timeout is None else timeout,
-                               region.region_invalidator)
+        if nearby:  # a near hit skips dogpile's lock machinery: NearCache.fetch's steps, inline
+            entry = near.entries.get(keys[1])
+            if entry is not None:
+                payload, _, created, copy, pickled = entry
+                expires = region.expiration_time if timeout is None else timeout
+                if (expires is None or expires == -1 or time.time() - created <= expires) \
+                        and created >= near.valid_from:
+                    near.hits += 1
+                    stats = region._stats
+                    if stats is not None:
+                        stats.hits += 1
+                    if copy is not None:
+                        return copy(payload)
+                    return pickle.loads(payload) if pickled else payload
+            found = NO_VALUE
         elif region.deserializer is None or region.async_creation_runner is not None or region._format is not None:
             found = NO_VALUE  # get_or_create reads it (a json or keyv namespace: through its format)
         else:  # so does a fresh value read from Redis (a backend with remember_read: Redis, no proxies)

@@ -13,6 +13,7 @@ applies announcements as they arrive, and reloads the hash whenever it
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -145,6 +146,7 @@ class InvalidationBus:
         self._ping_sent = False
         self.loaded = False
         self._retry_at = 0.0
+        self._mark_near()
 
     def strategy(self, namespace: AnyNamespace) -> SharedInvalidation:
         """The strategy of ``namespace``'s region (one per namespace)."""
@@ -159,7 +161,19 @@ class InvalidationBus:
         near = self.near_caches.get(namespace.value)
         if near is None:
             near = self.near_caches[namespace.value] = NearCache(namespace.value, max_entries)
+            self._mark_near(namespace.value)
         return near
+
+    def _mark_near(self, namespace: str | None = None) -> None:
+        """Set the ``valid_from`` of ``namespace``'s near cache (of every
+        near cache if ``None``) to the latest of its marks; infinite while
+        the marks are not read (nothing is served then)."""
+        for name in (self.near_caches if namespace is None else [namespace]):
+            near = self.near_caches.get(name)
+            if near is not None:
+                strategy = self._strategies.get(name)
+                near.valid_from = math.inf if not self.loaded else \
+                    max(strategy.hard, strategy.soft) if strategy is not None else 0.0
 
     def publish_drop(self, namespace: AnyNamespace, keys: Iterable[str]) -> None:
         """Tell every other instance to drop its near copy of ``keys``."""
@@ -232,6 +246,7 @@ class InvalidationBus:
             return
         if stamp > getattr(strategy, kind):
             setattr(strategy, kind, stamp)
+            self._mark_near(namespace)
 
     def invalidate(self, namespace: AnyNamespace, hard: bool) -> None:
         """Invalidate ``namespace`` everywhere: here at once, in the other
@@ -286,6 +301,7 @@ class InvalidationBus:
         for field, value in stored.items():
             self._note(text(field), float(value))
         self.loaded = True
+        self._mark_near()
 
     def load_failed(self, exc: BaseException) -> None:
         """Reading the stored marks failed: readers try again in a second."""

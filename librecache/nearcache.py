@@ -10,7 +10,10 @@ dictionary lookup instead of a round trip. Coherence:
   of them when the message arrives (milliseconds);
 - a read that raced with such a drop does not keep what it read (a
   generation count tells);
-- region invalidations apply to near hits as to any other (dogpile's marks);
+- region invalidations apply to near hits as to any other (dogpile's marks):
+  the invalidation bus keeps the latest of the namespace's marks in
+  :attr:`NearCache.valid_from`, so a near hit compares one number (and
+  serves nothing while the marks are not read);
 - while the subscription to the channel is down, the near cache is empty
   and serves nothing, so a lost channel can never mean stale reads; it
   starts again empty once resubscribed.
@@ -146,13 +149,20 @@ class NearCache:
     def __init__(self, namespace: str, max_entries: int) -> None:
         self.namespace = namespace
         self.max_entries = max_entries
-        #: key -> (payload or pickle, metadata, creation time, copier or None, pickled?)
-        self._data: dict[str, tuple[Any, Any, float, Copier | None, bool]] = {}
+        #: key -> (payload or pickle, metadata, creation time, copier or None,
+        #: pickled?); read without the lock (a dict lookup is atomic), by
+        #: :meth:`fetch` and the memoised call
+        self.entries: dict[str, tuple[Any, Any, float, Copier | None, bool]] = {}
         self._lock = threading.Lock()
         #: Counts drops; a read stores its value only if none happened meanwhile.
         self.generation = 0
         #: Serving only while subscribed to the channel.
         self.enabled = False
+        #: Values created before this time are not served: the latest of the
+        #: namespace's invalidation marks, hard or soft (``is_invalidated(t)``
+        #: is ``t < valid_from``), infinite while the marks are not read; kept
+        #: by :class:`~librecache.invalidation.InvalidationBus`.
+        self.valid_from = 0.0
         self.hits = 0
         forks.register(self)
 
@@ -162,18 +172,20 @@ class NearCache:
         self.hits = 0  # the child's own
         self.clear(False)
 
-    def fetch(self, key: str, expiration_time: float | None, invalidator: Any, whole: bool = False) -> Any:
+    def fetch(self, key: str, expiration_time: float | None, whole: bool = False) -> Any:
         """The fresh value under the (mangled) ``key``, a copy of its own for
         the caller (a :class:`CachedValue` with its metadata if ``whole``),
         or :data:`NO_VALUE`: a value dogpile's ``get_or_create`` would
         regenerate is not served (``expiration_time`` as dogpile reads it:
-        ``None`` or ``-1``, never expires; ``0``, always expired)."""
-        entry = self._data.get(key)
+        ``None`` or ``-1``, never expires; ``0``, always expired; created
+        before :attr:`valid_from`, invalidated). The memoised call
+        (:func:`librecache.fastpath.memoize`) runs the same steps inline."""
+        entry = self.entries.get(key)
         if entry is None:
             return NO_VALUE
         payload, metadata, created, copy, pickled = entry
         if (expiration_time is not None and expiration_time != -1 and time.time() - created > expiration_time) \
-                or invalidator.is_invalidated(created):
+                or created < self.valid_from:
             return NO_VALUE
         self.hits += 1
         if copy is not None:
@@ -182,9 +194,9 @@ class NearCache:
             payload = pickle.loads(payload)
         return CachedValue(payload, metadata) if whole else payload  # type: ignore[call-arg]
 
-    def lookup(self, key: str, expiration_time: float | None, invalidator: Any) -> Any:
+    def lookup(self, key: str, expiration_time: float | None) -> Any:
         """As :meth:`fetch`, as a :class:`CachedValue` (dogpile's form) or :data:`NO_VALUE`."""
-        return self.fetch(key, expiration_time, invalidator, True)
+        return self.fetch(key, expiration_time, True)
 
     def store(self, key: str, value: CachedValue, generation: int) -> None:
         """Keep ``value`` if the cache serves and nothing was dropped since
@@ -207,25 +219,25 @@ class NearCache:
         with self._lock:
             if not self.enabled or generation != self.generation:
                 return
-            self._data[key] = entry
-            if len(self._data) > self.max_entries:
-                del self._data[next(iter(self._data))]
+            self.entries[key] = entry
+            if len(self.entries) > self.max_entries:
+                del self.entries[next(iter(self.entries))]
 
     def drop(self, keys: Iterable[str]) -> None:
         with self._lock:
             self.generation += 1
             for key in keys:
-                self._data.pop(key, None)
+                self.entries.pop(key, None)
 
     def clear(self, enabled: bool) -> None:
         """Forget everything; serve from now on only if ``enabled``."""
         with self._lock:
             self.generation += 1
-            self._data.clear()
+            self.entries.clear()
             self.enabled = enabled
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self.entries)
 
 
 def encode_drop(origin: str, namespace: str, keys: Iterable[str]) -> str:

@@ -212,7 +212,7 @@ class LibreRegion(CacheRegion):
         near = self._near
         if near is None or not near.enabled:
             return super()._get_from_backend(key)
-        value = near.lookup(key, self.expiration_time, self.region_invalidator)
+        value = near.lookup(key, self.expiration_time)
         if value is not NO_VALUE:
             return value
         generation = near.generation
@@ -226,7 +226,7 @@ class LibreRegion(CacheRegion):
         if near is None or not near.enabled:
             return super()._get_multi_from_backend(keys)
         keys = list(keys)
-        found = {key: near.lookup(key, self.expiration_time, self.region_invalidator) for key in keys}
+        found = {key: near.lookup(key, self.expiration_time) for key in keys}
         missing = [key for key, value in found.items() if value is NO_VALUE]
         if missing:
             generation = near.generation

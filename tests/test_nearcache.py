@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,7 @@ from librecache import CacheKeys
 from librecache.nearcache import NearCache
 from tests import processes
 from tests.conformance import RegionConformance
+from tests.load import wait_until
 from tests.servers import RedisServer, ServerFarm
 
 Make = Callable[..., librecache.Caches]
@@ -213,3 +215,63 @@ def test_expiration_time_zero_regenerates_as_dogpile_does(make_caches: Make, red
     assert region.get_or_create("k", lambda: "b", expiration_time=0) == "b"
     calls.clear()
     assert [never(2), never(2)] == [2, 2] and calls == [-2]  # -1: never expires
+
+
+# -- near hits and invalidation marks (issue 18: a near hit reads one number) -----------------
+
+
+def test_near_hits_follow_every_invalidation_mark(make_caches: Make, redis_env: dict[str, str]) -> None:
+    """A near cache keeps the latest of its namespace's marks (``valid_from``)
+    and serves nothing created before it: marks stored before the instance
+    started, marks set here (hard and soft) and marks set in another
+    instance; nothing at all while the marks are not read."""
+    env = {**redis_env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "GEN_TITLE"}
+    one = make_caches(env)
+    subscribed(one)
+    one.region("GEN_TITLE").invalidate()  # stored before two starts
+    two = make_caches(env)
+    bus = subscribed(two)
+    near, region = bus.near_caches["GEN_TITLE"], two.region("GEN_TITLE")
+    strategy = region.region_invalidator
+    assert near.valid_from == strategy.hard > 0
+
+    calls: list[str] = []
+
+    @region.cache_on_arguments()
+    def title(name: str) -> dict[str, Any]:
+        calls.append(name)
+        return {"name": name, "version": len(calls)}
+
+    def served(version: int) -> bool:
+        hits = near.hits
+        return title("a") == {"name": "a", "version": version} and near.hits == hits + 1
+
+    title("a")
+    assert served(1) and len(calls) == 1
+    region.invalidate(hard=True)  # here, hard
+    assert near.valid_from == strategy.hard
+    assert title("a")["version"] == 2 and served(2)
+    region.invalidate(hard=False)  # here, soft
+    assert near.valid_from == strategy.soft > strategy.hard
+    assert title("a")["version"] == 3 and served(3)
+    before = near.valid_from
+    one.region("GEN_TITLE").invalidate()  # elsewhere
+    wait_until(lambda: near.valid_from > before, 5)
+    assert near.valid_from == strategy.hard
+    assert title("a")["version"] == 4 and served(4)
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child: marks not read yet, then read by its first call
+        try:
+            seen = [near.valid_from]
+            title("a")
+            seen.append(near.valid_from)
+            os.write(write, " ".join(map(repr, seen)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        seen = [float(number) for number in pipe.read().split()]
+    os.waitpid(child, 0)
+    assert seen == [float("inf"), strategy.hard]

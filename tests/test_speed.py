@@ -348,8 +348,7 @@ def test_each_near_hit_is_its_own_copy_and_immutable_values_are_shared(value: An
     near.clear(enabled=True)
     given = __import__("copy").deepcopy(value)
     near.store("k", CachedValue(given, {"ct": time.time(), "v": 2}), near.generation)  # type: ignore[call-arg]
-    never = type("Never", (), {"is_invalidated": staticmethod(lambda created: False)})()
-    first, second = near.fetch("k", None, never), near.fetch("k", None, never)
+    first, second = near.fetch("k", None), near.fetch("k", None)
     assert first == value and second == value
     if any(value is v for v in IMMUTABLE):
         assert first is second
@@ -359,10 +358,10 @@ def test_each_near_hit_is_its_own_copy_and_immutable_values_are_shared(value: An
         given["perms"].append("changed by the writer after set")  # the near copy is its own
         first["perms"].append("write")
         first["nested"]["deep"][0]["x"].add(3)
-        assert near.fetch("k", None, never) == value
+        assert near.fetch("k", None) == value
     if isinstance(value, Box):
         first.items.append(2)
-        assert near.fetch("k", None, never) == value
+        assert near.fetch("k", None) == value
 
 
 def test_copiers_fit_plain_containers_only() -> None:

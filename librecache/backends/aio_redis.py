@@ -473,7 +473,7 @@ class AsyncRedisStore:
         generation = 0
         if near is not None and near.enabled:
             region = self.region
-            value = near.lookup(key, region.expiration_time, region.region_invalidator)
+            value = near.lookup(key, region.expiration_time)
             if value is not NO_VALUE:
                 return value
             generation = near.generation
@@ -503,7 +503,7 @@ class AsyncRedisStore:
         if near is not None and near.enabled:
             region = self.region
             for key in keys:
-                found[key] = near.lookup(key, region.expiration_time, region.region_invalidator)
+                found[key] = near.lookup(key, region.expiration_time)
             generation = near.generation
         missing = [key for key in keys if found.get(key, NO_VALUE) is NO_VALUE]
         if missing:
