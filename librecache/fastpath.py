@@ -220,14 +220,12 @@ def fresh_payload(region: Any, raw: bytes, timeout: float | None) -> Any:
     ``NO_VALUE``, and the region reads it as it reads every value. Shared by
     the sync hit path and :mod:`librecache.aio`."""
     header, _, pickled = raw.partition(DOGPILE_METADATA_DELIMITER)
-    if header[:7] != _CT_HEAD or header[-9:] != _CT_TAIL:
+    usual = _USUAL_HEADER(header)
+    if usual is None:  # another form, which JSON may read or refuse: dogpile's parser judges it
         return NO_VALUE
-    try:
-        created = float(header[7:-9])
-    except ValueError:
-        return NO_VALUE
+    created = float(usual[1])
     expires = region.expiration_time if timeout is None else timeout
-    if created > 0 and (expires is None or expires == -1 or time.time() - created <= expires) \
+    if (expires is None or expires == -1 or time.time() - created <= expires) \
             and not region.region_invalidator.is_invalidated(created):
         try:
             return region.deserializer(pickled)
@@ -402,6 +400,10 @@ def parse_metadata(header: bytes) -> dict[str, Any]:
 
 _CT_HEAD = b'{"ct": '
 _CT_TAIL = b', "v": 2}'
+#: dogpile's usual header, its creation time as ``repr`` writes a time
+#: between 2001 and 2286 (the time captured): a form that float() and
+#: JSON read alike.
+_USUAL_HEADER = re.compile(rb'\{"ct": ([1-9][0-9]{9}\.[0-9]+), "v": 2\}').fullmatch
 
 
 def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expiration: bool) -> list[Any]:

@@ -248,12 +248,7 @@ def test_get_multi_judges_creation_times_of_every_form_as_dogpile(make_caches: M
     region = caches.region("TOOLS")
     now = time.time()
     pickled = pickle.dumps("value")
-    forms = {
-        "recent": repr(now - 5), "old": repr(now - 400), "zero": "0.0", "tiny": "5",
-        "future": repr(now + 1e10), "exponent": f"{now - 5:e}", "trailing": f"{now - 5:.7f}0",
-        "whole": str(int(now - 5)), "integer-digits": f"{int(now - 5)}.", "nine-digits": repr(now - 9e8),
-        "infinite": "inf", "underscores": f"{int(now - 5):_}.5",  # float() reads them, JSON (dogpile) does not
-    }
+    forms = creation_time_forms(now)
     for key, created in forms.items():
         deployment.raw.set(f"{prefix}::TOOLS:{key}", b'{"ct": ' + created.encode() + b', "v": 2}|' + pickled)
     keys = list(forms)
@@ -268,6 +263,54 @@ def test_get_multi_judges_creation_times_of_every_form_as_dogpile(make_caches: M
         assert region.get_multi(keys, expiration_time=expiration) == \
             CacheRegion.get_multi(region, keys, expiration_time=expiration), expiration
     assert region.get_multi(keys)[-1] == "new" and region.get_multi(keys)[0] is NO_VALUE
+
+
+#: Creation times as a header may hold them: dogpile's (repr of a float) and
+#: others that JSON reads or refuses, some of which float() reads.
+def creation_time_forms(now: float) -> dict[str, str]:
+    return {
+        "recent": repr(now - 5), "old": repr(now - 400), "zero": "0.0", "tiny": "5",
+        "future": repr(now + 1e10), "exponent": f"{now - 5:e}", "trailing": f"{now - 5:.7f}0",
+        "whole": str(int(now - 5)), "integer-digits": f"{int(now - 5)}.", "nine-digits": repr(now - 9e8),
+        "Infinity": "Infinity", "negative": repr(-now),
+        # float() reads these, JSON (dogpile) does not
+        "infinite": "inf", "underscores": f"{int(now - 5):_}.5", "plus": f"+{now - 5!r}", "space": f" {now - 5!r}",
+        "leading-zero": f"0{now - 5!r}", "leading-dot": f".{int(now - 5)}", "nan": "nan",
+    }
+
+
+def test_a_memoised_hit_judges_creation_times_of_every_form_as_dogpile(
+        make_caches: Make, deployment: Deployment, prefix: str) -> None:
+    """A memoised call and aget_or_create read a stored value without dogpile's
+    parser when its header is in dogpile's usual form: a header holding its
+    time in any other form is judged as dogpile judges it (served, or
+    created again), with and without an invalidation mark."""
+    caches = make_caches({**deployment.env, "LIBRECACHE_NAMESPACE_TTLS": "TOOLS=300"})
+    region = caches.region("TOOLS")
+    pickled = pickle.dumps("stored")
+
+    @region.cache_on_arguments(function_key_generator=lambda namespace, fn, **kw: lambda name: f"form-{name}")
+    def value_of(name: str) -> str:
+        return "created"
+
+    async def created() -> str:
+        return "created"
+
+    for invalidated in (False, True):
+        if invalidated:
+            region.invalidate(hard=True)
+            time.sleep(0.01)
+        for name, form in creation_time_forms(time.time()).items():
+            stored = b'{"ct": ' + form.encode() + b', "v": 2}|' + pickled
+            deployment.raw.set(f"{prefix}::TOOLS:form-{name}", stored)
+            dogpile = CacheRegion.get(region, f"form-{name}")
+            expected = "stored" if dogpile == "stored" else "created"
+            for asynchronous in (False, True):
+                deployment.raw.set(f"{prefix}::TOOLS:form-{name}", stored)
+                answer = asyncio.run(librecache.aio.aget_or_create(region, f"form-{name}", created)) \
+                    if asynchronous else value_of(name)
+                assert answer == expected, (name, invalidated, asynchronous)
+    assert CacheRegion.get(region, "form-recent") == "created"  # the invalidation applied
 
 
 def test_get_multi_of_a_large_batch_answers_as_dogpile_when_a_value_spoils_it(
