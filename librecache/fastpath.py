@@ -133,8 +133,6 @@ def memoize(
             backend = region.backend
             if backend is not reads[0]:
                 reads[0], reads[1] = backend, getattr(backend, "remember_read", None)
-            if reads[1] is None:  # memory, or proxies: dogpile's path
-                return get_or_create(key_generator(*args), creation, timeout, should_cache_fn, (args, kwargs))
         text = type(args[0]) is str if single else all(type(arg) is str for arg in args)
         keys = memo.get(args) if text and region.key_mangler is memo_of[0] else None
         if keys is None:
@@ -154,6 +152,11 @@ def memoize(
                         return copy(payload)
                     return pickle.loads(payload) if pickled else payload
             found = NO_VALUE
+        elif reads[1] is None:  # memory, or proxies: what the region reads (a CachedValue), judged as dogpile does
+            expiration = expiration_of(region, timeout)
+            judged = judge(region, region._get_from_backend(keys[1]), keys[1], expiration)
+            # none, or hard-invalidated (dogpile's "no value"): created as a cold miss; stale: get_or_create's
+            found = ABSENT if judged is None else judged[0] if fresh(judged, expiration) else NO_VALUE
         elif region.deserializer is None or region.async_creation_runner is not None or region._format is not None:
             found = NO_VALUE  # get_or_create reads it (a json or keyv namespace: through its format)
         else:  # so does a fresh value read from Redis (a backend with remember_read: Redis, no proxies)

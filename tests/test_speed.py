@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 from dogpile.cache.api import NO_VALUE, CachedValue
+from dogpile.cache.proxy import ProxyBackend
 from dogpile.cache.region import CacheRegion
 from redis.cluster import RedisCluster
 
@@ -189,6 +190,67 @@ def test_a_creator_of_another_key_in_the_same_thread_keeps_both_locks_apart(make
     assert outer("x") == "outer+inner-x" and outer("x") == "outer+inner-x"
     assert inner("x") == "inner-x" and region.get("plain-x") == "set by the creator"
     assert deployment.keys(f"{prefix}::librecache:lock:*") == []
+
+
+class RecordingProxy(ProxyBackend):
+    """A dogpile proxy that records the backend's reads and writes, in order."""
+
+    calls: list[str] = []
+
+    def get(self, key: Any) -> Any:  # a memory backend's read
+        RecordingProxy.calls.append("get")
+        return self.proxied.get(key)
+
+    def get_serialized(self, key: Any) -> Any:  # a Redis backend's read
+        RecordingProxy.calls.append("get")
+        return self.proxied.get_serialized(key)
+
+    def set(self, key: Any, value: Any) -> None:
+        RecordingProxy.calls.append("set")
+        self.proxied.set(key, value)
+
+    def set_serialized(self, key: Any, value: Any) -> None:
+        RecordingProxy.calls.append("set")
+        self.proxied.set_serialized(key, value)
+
+
+@pytest.mark.parametrize("kind", ["memory", "single"])
+def test_a_memoised_call_reads_and_writes_as_dogpiles_get_or_create(kind: str, request: pytest.FixtureRequest) -> None:
+    """On memory (and behind proxies) a memoised call reads the value itself
+    and creates a missing or invalidated one without dogpile's lock
+    machinery: the same reads and writes, in the same order, as dogpile's
+    get_or_create (a stale value: one read more, the first)."""
+    env = {**request.getfixturevalue("redis_env"), "REDIS_KEY_PREFIX": uuid.uuid4().hex} if kind == "single" else {}
+    caches = librecache.Caches(env, wrap=[RecordingProxy])
+    try:
+        region = caches.region("MESSAGES")
+        expiry = [60.0]
+
+        @region.cache_on_arguments(function_key_generator=lambda namespace, fn, **kw: lambda name: f"ours-{name}",
+                                   expiration_time=lambda: expiry[0])
+        def ours(name: str) -> str:
+            return f"created-{name}-{len(RecordingProxy.calls)}"
+
+        def theirs(name: str) -> str:
+            return CacheRegion.get_or_create(region, f"theirs-{name}",  # type: ignore[no-any-return]
+                                             lambda: f"created-{name}-{len(RecordingProxy.calls)}", expiry[0])
+
+        def recorded(call: Callable[[str], str]) -> tuple[str, list[str]]:
+            RecordingProxy.calls = []
+            return call("a"), RecordingProxy.calls
+
+        cold = recorded(ours)
+        assert cold == recorded(theirs) == ("created-a-2", ["get", "get", "set"])
+        assert recorded(ours) == recorded(theirs) == ("created-a-2", ["get"])  # a hit
+        region.invalidate(hard=True)
+        assert recorded(ours) == recorded(theirs) == ("created-a-2", ["get", "get", "set"])
+        time.sleep(0.02)
+        expiry[0] = 0.01
+        stale, theirs_stale = recorded(ours), recorded(theirs)
+        assert stale[1] == ["get", *theirs_stale[1]] and theirs_stale[1][-1] == "set"
+        assert stale[0] == f"created-a-{len(stale[1]) - 1}" and theirs_stale[0] == f"created-a-{len(theirs_stale[1]) - 1}"
+    finally:
+        caches.close()
 
 
 # -- get_multi: the same results as dogpile's own implementation -------------------------------
