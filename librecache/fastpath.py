@@ -5,7 +5,11 @@
   every call. Here the binding is computed once: positional calls get the
   defaults appended from a precomputed table (the same arguments dogpile
   would pass to the key generator), and only calls with keyword arguments
-  take the full binding.
+  take the full binding. A memoised call reads and judges the value itself
+  (a near hit: one dictionary lookup; Redis: the bytes, by
+  :func:`fresh_payload`; memory and proxies: dogpile's own tests), creates
+  a missing one by dogpile's rules without its ``Lock`` machinery, and
+  hands anything else (a stale value) to ``get_or_create``.
 - :class:`LazyMutex`: dogpile fetches a key's creation mutex before it knows
   whether the value is there; this stand-in fetches the real one only when
   a value has to be created.

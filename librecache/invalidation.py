@@ -168,7 +168,7 @@ class InvalidationBus:
         """Set the ``valid_from`` of ``namespace``'s near cache (of every
         near cache if ``None``) to the latest of its marks; infinite while
         the marks are not read (nothing is served then)."""
-        for name in (self.near_caches if namespace is None else [namespace]):
+        for name in (list(self.near_caches) if namespace is None else [namespace]):
             near = self.near_caches.get(name)
             if near is not None:
                 strategy = self._strategies.get(name)
