@@ -135,7 +135,7 @@ RATIOS = (
     ("miss+store vs dogpile", "librecache miss+store", "dogpile miss+store"),
     ("get_multi vs dogpile", "librecache get_multi 1000", "dogpile get_multi 1000"),
     ("hit vs redis-py GET+unpickle", "librecache hit", "redis-py GET + unpickle"),
-    ("GET+dogpile's checks+unpickle vs GET+unpickle", "redis-py GET + dogpile's checks + unpickle",
+    ("GET+checks+unpickle vs GET+unpickle", "redis-py GET + dogpile's checks + unpickle",
      "redis-py GET + unpickle"),
     ("get_multi vs redis-py MGET+unpickle", "librecache get_multi 1000", "redis-py MGET 1000 + unpickle"),
     (f"{THREADS} threads hit vs redis-py GET+unpickle", f"librecache hit x{THREADS} threads",
@@ -148,8 +148,8 @@ PAIRED_HIT = "hit vs redis-py GET+unpickle, paired"
 PAIRED_NEAR = "near-cache hit speed-up vs redis hit, paired"
 PAIRED = (
     (PAIRED_HIT, "hit", "raw", 0.05, 1),
-    ("GET+dogpile's checks+unpickle vs GET+unpickle, paired", "raw checked", "raw", 0.05, 1),
-    ("hit vs GET+dogpile's checks+unpickle, paired", "hit", "raw checked", 0.05, 1),
+    ("GET+checks+unpickle vs GET+unpickle, paired", "raw checked", "raw", 0.05, 1),
+    ("hit vs GET+checks+unpickle, paired", "hit", "raw checked", 0.05, 1),
     (PAIRED_NEAR, "hit", "near", 0.1, 1),
     ("miss+store vs dogpile, paired", "miss", "dogpile miss", 0.05, 1),
     ("get_multi vs redis-py MGET+unpickle, paired", "multi", "raw multi", 0.1, 1),
