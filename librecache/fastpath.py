@@ -406,11 +406,11 @@ def parse_metadata(header: bytes) -> dict[str, Any]:
 
 
 _CT_HEAD = b'{"ct": '
-_CT_TAIL = b', "v": 2}'
-#: dogpile's usual header, its creation time as ``repr`` writes a time
-#: between 2001 and 2286 (the time captured): a form that float() and
-#: JSON read alike.
-_USUAL_HEADER = re.compile(rb'\{"ct": ([1-9][0-9]{9}\.[0-9]+), "v": 2\}').fullmatch
+#: A creation time as ``repr`` writes a time between 2001 and 2286: a form
+#: that float() and JSON read alike, and whose text order is numeric order.
+_USUAL_TIME = rb'[1-9][0-9]{9}\.[0-9]+'
+#: dogpile's usual header with its time in that form (the time captured).
+_USUAL_HEADER = re.compile(rb'\{"ct": (%s), "v": 2\}' % _USUAL_TIME).fullmatch
 
 
 def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expiration: bool) -> list[Any]:
@@ -492,7 +492,7 @@ def judged_multi(region: Any, found: list[Any], raw: bool, expiration_time: floa
 
 
 #: Headers in dogpile's usual form, creation times written as ``repr`` writes them, one per line.
-_FORMED = re.compile(rb'(?:\{"ct": \d{10}\.\d+, "v": 2\}\n)*\{"ct": \d{10}\.\d+, "v": 2\}')
+_FORMED = re.compile(rb'(?:\{"ct": %s, "v": 2\}\n)*\{"ct": %s, "v": 2\}' % (_USUAL_TIME, _USUAL_TIME))
 _HEADER = operator.itemgetter(0)
 _PAYLOAD = operator.itemgetter(2)
 
@@ -547,9 +547,9 @@ def _text_judged(region: Any, found: list[Any], oldest: bytes, now: float, expir
             append(NO_VALUE)
             continue
         header, _, payload = value.partition(DOGPILE_METADATA_DELIMITER)
-        if header[:7] == _CT_HEAD and header[-9:] == _CT_TAIL and header[17:18] == b"." \
-                and header[7:17].isdigit() and header[18:-9].isdigit():
-            if header[7:-9] < oldest:
+        usual = _USUAL_HEADER(header)
+        if usual is not None:
+            if usual[1] < oldest:
                 append(NO_VALUE)
                 continue
             try:

@@ -327,9 +327,9 @@ def test_get_multi_judges_creation_times_of_every_form_as_dogpile(make_caches: M
     assert region.get_multi(keys)[-1] == "new" and region.get_multi(keys)[0] is NO_VALUE
 
 
-#: Creation times as a header may hold them: dogpile's (repr of a float) and
-#: others that JSON reads or refuses, some of which float() reads.
 def creation_time_forms(now: float) -> dict[str, str]:
+    """Creation times as a header may hold them: dogpile's (repr of a float)
+    and others that JSON reads or refuses, some of which float() reads."""
     return {
         "recent": repr(now - 5), "old": repr(now - 400), "zero": "0.0", "tiny": "5",
         "future": repr(now + 1e10), "exponent": f"{now - 5:e}", "trailing": f"{now - 5:.7f}0",
