@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from dogpile.util import NameRegistry
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import AbstractBackoff, FullJitterBackoff
+from redis.cluster import PIPELINE_BLOCKED_COMMANDS
 from redis.connection import ConnectionPool
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -58,19 +58,15 @@ T = TypeVar("T")
 #:   the ``json`` and ``keyv`` formats (:mod:`librecache.formats`) store one
 #:   JSON document with dogpile's metadata inside, not dogpile's
 #:   ``{metadata}|payload``; dogpile's ``serializer`` hook sees only the payload.
-#: - ``_mutex``: the creation mutex is fetched only when a value must be
-#:   created (:class:`librecache.fastpath.LazyMutex`; docs/performance.rst,
-#:   measured by the benchmarks); ``_lock_registry`` is the registry it is
-#:   fetched from.
 #: - ``_user_defined_key_mangler``: set with ``key_mangler`` so that
 #:   dogpile's ``configure(replace_existing_backend=True)`` keeps the
 #:   backend's mangler when a registry re-points a region.
-#: - ``_is_cache_miss``, ``_unexpired_value_fn``, ``_value``,
-#:   ``_gen_metadata``, ``_serialized_cached_value``: the awaitable calls of
-#:   :mod:`librecache.aio` judge a value (missing, version, hard and soft
-#:   invalidation, expiry) and make one (metadata, bytes) with dogpile's own
-#:   functions, so both doors of a region behave and write alike; dogpile
-#:   has no async API to call instead (its issues #199/#200).
+#: - ``_unexpired_value_fn``, ``_value``, ``_gen_metadata``,
+#:   ``_serialized_cached_value``: the engine's ports and the awaitable calls
+#:   of :mod:`librecache.aio` judge a ``get`` and make a value (metadata,
+#:   bytes) with dogpile's own functions, so both doors of a region behave
+#:   and write alike; dogpile has no async API to call instead (its issues
+#:   #199/#200).
 DOGPILE_REGION_PRIVATES: tuple[str, ...] = (
     "_get_from_backend",
     "_get_multi_from_backend",
@@ -78,10 +74,7 @@ DOGPILE_REGION_PRIVATES: tuple[str, ...] = (
     "_set_multi_cached_value_to_backend",
     "_parse_serialized_from_backend",
     "_serialize_cached_value_elements",
-    "_mutex",
-    "_lock_registry",
     "_user_defined_key_mangler",
-    "_is_cache_miss",
     "_unexpired_value_fn",
     "_value",
     "_gen_metadata",
@@ -94,14 +87,6 @@ DOGPILE_REGION_PRIVATES: tuple[str, ...] = (
 #: header has dogpile's usual shape: measured, see librecache.fastpath).
 DOGPILE_METADATA_DELIMITER = b"|"
 
-
-def renew_lock_registry(region: Any) -> None:
-    """In a forked child: a fresh registry of creation mutexes for a
-    configured region (``region._lock_registry``, made by ``configure()``
-    from ``region._create_mutex``), since a parent thread may have held one
-    of them, or the registry's own lock, at the fork."""
-    if "_lock_registry" in region.__dict__:
-        region._lock_registry = NameRegistry(region._create_mutex)
 
 # ==========================================================================
 # redis-py
@@ -183,6 +168,12 @@ async def call_transient_only_async(
     except _Permanent as wrapped:
         error = wrapped.error
     raise error
+
+
+#: Whether a cluster pipeline (sync and asyncio) may carry ``EVALSHA``: redis-py
+#: 5.x refuses it (``PIPELINE_BLOCKED_COMMANDS``), later versions route it by
+#: its first key. Where it may not, scripts are sent one by one on a cluster.
+CLUSTER_PIPELINE_SCRIPTS = "EVALSHA" not in PIPELINE_BLOCKED_COMMANDS
 
 
 _POOL_NEEDS_COMMAND_NAME = (

@@ -77,7 +77,10 @@ class RedisConnection:
         self.on_recovery: list[Callable[[], None]] = []
         #: Called with the namespaces whose remembered deletes overflowed.
         self.on_overflow: list[Callable[[set[Any]], None]] = []
-        self._pending_deletes: dict[str, Any] = {}
+        #: Keys whose delete waits for Redis (a write of them was lost), and
+        #: their namespace: read them as misses (:meth:`is_pending`; the hit
+        #: path tests it inline). Changed under this object's lock only.
+        self.deletes_waiting: dict[str, Any] = {}
         self._pending_lock = threading.Lock()
         self._abandoned_locks: dict[str, tuple[str, float]] = {}
         #: The reconnect probe's own connection while it runs (never a pooled one).
@@ -297,10 +300,10 @@ class RedisConnection:
         overflowed: set[Any] = set()
         with self._pending_lock:
             for key in keys:
-                self._pending_deletes[key] = namespace
-            if len(self._pending_deletes) > MAX_PENDING_DELETES:
-                overflowed = set(self._pending_deletes.values())
-                self._pending_deletes.clear()
+                self.deletes_waiting[key] = namespace
+            if len(self.deletes_waiting) > MAX_PENDING_DELETES:
+                overflowed = set(self.deletes_waiting.values())
+                self.deletes_waiting.clear()
         if overflowed:
             named = sorted(str(getattr(ns, "value", ns)) for ns in overflowed if ns is not None)
             log.error("more than %d writes and deletes wait for Redis; invalidating %s instead of remembering "
@@ -310,14 +313,14 @@ class RedisConnection:
 
     def is_pending(self, key: str) -> bool:
         """Whether a delete of ``key`` waits for Redis (read it as a miss)."""
-        return bool(self._pending_deletes) and key in self._pending_deletes
+        return bool(self.deletes_waiting) and key in self.deletes_waiting
 
     def written(self, keys: list[str]) -> None:
         """``keys`` were written or deleted: no delete of them waits any more."""
-        if self._pending_deletes:
+        if self.deletes_waiting:
             with self._pending_lock:
                 for key in keys:
-                    self._pending_deletes.pop(key, None)
+                    self.deletes_waiting.pop(key, None)
 
     # -- creation locks whose acquisition failed midway ----------------------------------
 
@@ -342,7 +345,7 @@ class RedisConnection:
 
     @property
     def pending_deletes(self) -> int:
-        return len(self._pending_deletes)
+        return len(self.deletes_waiting)
 
     # -- maintenance (in the maintenance thread) --------------------------------------
 
@@ -374,7 +377,7 @@ class RedisConnection:
 
     def _recover(self) -> None:
         with self._pending_lock:
-            keys = list(self._pending_deletes)
+            keys = list(self.deletes_waiting)
         if keys and self.client is not None:
             for start in range(0, len(keys), 1000):
                 batch = keys[start:start + 1000]

@@ -54,6 +54,12 @@ class SharedInvalidation(RegionInvalidationStrategy):
         #: Time stamps of the latest hard and soft invalidation (0: none).
         self.hard = 0.0
         self.soft = 0.0
+        #: Values created before this time are invalidated (hard or soft:
+        #: ``is_invalidated(t)`` is ``t < valid_from`` once the marks are
+        #: read); infinite while they are not, so that a reader that
+        #: compares this one number (the hit path) judges nothing fresh
+        #: before then. Kept by the bus, with the near cache's.
+        self.valid_from = math.inf
 
     @property
     def bus(self) -> InvalidationBus:
@@ -146,13 +152,14 @@ class InvalidationBus:
         self._ping_sent = False
         self.loaded = False
         self._retry_at = 0.0
-        self._mark_near()
+        self._mark()
 
     def strategy(self, namespace: AnyNamespace) -> SharedInvalidation:
         """The strategy of ``namespace``'s region (one per namespace)."""
         strategy = self._strategies.get(namespace.value)
         if strategy is None:
             strategy = self._strategies[namespace.value] = SharedInvalidation(self, namespace)
+            self._mark(namespace.value)
         return strategy
 
     def near_cache(self, namespace: AnyNamespace, max_entries: int) -> NearCache:
@@ -161,19 +168,23 @@ class InvalidationBus:
         near = self.near_caches.get(namespace.value)
         if near is None:
             near = self.near_caches[namespace.value] = NearCache(namespace.value, max_entries)
-            self._mark_near(namespace.value)
+            self._mark(namespace.value)
         return near
 
-    def _mark_near(self, namespace: str | None = None) -> None:
-        """Set the ``valid_from`` of ``namespace``'s near cache (of every
-        near cache if ``None``) to the latest of its marks; infinite while
-        the marks are not read (nothing is served then)."""
-        for name in (list(self.near_caches) if namespace is None else [namespace]):
+    def _mark(self, namespace: str | None = None) -> None:
+        """Set the ``valid_from`` of ``namespace``'s strategy and near cache
+        (of every namespace's if ``None``) to the latest of its marks,
+        hard or soft; infinite while the marks are not read."""
+        names = set(self._strategies) | set(self.near_caches) if namespace is None else {namespace}
+        for name in names:
+            strategy = self._strategies.get(name)
+            valid_from = math.inf if not self.loaded else \
+                max(strategy.hard, strategy.soft) if strategy is not None else 0.0
+            if strategy is not None:
+                strategy.valid_from = valid_from
             near = self.near_caches.get(name)
             if near is not None:
-                strategy = self._strategies.get(name)
-                near.valid_from = math.inf if not self.loaded else \
-                    max(strategy.hard, strategy.soft) if strategy is not None else 0.0
+                near.valid_from = valid_from
 
     def publish_drop(self, namespace: AnyNamespace, keys: Iterable[str]) -> None:
         """Tell every other instance to drop its near copy of ``keys``."""
@@ -246,7 +257,7 @@ class InvalidationBus:
             return
         if stamp > getattr(strategy, kind):
             setattr(strategy, kind, stamp)
-            self._mark_near(namespace)
+            self._mark(namespace)
 
     def invalidate(self, namespace: AnyNamespace, hard: bool) -> None:
         """Invalidate ``namespace`` everywhere: here at once, in the other
@@ -301,7 +312,7 @@ class InvalidationBus:
         for field, value in stored.items():
             self._note(text(field), float(value))
         self.loaded = True
-        self._mark_near()
+        self._mark()
 
     def load_failed(self, exc: BaseException) -> None:
         """Reading the stored marks failed: readers try again in a second."""

@@ -17,7 +17,7 @@ from redis.crc import key_slot
 
 from .keys import AnyNamespace
 
-__all__ = ["MAX_KEY_LENGTH", "KeySpace", "key_text", "memory_mangler", "same_slot"]
+__all__ = ["MAX_KEY_LENGTH", "KeySpace", "key_text", "memory_mangler", "slot_tag"]
 
 #: Keys longer than this many characters keep their readable head and hash
 #: the rest (memcached's limit, and a sensible bound for Redis memory).
@@ -92,11 +92,14 @@ class KeySpace:
     """The key names of one deployment (one prefix).
 
     :param prefix: the deployment's key prefix; ``""`` for none.
+    :raises ValueError: the prefix holds a brace.
     """
 
     __slots__ = ("prefix", "root")
 
     def __init__(self, prefix: str) -> None:
+        if "{" in prefix or "}" in prefix:  # the configuration refuses them (parse_prefix)
+            raise ValueError(f"a key prefix holds no brace (a cluster hash tag would move every key): {prefix!r}")
         self.prefix = prefix
         #: What every key of this deployment starts with.
         self.root = f"{prefix}::" if prefix else ""
@@ -142,15 +145,19 @@ class KeySpace:
         """The key of the creation lock of the value stored at ``value_key``.
 
         Always under ``{prefix}::`` and one per value key: a key made by this
-        key space gives ``{prefix}::librecache:lock:{{prefix}::{NS}:{key}}``,
-        any other (a user's key mangler, or ``backend.get_mutex(key)`` called
-        directly) ``{prefix}::librecache:lock-raw:{value_key}``, each with the
-        value key in braces: a cluster's hash tag, so that the lock lives in
-        the value's slot (one script may read the value and take the lock)
-        whenever the value key holds no brace of its own.
+        key space gives ``{prefix}::librecache:lock:...``, any other (a
+        user's key mangler, or ``backend.get_mutex(key)`` called directly)
+        ``{prefix}::librecache:lock-raw:...``. Always in the value's cluster
+        slot, so that one script reads the value and takes the lock, and
+        one stores it only while the lock holds: a brace-free value key is
+        the lock's hash tag (``...:lock:{{prefix}::{NS}:{key}}``); a value
+        key with braces of its own follows a hash tag of the value's slot
+        (:func:`slot_tag`).
         """
         kind = "lock" if value_key.startswith(self.root) else "lock-raw"
-        return self.internal(kind, "{" + str(value_key) + "}")
+        if "{" not in value_key and "}" not in value_key:
+            return self.internal(kind, "{" + value_key + "}")
+        return self.internal(kind, "{" + slot_tag(key_slot(value_key.encode("utf-8"))) + "}" + value_key)
 
     def pattern(self, namespace: AnyNamespace | None = None) -> str:
         """A SCAN ``MATCH`` pattern for every value key of ``namespace``, or
@@ -160,11 +167,22 @@ class KeySpace:
         return escaped + "*"
 
 
-def same_slot(key: str, lock: str) -> bool:
-    """Whether a cluster keeps ``key`` and its creation ``lock`` (as
-    :meth:`KeySpace.lock` names it) in one slot. Without computing slots
-    when the key holds no brace and the lock's first brace opens it: the
-    hash tag is then the whole key."""
-    if "{" not in key and "}" not in key and lock.find("{") == len(lock) - len(key) - 2:
-        return True
-    return bool(key_slot(key.encode("utf-8")) == key_slot(lock.encode("utf-8")))
+#: A brace-free hash tag for each cluster slot met so far, and where the search stopped.
+_SLOT_TAGS: dict[int, str] = {}
+_searched = [0]
+
+
+def slot_tag(slot: int) -> str:
+    """A short brace-free text whose cluster slot is ``slot`` (found once by
+    trying ``0``, ``1``, ... in hexadecimal: about 16,000 tries for the
+    first slot asked for, each remembered, so a cluster's slots are all
+    known after about 160,000)."""
+    tag = _SLOT_TAGS.get(slot)
+    while tag is None:
+        candidate = format(_searched[0], "x")
+        _searched[0] += 1
+        found = key_slot(candidate.encode("ascii"))
+        _SLOT_TAGS.setdefault(found, candidate)
+        if found == slot:
+            tag = candidate
+    return tag

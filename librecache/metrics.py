@@ -41,8 +41,6 @@ and (when the 7 found the key empty and queued on its lock) 7 lock waits.
 
 from __future__ import annotations
 
-import threading
-import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -65,16 +63,6 @@ COUNTERS = ("hits", "misses", "creations", "lock_waits", "near_hits", "errors", 
 
 #: Upper bounds (seconds) of the ``creation_seconds`` histogram buckets (Prometheus' defaults).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-#: Creator runs of this thread, so that a creation lock's holder can tell,
-#: on release, whether it created the value or found it made by another.
-_thread = threading.local()
-
-
-def thread_creations() -> int:
-    """How many creators this thread has run (see :class:`Creation`)."""
-    return getattr(_thread, "creations", 0)  # type: ignore[no-any-return]
-
 
 class NamespaceStats:
     """The counters of one namespace in one registry (see the module)."""
@@ -136,30 +124,6 @@ class NamespaceStats:
             cumulative[bound] = total
         counts["creation_seconds"] = {"sum": self.creation_sum, "count": total, "buckets": cumulative}
         return counts
-
-
-class Creation:
-    """A creator wrapped for counting its runs in its region's counters (as
-    they are when it runs, so one made at decoration time follows
-    ``configure()``), and in this thread's count of creator runs, which
-    tells a call whether its own creator ran. An asynchronous twin counts
-    through the same :meth:`NamespaceStats.created`."""
-
-    __slots__ = ("creator", "region")
-
-    def __init__(self, region: Any, creator: Callable[..., Any]) -> None:
-        self.region = region
-        self.creator = creator
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return self.creator(*args, **kwargs)
-        finally:
-            _thread.creations = thread_creations() + 1
-            stats = self.region._stats
-            if stats is not None:
-                stats.created(time.perf_counter() - started)
 
 
 def snapshot(stats: Mapping[str, NamespaceStats]) -> dict[str, dict[str, Any]]:

@@ -31,19 +31,22 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import aio, forks, keygen
 from . import backends as _backends  # noqa: F401  (registers the backends)
-from ._compat import DOGPILE_METADATA_DELIMITER, renew_lock_registry
+from ._compat import DOGPILE_METADATA_DELIMITER
 from .backends.aio_redis import aclose_clients, close_clients
 from .config import CacheConfig, parse_declarations
 from .connection import RedisConnection
+from .engine.judge import parse_metadata
+from .engine.locks import LeasedKey
+from .engine.ports import sync_port
 from .errors import ConfigurationError
-from .fastpath import LazyMutex, creating_uncached, get_multi, memoize, parse_metadata
+from .fastpath import get_multi, get_or_create, get_or_create_multi, memoize
 from .formats import JsonFormat, format_for
 from .health import HealthReport
 from .invalidation import InvalidationBus
 from .keying import KeySpace, memory_mangler
 from .keys import AnyNamespace, CacheKeys, parse_namespace
 from .logs import RateLimitedLog
-from .metrics import Creation, NamespaceStats, snapshot, thread_creations
+from .metrics import NamespaceStats, snapshot
 from .nearcache import NearCache
 from .prefixing import PrefixedRedis, PrefixedRedisCluster
 from .signing import EnvelopeSigner, Signer
@@ -54,9 +57,8 @@ log = logging.getLogger(__name__)
 
 ConfigSource = CacheConfig | Mapping[str, str] | None
 
-# dogpile's own methods, called without super() on the hot path
+# dogpile's own method, called without super() on the hot path
 _region_get = CacheRegion.get
-_region_get_or_create = CacheRegion.get_or_create
 
 #: dogpile :class:`~dogpile.cache.proxy.ProxyBackend` classes (or factories
 #: returning one) to wrap every namespace's backend with, or a mapping
@@ -119,15 +121,13 @@ class LibreRegion(CacheRegion):
         self._near: NearCache | None = None
         #: The counters of this namespace in its registry (``None``: LIBRECACHE_METRICS=false).
         self._stats: NamespaceStats | None = None
+        #: [backend, sync port, async port] of the current backend (librecache.engine.ports).
+        self._ports: list[Any] | None = None
         super().__init__(
             name=namespace.value, key_mangler=self._mangle_on_first_use,
             function_key_generator=keygen.function_key_generator,
             function_multi_key_generator=keygen.function_multi_key_generator,
         )
-        forks.register(self)
-
-    def _after_fork(self) -> None:
-        renew_lock_registry(self)  # a parent thread may have held a creation mutex
 
     def __repr__(self) -> str:
         state = "configured" if self.is_configured else "not configured"
@@ -153,7 +153,7 @@ class LibreRegion(CacheRegion):
 
     def __getattr__(self, name: str) -> Any:
         # Reached only for attributes that configure() sets.
-        if name in ("expiration_time", "_lock_registry") and self.__dict__.get("_on_first_use"):
+        if name == "expiration_time" and self.__dict__.get("_on_first_use"):
             self._first_use()
             return self.__dict__[name]
         raise AttributeError(name)
@@ -244,9 +244,9 @@ class LibreRegion(CacheRegion):
         return CachedValue(form.normalize(value.payload), value.metadata)  # type: ignore[call-arg]
 
     def _set_cached_value_to_backend(self, key: str, value: Any) -> None:
-        if creating_uncached(key):  # created without the creation lock: returned, not stored
-            return
         super()._set_cached_value_to_backend(key, value)
+        if type(key) is LeasedKey and not key.stored:  # a creation whose lease was revoked meanwhile
+            return
         near = self._near
         if near is not None:
             near.store(key, self._near_copy(value), near.generation)
@@ -288,50 +288,19 @@ class LibreRegion(CacheRegion):
                       should_cache_fn: Callable[[Any], bool] | None = None,
                       creator_args: tuple[Any, Mapping[str, Any]] | None = None) -> Any:
         """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create`,
-        counted once: a hit, or a miss whose creator run is a creation (a
-        call that queued on the creation lock and got another creator's
-        value is a hit and a lock wait)."""
-        stats = self._stats
-        if stats is None:
-            return _region_get_or_create(self, key, creator, expiration_time, should_cache_fn, creator_args)
-        return self._get_or_create_counted(key, Creation(self, creator), expiration_time, should_cache_fn,
-                                           creator_args)
-
-    def _get_or_create_counted(self, key: Any, creation: Creation, expiration_time: float | None,
-                               should_cache_fn: Callable[[Any], bool] | None,
-                               creator_args: tuple[Any, Mapping[str, Any]] | None) -> Any:
-        """``get_or_create`` with a creator that counts its runs: a call
-        during which this thread ran no creator was answered by the cache."""
-        stats = self._stats
-        if stats is None:
-            return _region_get_or_create(self, key, creation, expiration_time, should_cache_fn, creator_args)
-        before = thread_creations()
-        value = _region_get_or_create(self, key, creation, expiration_time, should_cache_fn, creator_args)
-        if thread_creations() == before:
-            stats.hits += 1
-        return value
+        by the engine (:mod:`librecache.engine`), counted once: a hit, or a
+        miss whose creator run is a creation (a call that waited for the
+        creation lock and got another creator's value is a hit and a lock
+        wait). A value created by a call that began before an invalidation
+        or a write of its key is returned, not stored (``docs/design.rst``)."""
+        return get_or_create(self, key, creator, expiration_time, should_cache_fn, creator_args)
 
     def get_or_create_multi(self, keys: Any, creator: Callable[..., Any], expiration_time: float | None = None,
                             should_cache_fn: Callable[[Any], bool] | None = None) -> Any:
-        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create_multi`;
-        each key counted as a hit or a miss, each creator run as a creation."""
-        stats = self._stats
-        if stats is None:
-            return super().get_or_create_multi(keys, creator, expiration_time, should_cache_fn)
-        keys = list(keys)
-        asked: list[int] = []
-
-        def create(*missing: Any) -> Any:
-            asked.append(len(missing))
-            return creation(*missing)
-
-        creation = Creation(self, creator)
-        values = super().get_or_create_multi(keys, create, expiration_time, should_cache_fn)
-        created = sum(asked)
-        # a creator run counted one miss; its other keys are misses too
-        stats.misses += created - len(asked)
-        stats.hits += len(keys) - created
-        return values
+        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create_multi`,
+        by the engine; each key counted as a hit or a miss, the creator run
+        as a creation."""
+        return get_or_create_multi(self, keys, creator, expiration_time, should_cache_fn)
 
     def cache_on_arguments(  # type: ignore[override]
         self,
@@ -421,10 +390,6 @@ class LibreRegion(CacheRegion):
         """:meth:`get_or_create_multi`, awaitable; ``creator`` may be sync or async."""
         return await aio.aget_or_create_multi(self, keys, creator, expiration_time, should_cache_fn)
 
-    def _mutex(self, key: str) -> Any:
-        # the real mutex is fetched only when a value must be created
-        return LazyMutex(self._lock_registry, key, self._stats)
-
     def key_is_locked(self, key: Any) -> bool:
         """True while a creator holds ``key``'s creation lock, in this
         process or (Redis namespaces) any other. The key is mangled as
@@ -432,9 +397,8 @@ class LibreRegion(CacheRegion):
         (``backend.get_mutex(key)``, as dogpile's own tests take it) counts
         too."""
         mangled = self.key_mangler(key) if self.key_mangler is not None else key
-        if self._mutex(mangled).locked():
-            return True
-        return mangled != key and bool(self._mutex(key).locked())
+        port = sync_port(self)
+        return bool(port.locked(mangled) or (mangled != key and port.locked(key)))
 
     @property
     def unwrapped_backend(self) -> Any:

@@ -732,9 +732,9 @@ def link(farm: ServerFarm) -> Iterator[FaultProxy]:
 def _flight(region: librecache.LibreRegion, key: str) -> Any:
     """The shared GET of ``key`` in flight in the running loop, if any (what
     the test waits for)."""
-    from librecache.aio import store_of
+    from librecache.engine.ports import async_port
 
-    store = store_of(region)
+    store = async_port(region)
     flights = store._flights.get(asyncio.get_running_loop(), {})
     return flights.get(region.key_mangler(key) if region.key_mangler else key)
 

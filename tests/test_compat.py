@@ -20,10 +20,8 @@ from typing import Any
 
 import pytest
 import redis
-from dogpile.cache import make_region
 from dogpile.cache.api import NO_VALUE
 from dogpile.cache.region import CacheRegion
-from dogpile.util import NameRegistry
 from redis.backoff import AbstractBackoff
 from redis.cluster import RedisCluster
 from redis.connection import Connection, ConnectionPool, SSLConnection
@@ -32,7 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from librecache import CacheConfig, _compat, config
 from librecache.connection import RedisConnection
-from librecache.fastpath import parse_metadata
+from librecache.engine.judge import parse_metadata
 from librecache.prefixing import PrefixedRedis, _adopt
 from librecache.retries import AsyncFailFastRetry, FailFastRetry
 from tests.servers import RedisClusterFarm, RedisServer
@@ -456,21 +454,26 @@ def test_renew_locks_replaces_every_lock_of_a_client(
 # -- dogpile.cache -----------------------------------------------------------------------------
 
 
-def test_region_lock_registry() -> None:
-    region = make_region().configure("dogpile.cache.memory")
-    registry = require(region, "_lock_registry", NameRegistry)
-    require(region, "_create_mutex")
-    held = registry.get("k")
-    held.acquire()
-    _compat.renew_lock_registry(region)
-    assert region._lock_registry is not registry
-    fresh = region._lock_registry.get("k")
-    assert fresh.acquire(False), "a renewed registry still hands out the held mutex"
-    fresh.release()
-    held.release()
-    assert region.get_or_create("k", lambda: 1) == 1
-
-
 def test_redis_is_a_version_these_names_were_checked_on() -> None:
     """The names above were read in redis-py 8.1 and dogpile.cache 1.5."""
     assert int(redis.__version__.split(".")[0]) >= 5
+
+
+def test_cluster_pipelines_carry_scripts_where_compat_says_so(redis_cluster: RedisClusterFarm) -> None:
+    """``CLUSTER_PIPELINE_SCRIPTS`` (from redis-py's public
+    ``PIPELINE_BLOCKED_COMMANDS``) says whether this redis-py sends EVALSHA in
+    a cluster pipeline: where it says yes, one does; where no, redis-py refuses."""
+    from redis.exceptions import RedisClusterException
+
+    client = RedisCluster(host="127.0.0.1", port=redis_cluster.nodes[0].port)
+    try:
+        sha = client.script_load("return KEYS[1]")
+        pipe = client.pipeline()
+        if _compat.CLUSTER_PIPELINE_SCRIPTS:
+            pipe.evalsha(sha, 1, "compat-key")
+            assert pipe.execute() == [b"compat-key"]
+        else:
+            with pytest.raises(RedisClusterException, match="evalsha"):
+                pipe.evalsha(sha, 1, "compat-key")
+    finally:
+        client.close()

@@ -9,7 +9,7 @@ import pytest
 from dogpile.cache import make_region
 
 import librecache
-from librecache.fastpath import parse_metadata
+from librecache.engine.judge import parse_metadata
 
 
 def decorate_both(make_caches: Callable[..., librecache.Caches], fn: Callable[..., Any], **options: Any):  # type: ignore[no-untyped-def]

@@ -241,14 +241,29 @@ def test_clear_removes_its_namespace_only_on_every_master(make_caches: Make, dep
     assert caches.region("ROLES").get("keep") == 1
 
 
-@pytest.mark.parametrize("prefix", ["p", "", "a{b}", "x}y"])
-@pytest.mark.parametrize("key", ["p::ROLES:k", "p::ROLES:{tag}k", "p::ROLES:k}", "raw", "r{aw", "{}", "a{b}::ROLES:z"])
-def test_same_slot_agrees_with_the_slots_redis_py_computes(prefix: str, key: str) -> None:
-    """same_slot (which skips computing slots for brace-free keys) agrees
-    with the slots redis-py computes."""
+@pytest.mark.parametrize("prefix", ["p", "", "lib-chat.prod_2"])
+@pytest.mark.parametrize("key", ["p::ROLES:k", "p::ROLES:{tag}k", "p::ROLES:k}", "p::ROLES:{}k", "p::ROLES:{a{b}c",
+                                 "p::ROLES:}{x}", "raw", "r{aw", "{}", "{", "}", "a{b}::ROLES:z", "p::ROLES:\u00e9{\u00e9}"])
+def test_a_creation_lock_lives_in_its_values_cluster_slot(prefix: str, key: str) -> None:
+    """Whatever braces a value key holds (a hash tag, an empty one, an
+    unclosed one), its lock hashes to the same cluster slot, so that one
+    script reads the value and takes the lock, and one stores the value
+    only while the lock holds."""
     from redis.crc import key_slot
 
-    from librecache.keying import KeySpace, same_slot
+    from librecache.keying import KeySpace
 
     name = KeySpace(prefix).lock(key)
-    assert same_slot(key, name) == (key_slot(key.encode()) == key_slot(name.encode()))
+    assert key_slot(name.encode()) == key_slot(key.encode()), (key, name)
+    assert name.startswith(f"{prefix}::librecache:lock" if prefix else "librecache:lock")
+    assert name != KeySpace(prefix).lock(key + "x")  # one lock per value key
+
+
+def test_a_key_space_refuses_a_prefix_with_braces() -> None:
+    """The configuration refuses such a prefix (its hash tag would change
+    the slots of every key); the key space relies on it."""
+    from librecache.keying import KeySpace
+
+    for prefix in ("a{b}", "x}y", "{"):
+        with pytest.raises(ValueError, match="brace"):
+            KeySpace(prefix)

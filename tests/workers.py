@@ -190,8 +190,53 @@ def async_watch() -> None:
     caches.close()
 
 
+def engine_stampede() -> None:
+    """CALLERS threads (DOOR=sync: ``get_or_create``) or tasks of one event
+    loop (DOOR=async: ``aget_or_create``) ask for KEY at START_AT; the
+    creator counts its runs in Redis and makes "new"."""
+    import asyncio
+
+    caches = librecache.Caches()
+    region = caches.region(os.environ.get("NAMESPACE", "ROLES"))
+    client = caches.redis
+    assert client is not None
+    key, callers = os.environ["KEY"], int(os.environ["CALLERS"])
+    start_at, seconds = float(os.environ["START_AT"]), float(os.environ.get("CREATE_SECONDS", "0.5"))
+
+    def create() -> str:
+        client.incr("creator-calls")
+        time.sleep(seconds)
+        return "new"
+
+    async def acreate() -> str:
+        await asyncio.to_thread(client.incr, "creator-calls")
+        await asyncio.sleep(seconds)
+        return "new"
+
+    results: list[str] = []
+    if os.environ["DOOR"] == "sync":
+        def worker() -> None:
+            time.sleep(max(0.0, start_at - time.time()))
+            results.append(region.get_or_create(key, create))
+
+        threads = [threading.Thread(target=worker) for _ in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    else:
+        async def main() -> list[str]:
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            return list(await asyncio.gather(*(region.aget_or_create(key, acreate) for _ in range(callers))))
+
+        results = asyncio.run(main())
+    health = caches.health() or {}
+    say(results=results, errors=health.get("errors", 0), fallthroughs=health.get("fallthroughs", 0))
+    caches.close()
+
+
 if __name__ == "__main__":
     roles = {"stampede": stampede, "watch": watch, "hold_lock": hold_lock, "produce": produce,
              "near_writer": near_writer, "decorate_at_import": decorate_at_import,
-             "async_stampede": async_stampede, "async_watch": async_watch}
+             "async_stampede": async_stampede, "async_watch": async_watch, "engine_stampede": engine_stampede}
     roles[sys.argv[1]]()

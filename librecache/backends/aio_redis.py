@@ -11,11 +11,12 @@ a :mod:`redis.asyncio` client.
   for coroutines, sharing its breaker, its classification of errors, its
   counters and strict mode. Recovery is the sync maintenance thread's job,
   which every registry runs, so an async-only service reconnects too.
-- :class:`AsyncRedisStore`: reads, writes, deletes and the creation lock of
-  one namespace, made of the backend's own pieces: its key names, its
-  signing (``_sealed``/``_opened``), its expiry (``expires_after_ms``), its
-  lock key (:meth:`KeySpace.lock <librecache.keying.KeySpace.lock>`) and
-  timeout, the remembered deletes, the near cache and its drop messages.
+- :class:`AsyncRedisStore`: the async door's port of one namespace (reads,
+  writes, deletes, creation locks and leases), made of the backend's own
+  pieces: its key names, its signing (``_sealed``/``_opened``), its expiry
+  (``expires_after_ms``), its scripts and lock keys
+  (:meth:`KeySpace.lock <librecache.keying.KeySpace.lock>`), the
+  remembered deletes, the near cache and its drop messages.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE, CachedValue
@@ -36,18 +36,36 @@ from redis.exceptions import ReadOnlyError
 from ..clients import async_client
 from ..config import CacheConfig
 from ..connection import RedisConnection, _demoted, limited
-from ..fastpath import reads_bytes
+from ..engine.flows import ANY, CHANGED, Found, LockReply
+from ..engine.judge import reads_bytes
+from ..engine.locks import AsyncKeyedLocks
+from ..engine.ports import created, found_of, hit_judgement, judged, stored_hit
 from ..health import OUTAGE, classify
-from ..replies import text
-from .redis import _RELEASE, LOCK_POLL_INTERVAL, RedisBackend, lock_expired, lock_token
+from .redis import (
+    READ_OR_LOCK,
+    RELEASE,
+    SET_AND_REVOKE,
+    STORE_AND_RELEASE,
+    RedisBackend,
+    ascripts_pipelined,
+    lost_lease,
+)
 
-__all__ = ["AsyncClients", "AsyncRedisStore", "Held", "aclose_clients", "aguard", "close_clients", "keyed_lock"]
+__all__ = ["AsyncClients", "AsyncRedisStore", "aclose_clients", "aguard", "close_clients"]
 
 log = logging.getLogger(__name__)
 
-_LOCAL_ONLY = object()
 _FAILED = object()
 _AGAIN = object()  # a shared read's first reader was cancelled: read again
+
+
+def _nothing() -> None:
+    """What a read that fell through found."""
+
+
+def _failed() -> bool:
+    """What a write that fell through did."""
+    return False
 
 
 # --------------------------------------------------------------------------
@@ -250,57 +268,8 @@ async def _reset(client: Any) -> None:
 
 
 # --------------------------------------------------------------------------
-# Creation locks
+# Shared reads
 # --------------------------------------------------------------------------
-
-
-class Held:
-    """What a creation lock gave: ``acquired`` (go on and create) and
-    ``confirmed`` (store what is created: the lock was really held)."""
-
-    __slots__ = ("acquired", "confirmed")
-
-    def __init__(self, acquired: bool, confirmed: bool) -> None:
-        self.acquired = acquired
-        self.confirmed = confirmed
-
-
-_tables: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[Any]]] = weakref.WeakKeyDictionary()
-
-
-@asynccontextmanager
-async def keyed_lock(name: str, wait: bool, deadline: float | None) -> AsyncIterator[bool]:
-    """The asyncio lock of ``name`` in the running loop (so that one task of
-    the process goes on and the others queue); yields whether it was taken
-    (``wait``: by ``deadline``, :func:`time.monotonic`, or for ever when
-    ``None``; otherwise only if free)."""
-    loop = asyncio.get_running_loop()
-    table = _tables.get(loop)
-    if table is None:
-        table = _tables[loop] = {}
-    entry = table.get(name)
-    if entry is None:
-        entry = table[name] = [asyncio.Lock(), 0]
-    entry[1] += 1
-    lock: asyncio.Lock = entry[0]
-    got = False
-    try:
-        if not wait:
-            got = not lock.locked() and await lock.acquire()
-        elif deadline is None:
-            got = await lock.acquire()
-        else:
-            try:
-                got = await asyncio.wait_for(lock.acquire(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                got = False
-        yield got
-    finally:
-        if got:
-            lock.release()
-        entry[1] -= 1
-        if entry[1] == 0 and table.get(name) is entry:
-            del table[name]
 
 
 def _settle(flights: list[list[Any]], exc: BaseException) -> None:
@@ -323,9 +292,11 @@ def _settle(flights: list[list[Any]], exc: BaseException) -> None:
 
 
 class AsyncRedisStore:
-    """The asyncio twin of a region's :class:`RedisBackend` I/O. Values are
-    dogpile :class:`~dogpile.cache.api.CachedValue` objects, turned into the
-    region's bytes exactly as the sync path turns them."""
+    """The async door's port of a Redis namespace (see
+    :mod:`librecache.engine.ports`): the same keys, bytes, scripts, locks
+    and leases as the sync door's :class:`~librecache.engine.ports.RedisPort`,
+    through the running loop's :mod:`redis.asyncio` client; and the
+    awaitable region calls' reads, writes and deletes."""
 
     def __init__(self, region: Any, backend: RedisBackend) -> None:
         self.region = region
@@ -335,6 +306,10 @@ class AsyncRedisStore:
         self.near = backend.near[0] if backend.near is not None else None
         self.bus = getattr(region.region_invalidator, "bus", None)
         self.clients = clients_of(self.connection)
+        self.invalidation, self.pickled = hit_judgement(region)
+        self.budget: float | None = self.connection.call_budget
+        #: This loop's creation queue per key (tasks).
+        self.queues = AsyncKeyedLocks()
         #: Per event loop: the reads in flight, by key, and the keys of the
         #: next MGET (see :meth:`_shared_get`).
         self._flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[Any]]] = \
@@ -351,7 +326,7 @@ class AsyncRedisStore:
 
     async def marks(self) -> None:
         """Read the stored invalidation marks before the first judgement
-        (the sync path does it on its first read; here without blocking)."""
+        (the sync door does it on its first read; here without blocking)."""
         bus = self.bus
         if bus is None or not bus.load_due():
             return
@@ -364,28 +339,51 @@ class AsyncRedisStore:
 
     # -- reads --------------------------------------------------------------
 
-    def _checked(self, key: str, raw: bytes | None) -> Any:
-        """``raw`` read under ``key``, checked for a lost write and a
-        signature (the bytes the region parses), or ``NO_VALUE``."""
-        if self.connection.is_pending(key):  # a write of it was lost: what Redis holds may be older
-            return NO_VALUE
-        return self.backend._opened(key, raw)
-
     def raw_reads(self) -> bool:
-        """Whether a value read by :meth:`read` may be judged from its bytes
-        (:func:`librecache.fastpath.fresh_payload`): :func:`librecache.fastpath.reads_bytes`."""
+        """Whether :meth:`read_multi`'s bytes are judged as they are
+        (:func:`librecache.engine.judge.reads_bytes`)."""
         return reads_bytes(self.region)
 
-    async def read(self, key: str) -> Any:
-        """The bytes stored under ``key`` as the region parses them (checked
-        for a lost write and a signature), or ``NO_VALUE``."""
-        raw = await aguard(self.connection, "get", lambda c: self._shared_get(c, key), lambda: None,
-                           stats=self.stats, clients=self.clients)
-        return self._checked(key, raw)
+    async def _stored(self, key: str) -> bytes | None:
+        """The bytes stored under ``key`` (a shared read), or ``None``."""
+        return await aguard(self.connection, "get", lambda c: self._shared_get(c, key), _nothing,  # type: ignore[no-any-return]
+                            stats=self.stats, clients=self.clients)
 
-    def parse(self, serialized: Any) -> Any:
-        """What :meth:`read` returned, as a dogpile value (``NO_VALUE`` for a miss)."""
-        return self.region._parse_serialized_from_backend(serialized)
+    async def hit(self, key: str, timeout: float | None) -> Any:
+        """:meth:`RedisPort.hit <librecache.engine.ports.RedisPort.hit>`, awaited."""
+        if self.marks_due():
+            await self.marks()
+        near = self.near
+        if near is not None and near.enabled:
+            payload = near.fetch(key, self.region.expiration_time if timeout is None else timeout)
+            if payload is not NO_VALUE:
+                return payload
+            generation = near.generation
+            found = await self.read(key)
+            if isinstance(found.value, CachedValue):
+                near.store(key, found.value, generation)
+            return judged(self.region, found, timeout)
+        return stored_hit(self, key, await self._stored(key), timeout)
+
+    async def read(self, key: str) -> Found:
+        if self.connection.is_pending(key):
+            return Found(NO_VALUE, ANY)
+        return found_of(self, key, await self._stored(key))
+
+    async def read_many(self, keys: list[str]) -> list[Found]:
+        stored = await aguard(self.connection, "mget", lambda client: self._mget_all(client, keys),
+                              lambda: [None] * len(keys), stats=self.stats)
+        return [found_of(self, key, raw) for key, raw in zip(keys, stored, strict=True)]
+
+    async def read_multi(self, keys: list[str]) -> list[Any]:
+        """The bytes stored under each of ``keys`` as the region parses them
+        (checked for a lost write and a signature), or ``NO_VALUE``: one
+        ``MGET`` (one per slot on a cluster)."""
+        raws = await aguard(self.connection, "mget", lambda client: self._mget_all(client, keys),
+                            lambda: [None] * len(keys), stats=self.stats)
+        connection, backend = self.connection, self.backend
+        return [NO_VALUE if connection.is_pending(key) else backend._opened(key, raw)
+                for key, raw in zip(keys, raws, strict=True)]
 
     async def _shared_get(self, client: Any, key: str) -> bytes | None:
         """``GET key``, shared by the tasks of this loop: a read of a key
@@ -468,33 +466,28 @@ class AsyncRedisStore:
             for key in keys:
                 flights.pop(key, None)
 
-    async def get(self, key: str) -> Any:
-        near = self.near
-        generation = 0
-        if near is not None and near.enabled:
-            region = self.region
-            value = near.lookup(key, region.expiration_time)
-            if value is not NO_VALUE:
-                return value
-            generation = near.generation
-        value = self.parse(await self.read(key))
-        if near is not None and near.enabled and isinstance(value, CachedValue):
-            near.store(key, value, generation)
-        return value
-
-    async def read_multi(self, keys: list[str]) -> list[Any]:
-        """The bytes stored under each of ``keys`` as the region parses them
-        (checked for a lost write and a signature), or ``NO_VALUE``: one
-        ``MGET`` (one per slot on a cluster)."""
-        raws = await aguard(self.connection, "mget", lambda client: self._mget_all(client, keys),
-                            lambda: [None] * len(keys), stats=self.stats)
-        return [self._checked(key, raw) for key, raw in zip(keys, raws, strict=True)]
-
     async def _mget_all(self, client: Any, keys: list[str]) -> list[bytes | None]:
         """``MGET`` of ``keys`` (one per slot on a cluster)."""
         return list(await (client.mget_nonatomic(keys) if self.backend.cluster else client.mget(keys)))
 
+    async def get(self, key: str) -> Any:
+        """The value under ``key`` as dogpile's :class:`CachedValue` (or
+        ``NO_VALUE``), its near copy first when the namespace has a near cache."""
+        near = self.near
+        generation = 0
+        if near is not None and near.enabled:
+            value = near.lookup(key, self.region.expiration_time)
+            if value is not NO_VALUE:
+                return value
+            generation = near.generation
+        value = (await self.read(key)).value
+        if near is not None and near.enabled and isinstance(value, CachedValue):
+            near.store(key, value, generation)
+        return value
+
     async def get_multi(self, keys: list[str]) -> list[Any]:
+        """The values under ``keys`` as dogpile's :class:`CachedValue` (or
+        ``NO_VALUE``), near copies first when the namespace has a near cache."""
         if not keys:
             return []
         near = self.near
@@ -507,8 +500,8 @@ class AsyncRedisStore:
             generation = near.generation
         missing = [key for key in keys if found.get(key, NO_VALUE) is NO_VALUE]
         if missing:
-            for key, raw in zip(missing, await self.read_multi(missing), strict=True):
-                value = found[key] = self.parse(raw)
+            for key, got in zip(missing, await self.read_many(missing), strict=True):
+                value = found[key] = got.value
                 if near is not None and near.enabled and isinstance(value, CachedValue):
                     near.store(key, value, generation)
         return [found[key] for key in keys]
@@ -518,38 +511,28 @@ class AsyncRedisStore:
     def _bytes(self, key: str, value: CachedValue) -> bytes:
         return self.backend._sealed(key, self.region._serialized_cached_value(value))
 
-    async def set(self, key: str, value: CachedValue, keep_near: bool = False) -> None:
-        sealed = self._bytes(key, value)
-        px = self.backend.expires_after_ms
-        await self._write("set", [key], lambda c: c.set(key, sealed, px=px))
-        if keep_near and self.near is not None:
-            self.near.store(key, self.region._near_copy(value), self.near.generation)
+    async def set(self, key: str, value: CachedValue) -> None:
+        keys, args = (key, self.backend.keyspace.lock(key)), (self._bytes(key, value),
+                                                              self.backend.expires_after_ms or "")
+        await self._write("set", [key], lambda client: SET_AND_REVOKE.acall(client, keys, args))
 
-    async def set_multi(self, mapping: Mapping[str, CachedValue], keep_near: bool = False) -> None:
+    async def set_multi(self, mapping: Mapping[str, CachedValue]) -> None:
         if not mapping:
             return
         sealed = {key: self._bytes(key, value) for key, value in mapping.items()}
-        px = self.backend.expires_after_ms
 
         async def write(client: Any) -> bool:
-            pipe = client.pipeline(transaction=False)  # grouped per node by a cluster client
-            for key, value in sealed.items():
-                pipe.set(key, value, px=px)
-            await pipe.execute()
+            await self.backend.write_pipeline(client, sealed).execute()
             return True
 
         await self._write("set_multi", list(sealed), write)
-        near = self.near
-        if keep_near and near is not None:
-            generation = near.generation
-            for key, value in mapping.items():
-                near.store(key, self.region._near_copy(value), generation)
 
     async def delete_multi(self, keys: list[str]) -> None:
-        if keys:  # redis-py's cluster client splits DEL per slot
+        if keys:  # redis-py's cluster client splits DEL per slot; a lock shares its value's slot
+            doomed = self.backend.revoking(keys)
 
             async def delete(client: Any) -> bool:
-                await client.delete(*keys)
+                await client.delete(*doomed)
                 return True
 
             await self._write("delete", keys, delete)
@@ -557,19 +540,19 @@ class AsyncRedisStore:
     async def _write(self, operation: str, keys: list[str], action: Callable[[Any], Awaitable[Any]]) -> None:
         """:meth:`RedisBackend._write`: a write that failed or was dropped
         leaves no older value to be served."""
-        connection = self.connection
         self._land(keys)
-        written = await aguard(connection, operation, action, lambda: False, write=True, stats=self.stats)
+        written = await aguard(self.connection, operation, action, _failed, write=True, stats=self.stats)
         self._land(keys)  # and reads sent while it was in flight
-        if written is False:
-            await self._discard(keys)
-        else:
-            connection.written(keys)
+        await self._written(keys, written is not False)
         await self._changed(keys)
 
-    async def _discard(self, keys: list[str]) -> None:
-        """:meth:`RedisConnection.discard`, without blocking the loop."""
+    async def _written(self, keys: list[str], written: bool) -> None:
+        """After a write of ``keys``: no delete of them waits any more, or
+        (not written) :meth:`RedisConnection.discard`, without blocking the loop."""
         connection = self.connection
+        if written:
+            connection.written(keys)
+            return
         if connection.breaker.up and not connection.strict:
             try:
                 await clients_of(connection).get().delete(*keys)
@@ -590,85 +573,107 @@ class AsyncRedisStore:
         await aguard(self.connection, "near-cache drop", lambda c: c.publish(bus.near_channel, message),
                      lambda: None)
 
-    # -- the creation lock ----------------------------------------------------
+    # -- creation locks and leases (the flows' requests) ----------------------
 
-    @asynccontextmanager
-    async def lock(self, key: str, wait: bool, started: float) -> AsyncIterator[Held]:
-        """The creation lock of ``key``: :class:`RedisMutex`'s protocol
-        (same lock key, token, expiry and release script), so sync and
-        async callers of every process exclude each other. Tasks of this
-        loop queue on an asyncio lock first. Waiting is bounded by the call
-        budget counted from ``started``; a caller that runs out of it goes
-        on without the lock and does not store (``confirmed`` False)."""
-        connection = self.connection
-        name = self.backend.keyspace.lock(key)
-        deadline = started + connection.call_budget
-        async with keyed_lock(name, wait, deadline) as local:
-            if not local:
-                yield Held(wait, False)
-                return
-            token = await self._take(name, deadline if wait else 0.0)
-            if token is None:
-                yield Held(wait, False)
-                return
-            try:
-                yield Held(True, True)
-            finally:
-                if token is not _LOCAL_ONLY:
-                    await self._release(name, str(token))
+    async def queue(self, key: str, wait: bool, deadline: float | None) -> Any:
+        return await self.queues.acquire(key, wait, deadline)
 
-    async def _take(self, name: str, deadline: float) -> Any:
-        """The token of the Redis lock ``name`` (``_LOCAL_ONLY`` while Redis
-        cannot take locks), or ``None`` when it is held elsewhere past ``deadline``."""
-        connection = self.connection
-        token = lock_token()
-        lifetime = self.backend.lock_timeout
-        lifetime_ms = max(1, int(lifetime * 1000))
+    async def dequeue(self, key: str, handle: Any) -> None:
+        self.queues.release(key, handle)
 
-        async def attempt(client: Any) -> bool | None:
-            if await client.set(name, token, nx=True, px=lifetime_ms):
-                return True
-            holder = await client.get(name)
-            if holder is None:
-                return None  # released meanwhile: try again at once
-            holder = text(holder)
-            if holder == token:
-                return True  # our own SET, whose first reply was lost
-            if connection.is_abandoned(name, holder):
-                await client.eval(_RELEASE, 1, name, holder)
-                return None
+    async def try_lock(self, key: str, seen: Any) -> LockReply:
+        attempt = self.backend.lock_attempt(key, seen)
+        try:
+            reply = await aguard(self.connection, "lock",
+                                 lambda client: READ_OR_LOCK.acall(client, attempt.keys, attempt.args),
+                                 attempt.unsure, stats=self.stats)
+        except asyncio.CancelledError:
+            attempt.unsure()  # cancelled mid-command: our SET may land; a waiter here breaks it
+            raise
+        answer = attempt.reply(reply)
+        if answer.state is CHANGED:
+            return answer._replace(current=found_of(self, key, answer.current))
+        return answer
+
+    async def break_lock(self, key: str, holder: str) -> None:
+        keys, args = (self.backend.keyspace.lock(key),), (holder,)
+        await aguard(self.connection, "unlock", lambda client: RELEASE.acall(client, keys, args), _nothing,
+                     stats=self.stats)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def create(self, creator: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+        return await created(creator, args, kwargs)
+
+    async def store(self, key: str, value: CachedValue, lease: str) -> bool:
+        """:meth:`RedisBackend.store_leased`, awaited."""
+        backend, connection = self.backend, self.connection
+        try:
+            sealed = self._bytes(key, value)
+        except BaseException:
+            await self.release(key, lease)
+            raise
+        name = backend.keyspace.lock(key)
+        keys, args = (key, name), (sealed, lease, backend.expires_after_ms or "")
+        near = self.near
+        generation = 0
+        if near is not None:  # the copy here is older whatever happens
+            near.drop([key])
+            generation = near.generation
+        self._land([key])
+        stored = await aguard(connection, "set", lambda client: STORE_AND_RELEASE.acall(client, keys, args),
+                              _failed, write=True, stats=self.stats)
+        self._land([key])
+        if stored is False:  # the script may have run or not: no older value is served, the lock is broken here
+            connection.abandon_lock(name, lease, backend.lock_timeout)
+            await self._written([key], False)
             return False
+        if not stored:
+            lost_lease(name, value.metadata["ct"], backend.lock_timeout)
+            return False
+        connection.written([key])
+        if near is not None:
+            near.store(key, self.region._near_copy(value), generation)
+            await self._changed([key])
+        return True
 
-        while True:
-            tried = connection.breaker.up
+    async def store_many(self, items: list[tuple[str, CachedValue, str]]) -> list[bool]:
+        """:meth:`RedisBackend.store_many`, awaited."""
+        backend, connection = self.backend, self.connection
+        try:
+            calls = [((key, backend.keyspace.lock(key)), (self._bytes(key, value), lease,
+                                                          backend.expires_after_ms or ""))
+                     for key, value, lease in items]
+        except BaseException:
+            for key, _, lease in items:
+                await self.release(key, lease)
+            raise
+        keys = [key for key, _, _ in items]
+        self._land(keys)
+        replies = await aguard(connection, "set_multi",
+                               lambda client: ascripts_pipelined(client, STORE_AND_RELEASE, calls, backend.cluster),
+                               _failed, write=True, stats=self.stats)
+        self._land(keys)
+        if replies is False:
+            for key, _, lease in items:
+                connection.abandon_lock(backend.keyspace.lock(key), lease, backend.lock_timeout)
+            await self._written(keys, False)
+            return [False] * len(items)
+        stored = [reply == 1 for reply in replies]
+        for (key, value, _), ok in zip(items, stored, strict=True):
+            if not ok:
+                lost_lease(backend.keyspace.lock(key), value.metadata["ct"], backend.lock_timeout)
+        kept = [key for key, ok in zip(keys, stored, strict=True) if ok]
+        connection.written(kept)
+        await self._changed(kept)
+        return stored
 
-            def unsure(tried: bool = tried) -> object:
-                if tried:  # the SET may have landed or may still land
-                    connection.abandon_lock(name, token, lifetime)
-                return _LOCAL_ONLY
+    async def release(self, key: str, lease: str) -> None:
+        connection, name = self.connection, self.backend.keyspace.lock(key)
+        keys, args = (name,), (lease,)
+        await aguard(connection, "unlock", lambda client: RELEASE.acall(client, keys, args),
+                     lambda: connection.abandon_lock(name, lease, self.backend.lock_timeout))
 
-            try:
-                result = await aguard(connection, "lock", attempt, unsure, stats=self.stats)
-            except asyncio.CancelledError:
-                unsure()  # cancelled mid-command: our SET may land; a waiter here takes it over
-                raise
-            if result is None:
-                continue
-            if result is _LOCAL_ONLY:
-                return _LOCAL_ONLY
-            if result is True:
-                return token
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            await asyncio.sleep(min(LOCK_POLL_INTERVAL, remaining))
-
-    async def _release(self, name: str, token: str) -> None:
-        connection = self.connection
-        released = await aguard(
-            connection, "unlock", lambda c: c.eval(_RELEASE, 1, name, token),
-            lambda: connection.abandon_lock(name, token, self.backend.lock_timeout),
-        )
-        if released == 0:
-            lock_expired(name)
-
+    def locked(self, key: str) -> bool:
+        return self.queues.locked(key) or bool(self.backend.locked(key))

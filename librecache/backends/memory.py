@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import threading
 import time
@@ -12,6 +13,8 @@ from typing import Any
 from dogpile.cache.api import NO_VALUE, CacheBackend, CachedValue
 
 from .. import forks
+from ..engine.flows import ACQUIRED, ANY, CHANGED, HELD, LockReply
+from ..engine.locks import KeyedLocks, LeasedKey
 from ..errors import SerializationError
 from . import take_arguments
 
@@ -55,6 +58,11 @@ class MemoryBackend(CacheBackend):
     return (:meth:`~librecache.formats.JsonFormat.normalize`), and refuses
     what that format cannot represent, as Redis would.
 
+    A key's creation lock is this process's queue for it (:attr:`locks`)
+    and a lease kept here: a write or delete of the key revokes it, so a
+    creation in flight never stores its older value after them (the
+    engine's :class:`~librecache.engine.flows.Store`).
+
     Arguments: ``name`` (for messages), ``max_entries`` (required),
     ``expires_after`` (seconds or ``None``), ``format`` (``None``: pickle).
     """
@@ -70,24 +78,33 @@ class MemoryBackend(CacheBackend):
         self.format: Any = args.get("format")
         self._data: OrderedDict[str, tuple[CachedValue, float]] = OrderedDict()
         self._lock = threading.Lock()
+        #: This process's creation queue per key (threads), and the leases of creations in flight.
+        self.locks = KeyedLocks()
+        self._leases: dict[str, int] = {}
+        self._tokens = itertools.count(1)
         forks.register(self)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._leases = {}  # the parent's creators are not here
 
     def __len__(self) -> int:
         return len(self._data)
 
     def get(self, key: str) -> Any:
         with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                return NO_VALUE
-            if entry[1] and entry[1] < time.monotonic():
-                del self._data[key]
-                return NO_VALUE
-            self._data.move_to_end(key)
-            return entry[0]
+            return self._current(key)
+
+    def _current(self, key: str) -> Any:
+        """The value under ``key`` (the lock held), or ``NO_VALUE``."""
+        entry = self._data.get(key)
+        if entry is None:
+            return NO_VALUE
+        if entry[1] and entry[1] < time.monotonic():
+            del self._data[key]
+            return NO_VALUE
+        self._data.move_to_end(key)
+        return entry[0]
 
     def get_multi(self, keys: Iterable[str]) -> Sequence[Any]:
         keys = list(keys)
@@ -123,15 +140,26 @@ class MemoryBackend(CacheBackend):
         return value
 
     def set(self, key: str, value: Any) -> None:
+        if type(key) is LeasedKey:  # a creation's value, through wrap= proxies
+            key.stored = self.store_leased(str(key), value, key.lease)
+            return
         self._store(key, self._checked(value, f"namespace {self.name}, key {key!r}"))
 
-    def _store(self, key: str, value: Any) -> None:
+    def _store(self, key: str, value: Any, lease: int | None = None) -> bool:
+        """Store ``value`` (revoking the lease of a creation in flight), or
+        with ``lease`` only while it holds (releasing it); whether it was."""
         deadline = time.monotonic() + self.expires_after if self.expires_after else 0.0
         with self._lock:
+            held = self._leases.pop(key, None)
+            if lease is not None and held != lease:
+                if held is not None:
+                    self._leases[key] = held
+                return False
             self._data[key] = (value, deadline)
             self._data.move_to_end(key)
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
+        return True
 
     def set_multi(self, mapping: Mapping[str, Any]) -> None:
         checked = {key: self._checked(value, f"namespace {self.name}") for key, value in mapping.items()}
@@ -139,19 +167,55 @@ class MemoryBackend(CacheBackend):
             self._store(key, value)
 
     def delete(self, key: str) -> None:
-        with self._lock:
-            self._data.pop(key, None)
+        self.delete_multi([key])
 
     def delete_multi(self, keys: Iterable[str]) -> None:
         with self._lock:
             for key in keys:
                 self._data.pop(key, None)
+                self._leases.pop(key, None)
+
+    # -- creation locks and leases (the engine's TryLock, Store and Release) --------
+
+    def try_lock(self, key: str, seen: Any) -> LockReply:
+        """Take ``key``'s lease, unless what is stored is not ``seen`` (the
+        object a read returned; ``CHANGED``, with it) or another creator
+        holds it (the other door of this process)."""
+        with self._lock:
+            current = self._current(key)
+            if seen is not ANY and current is not seen:
+                return LockReply(CHANGED, current=current)
+            if key in self._leases:
+                return LockReply(HELD)
+            token = self._leases[key] = next(self._tokens)
+        return LockReply(ACQUIRED, token)
+
+    def store_leased(self, key: str, value: Any, lease: int) -> bool:
+        """Store ``value`` only while ``lease`` holds ``key``'s lock, and
+        release it (whatever happens); whether it was stored."""
+        try:
+            checked = self._checked(value, f"namespace {self.name}, key {key!r}")
+        except BaseException:
+            self.release(key, lease)
+            raise
+        return self._store(key, checked, lease)
+
+    def release(self, key: str, lease: int) -> None:
+        """Release ``key``'s lease if ``lease`` still holds it."""
+        with self._lock:
+            if self._leases.get(key) == lease:
+                del self._leases[key]
+
+    def locked(self, key: str) -> bool:
+        """Whether a creator of this process holds ``key``'s lock."""
+        return key in self._leases or self.locks.locked(key)
 
     def clear(self, progress: Any = None) -> int:
         """Remove every entry; return how many there were."""
         with self._lock:
             count = len(self._data)
             self._data.clear()
+            self._leases.clear()
             return count
 
     def keys(self) -> list[str]:

@@ -6,7 +6,6 @@ import hashlib
 import itertools
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -14,8 +13,12 @@ from typing import Any
 from dogpile.cache.api import NO_VALUE, BytesBackend, CacheMutex, SerializedReturnType
 from redis.exceptions import ConnectionError, NoScriptError
 
+from .._compat import CLUSTER_PIPELINE_SCRIPTS
 from ..connection import RedisConnection
-from ..keying import KeySpace, same_slot
+from ..engine.doors import run
+from ..engine.flows import ABANDONED, ACQUIRED, ANY, CHANGED, HELD, LockReply, acquire
+from ..engine.locks import KeyedLocks, LeasedKey
+from ..keying import KeySpace
 from ..keys import CacheKeys
 from ..logs import RateLimitedLog
 from ..nearcache import NearCache
@@ -24,21 +27,13 @@ from ..signing import Signer
 from . import take_arguments
 from .memory import check_picklable
 
-__all__ = ["READ_OR_LOCK", "STORE_AND_RELEASE", "RedisBackend", "RedisMutex", "lock_expired", "lock_token"]
+__all__ = ["READ_OR_LOCK", "RELEASE", "SET_AND_REVOKE", "STORE_AND_RELEASE", "LockAttempt", "RedisBackend",
+           "RedisMutex", "fingerprint", "lock_token"]
 
 log = logging.getLogger(__name__)
 
-#: How often a process waiting for another's creation lock looks again.
-LOCK_POLL_INTERVAL = 0.02
 #: Keys per SCAN step and per UNLINK pipeline.
 SCAN_BATCH = 1000
-
-
-_LOCAL_ONLY = object()
-#: A blocking acquisition found the value stored: no lock is needed (dogpile's re-check will find it).
-_FOUND = object()
-#: No answer kept for dogpile's re-check.
-_UNSET = object()
 
 
 class _Script:
@@ -57,29 +52,66 @@ class _Script:
         except NoScriptError:
             return client.eval(self.text, len(keys), *keys, *args)
 
+    async def acall(self, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """The same, on a :mod:`redis.asyncio` client."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.text, len(keys), *keys, *args)
 
-#: Releases a creation lock only if it still holds this acquisition's token.
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
-#: A blocking acquisition in one round trip: the value (KEYS[1]) if it is
-#: stored ({1, value}); else the lock (KEYS[2]) as ``SET name token NX PX``
-#: does ({2}); else who holds it ({0, holder}). Atomic, so "lock taken"
-#: also answers dogpile's re-check: there was no value when it was taken.
+#: One attempt at a creation lock (KEYS[2]) that also looks at its value
+#: (KEYS[1]): when the value is not the one the caller judged (ARGV[3]: the
+#: SHA1 of its bytes, '' for none), it is returned ({1, value}) and no lock
+#: is taken; else the lock is taken as ``SET name token NX PX`` ({2}); else
+#: its holder is returned ({0, holder}). ARGV[3] '*': no look at the value.
+#: Atomic, so "lock taken" also answers dogpile's re-check: the value was
+#: the one judged when it was taken.
 READ_OR_LOCK = _Script("""
-local value = redis.call('GET', KEYS[1])
-if value then return {1, value} end
+if ARGV[3] ~= '*' then
+  local value = redis.call('GET', KEYS[1])
+  if value and (ARGV[3] == '' or redis.sha1hex(value) ~= ARGV[3]) then return {1, value} end
+end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
 return {0, redis.call('GET', KEYS[2])}
 """)
 
-#: The creator's value stored (KEYS[1], ARGV[1], expiry ARGV[3] ms or '')
-#: and its lock (KEYS[2]) released as :data:`_RELEASE` does, in one round
-#: trip: 1, or 0 when the lock no longer held this acquisition's token.
+#: The creator's value (ARGV[1]) stored at KEYS[1] with expiry ARGV[3] ms
+#: (or none: '') and its lock (KEYS[2]) released, only while the lock
+#: holds this acquisition's token (ARGV[2], the lease): 1; else nothing is
+#: stored (a write or delete revoked the lease, or the lock expired): 0.
 STORE_AND_RELEASE = _Script("""
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
 if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[1]) else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) end
-if redis.call('GET', KEYS[2]) == ARGV[2] then return redis.call('DEL', KEYS[2]) end
-return 0
+redis.call('DEL', KEYS[2])
+return 1
 """)
+
+#: Releases a creation lock (KEYS[1]) only if it still holds this token (ARGV[1]).
+RELEASE = _Script("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
+
+#: A write (ARGV[1] at KEYS[1], expiry ARGV[2] ms or '') that revokes the
+#: lease of a creation in flight (deletes its lock, KEYS[2]): that
+#: creator's older value is never stored over it. The SET goes first: a
+#: script that has written may write on past ``maxmemory``, so a full Redis
+#: must refuse the SET before the DEL.
+SET_AND_REVOKE = _Script("""
+local reply
+if ARGV[2] == '' then reply = redis.call('SET', KEYS[1], ARGV[1])
+else reply = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+redis.call('DEL', KEYS[2])
+return reply
+""")
+
+
+def fingerprint(seen: Any) -> str:
+    """:data:`READ_OR_LOCK`'s ARGV[3] for what a read ``seen`` (stored bytes,
+    ``None`` for nothing, :data:`~librecache.engine.flows.ANY`)."""
+    if seen is None:
+        return ""
+    if seen is ANY:
+        return "*"
+    return hashlib.sha1(seen).hexdigest()
 
 
 class _Tokens:
@@ -99,7 +131,7 @@ class _Tokens:
         return f"{self.prefix}{next(self.counter):x}"
 
 
-#: A new creation-lock token (shared by the sync and asyncio locks).
+#: A new creation-lock token (shared by the sync and asyncio doors).
 lock_token = _Tokens()
 
 
@@ -107,203 +139,124 @@ def _nothing() -> None:
     """What a read that fell through found."""
 
 
-def lock_expired(name: str) -> None:
-    """Log that the creation lock ``name`` expired before its holder stored
-    the value (another creator may have run meanwhile)."""
-    log.warning("creation lock %s expired before the value was stored; "
-                "raise LIBRECACHE_LOCK_TIMEOUT if creating values takes that long", name)
+def _failed() -> bool:
+    """What a write that fell through did."""
+    return False
+
+
+def lock_reply(connection: RedisConnection, name: str, token: str, reply: Any) -> LockReply:
+    """The :class:`~librecache.engine.flows.LockReply` of a
+    :data:`READ_OR_LOCK` reply (``None``: Redis could not be asked, and
+    this process's queue alone serves: no lease); ``CHANGED``'s ``current``
+    is the stored bytes. Shared by both doors."""
+    if reply is None:
+        return LockReply(ACQUIRED)
+    if reply[0] == 2:
+        return LockReply(ACQUIRED, token)
+    if reply[0] == 1:
+        return LockReply(CHANGED, current=reply[1])
+    holder = text(reply[1])
+    if holder == token:  # our own SET, whose first reply was lost and which was sent again
+        return LockReply(ACQUIRED, token)
+    if connection.is_abandoned(name, holder):
+        return LockReply(ABANDONED, holder=holder)
+    return LockReply(HELD)
+
+
+class LockAttempt:
+    """One :data:`READ_OR_LOCK` attempt at a key's creation lock: its keys,
+    its arguments (a new token), and what its reply means (both doors).
+
+    An attempt that failed midway (:meth:`unsure`, the guard's fallback)
+    may still land: its token is remembered as abandoned, so that a waiter
+    of this process breaks the lock rather than waiting for it to expire.
+    """
+
+    __slots__ = ("args", "connection", "keys", "lifetime", "name", "token", "tried")
+
+    def __init__(self, backend: RedisBackend, key: str, seen: Any) -> None:
+        self.connection = backend.connection
+        self.name = backend.keyspace.lock(key)
+        self.token = lock_token()
+        self.lifetime = backend.lock_timeout
+        self.keys = (key, self.name)
+        self.args = (self.token, backend._lock_ms, fingerprint(seen))
+        self.tried = self.connection.breaker.up
+
+    def unsure(self) -> None:
+        if self.tried:  # the SET may have landed or may still land
+            self.connection.abandon_lock(self.name, self.token, self.lifetime)
+
+    def reply(self, reply: Any) -> LockReply:
+        """What ``reply`` means (``None``: Redis could not be asked)."""
+        return lock_reply(self.connection, self.name, self.token, reply)
+
+
+def lost_lease(name: str, started: float, lifetime: float) -> None:
+    """Log that a creation's value was not stored: its lock expired (the
+    creator ran past ``lifetime``: a warning) or a write or delete of the
+    key revoked it meanwhile (as it should: debug)."""
+    if time.time() - started >= lifetime:
+        log.warning("creation lock %s expired before the value was stored, so it was returned but not stored; "
+                    "raise LIBRECACHE_LOCK_TIMEOUT if creating values takes that long", name)
+    else:
+        log.debug("creation lock %s was revoked by a write or delete of its key: the value was not stored", name)
 
 
 class RedisMutex(CacheMutex):
-    """The creation lock of one key: a thread lock, then a Redis lock.
+    """A key's creation lock through dogpile's mutex API
+    (``backend.get_mutex(key)``): this process's queue for the key, then
+    the Redis lock, taken as the engine takes them
+    (:func:`librecache.engine.flows.acquire`), so dogpile's users and the
+    engine's flows exclude each other.
 
-    Threads of one process queue on the thread lock, so only one of them
+    Threads of one process queue on a thread lock, so only one of them
     polls Redis; processes meet at the Redis lock, which expires after the
     lock timeout so that a killed holder cannot block the key for ever.
-    While Redis is unavailable or full the thread lock alone serves.
-
-    Taking the Redis lock is idempotent: each acquisition writes its own
-    token (``SET name token NX PX``), and when that command is answered "no"
-    the holder's token is read back, so an acquisition whose reply was lost
-    and whose command was retried finds its own token and holds the lock.
-    A token of this process's abandoned acquisitions (the command failed,
-    but may land later) is taken over rather than waited for.
-
-    When the lock and the value it guards may meet in one script (always on
-    a single server; on a cluster when both keys hash to one slot), a
-    blocking acquisition reads the value and takes the lock in one round
-    trip (:data:`READ_OR_LOCK`) and keeps what it read for dogpile's
-    re-check, and the creator's value is stored and the lock released in
-    one more (:data:`STORE_AND_RELEASE`): a miss costs three round trips,
-    as dogpile's own unlocked backend, instead of five.
+    While Redis is unavailable the thread lock alone serves.
     """
 
-    def __init__(self, connection: RedisConnection, name: str, timeout: float, stats: Any = None,
-                 value_key: str | None = None, held: dict[str, RedisMutex] | None = None) -> None:
-        self._stats = stats
-        self._local = threading.Lock()
-        self._connection = connection
-        self._name = name
-        self._timeout = timeout
-        self._token: str | None = None
-        #: The value's key, when one script may touch it and the lock; the
-        #: backend's register of locks held, by value key.
-        self._value_key = value_key
-        self._held = held
-        #: The thread holding this mutex, and what its acquisition read for dogpile's re-check.
-        self._owner = 0
-        self._recheck: Any = _UNSET
+    def __init__(self, backend: RedisBackend, key: str) -> None:
+        self._backend = backend
+        self._key = key
+        self._handle: Any = None
+        self._lease: Any = None
 
     def acquire(self, wait: bool = True) -> bool:
-        return self.acquire_before(None if wait else 0.0)
-
-    def acquire_within(self, started: float) -> bool:
-        """Acquire before the budget of a call that started at ``started``
-        (:func:`time.monotonic`) runs out (:attr:`RedisConnection.call_budget`);
-        False if that was not possible."""
-        return self.acquire_before(started + self._connection.call_budget)
-
-    def acquire_before(self, deadline: float | None) -> bool:
-        """Acquire; give up at ``deadline`` (:func:`time.monotonic`; 0: try
-        once; ``None``: wait as long as it takes)."""
-        if deadline is None:
-            got = self._local.acquire()
-        else:
-            remaining = deadline - time.monotonic()
-            got = self._local.acquire(True, remaining) if remaining > 0 else self._local.acquire(False)
-        if not got:
+        backend, key = self._backend, self._key
+        handle = backend.locks.acquire(key, wait, None if wait else 0.0)
+        if handle is None:
             return False
         try:
-            acquired = self._take(deadline)
+            reply = run(acquire(key, ANY, wait, None), backend)
         except BaseException:
-            self._local.release()
+            backend.locks.release(key, handle)
             raise
-        if not acquired:
-            self._local.release()
-        return acquired
-
-    def _take(self, deadline: float | None) -> bool:
-        connection = self._connection
-        token = lock_token()
-        lifetime_ms = max(1, int(self._timeout * 1000))
-        # a blocking acquisition is followed by dogpile's re-check of the value
-        value_key = self._value_key if deadline != 0.0 else None
-
-        def attempt(client: Any) -> Any:
-            if value_key is not None:
-                reply = READ_OR_LOCK(client, (value_key, self._name), (token, lifetime_ms))
-                if reply[0] == 1:
-                    self._recheck = reply[1]
-                    return _FOUND
-                if reply[0] == 2:
-                    self._recheck = None
-                    return True
-                holder = reply[1] if len(reply) > 1 else None
-            elif client.set(self._name, token, nx=True, px=lifetime_ms):
-                return True
-            else:
-                holder = client.get(self._name)
-            if holder is None:
-                return None  # released meanwhile: try again at once
-            holder = text(holder)
-            if holder == token:
-                # our own SET, whose first reply was lost (the script saw no value)
-                self._recheck = None if value_key is not None else _UNSET
-                return True
-            if connection.is_abandoned(self._name, holder):
-                client.eval(_RELEASE, 1, self._name, holder)
-                return None
+        if reply.state is not ACQUIRED:
+            backend.locks.release(key, handle)
             return False
-
-        while True:
-            tried = connection.breaker.up
-
-            def unsure(tried: bool = tried) -> object:
-                if tried:  # the SET may have landed or may still land
-                    connection.abandon_lock(self._name, token, self._timeout)
-                return _LOCAL_ONLY
-
-            self._recheck = _UNSET
-            result = connection.guard("lock", attempt, unsure, stats=self._stats)
-            if result is None:
-                continue
-            if result is _LOCAL_ONLY or result is _FOUND:  # the thread lock alone serves
-                self._token = None
-                self._hold()
-                return True
-            if result is True:
-                self._token = token
-                self._hold()
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            pause = LOCK_POLL_INTERVAL
-            if deadline is not None:
-                pause = min(pause, max(0.0, deadline - time.monotonic()))
-            time.sleep(pause)
-
-    def _hold(self) -> None:
-        self._owner = threading.get_ident()
-        if self._held is not None and self._value_key is not None:
-            self._held[self._value_key] = self
-
-    def recheck(self) -> Any:
-        """What this thread's acquisition read of the value (raw bytes or
-        ``None``), once; :data:`_UNSET` when it read nothing or another
-        thread asks."""
-        found = self._recheck
-        if found is _UNSET or self._owner != threading.get_ident():
-            return _UNSET
-        self._recheck = _UNSET
-        return found
-
-    def store_and_release(self, client: Any, value: bytes, expires_ms: int | None) -> bool:
-        """Store the value this thread created and release the Redis lock,
-        in one round trip (:data:`STORE_AND_RELEASE`); False when this
-        thread does not hold the Redis lock (nothing was sent)."""
-        token = self._token
-        if token is None or self._value_key is None or self._owner != threading.get_ident():
-            return False
-        released = STORE_AND_RELEASE(client, (self._value_key, self._name), (value, token, expires_ms or ""))
-        self._token = None
-        if released == 0:
-            lock_expired(self._name)
+        self._handle, self._lease = handle, reply.lease
         return True
 
     def release(self) -> None:
-        token, self._token = self._token, None
-        self._owner = 0
-        self._recheck = _UNSET
-        if self._held is not None and self._value_key is not None and self._held.get(self._value_key) is self:
-            del self._held[self._value_key]
+        handle, lease, self._handle, self._lease = self._handle, self._lease, None, None
         try:
-            if token is not None:
-                released = self._connection.guard(
-                    "unlock", lambda client: client.eval(_RELEASE, 1, self._name, token),
-                    lambda: self._connection.abandon_lock(self._name, token, self._timeout),
-                )
-                if released == 0:
-                    lock_expired(self._name)
+            if lease is not None:
+                self._backend.release(self._key, lease)
         finally:
-            self._local.release()
+            if handle is not None:
+                self._backend.locks.release(self._key, handle)
 
     def locked(self) -> bool:
         """Whether a creator holds this lock: a thread of this process, or
         any process (the Redis lock)."""
-        if self._local.locked():
-            return True
-        return bool(self._connection.guard("lock check", lambda client: client.exists(self._name), lambda: False))
-
-
-class _Remembered(threading.local):
-    key: str | None = None
-    value: Any = None
+        return self._backend.locked(self._key)
 
 
 class RedisBackend(BytesBackend):
     """Values of one namespace in Redis, under ``{prefix}::{NAMESPACE}:``.
 
-    Arguments (all required but ``expires_after`` and ``signer``):
+    Arguments (all required but ``expires_after``, ``signer``, ``near`` and ``stats``):
 
     - ``connection``: the registry's :class:`~librecache.connection.RedisConnection`;
     - ``keyspace``: the deployment's :class:`~librecache.keying.KeySpace`;
@@ -317,9 +270,14 @@ class RedisBackend(BytesBackend):
     unavailable, reads are misses, writes are dropped and deletes are
     replayed when it is back (unless LIBRECACHE_STRICT).
 
+    Every write and delete of a key also revokes the lease of a creation of
+    it in flight (deletes its creation lock), so that creator's value,
+    which may be older, is never stored after it (see the engine's
+    :class:`~librecache.engine.flows.Store`).
+
     Multi-key operations never send a command across cluster slots: reads
-    and deletes send one ``MGET``/``DEL`` per slot, writes a pipeline of
-    ``SET`` commands (grouped per node by redis-py).
+    and deletes send one ``MGET``/``DEL`` per slot, writes a pipeline
+    (grouped per node by redis-py).
     """
 
     def __init__(self, arguments: Mapping[str, Any]) -> None:
@@ -332,6 +290,7 @@ class RedisBackend(BytesBackend):
         self.keyspace: KeySpace = args["keyspace"]
         self.namespace: CacheKeys = args["namespace"]
         self.lock_timeout = float(args["lock_timeout"])
+        self._lock_ms = max(1, int(self.lock_timeout * 1000))
         self.signer: Signer | None = args.get("signer")
         #: (near cache, publish(namespace, keys)) when the namespace has one.
         self.near: tuple[NearCache, Callable[[CacheKeys, list[str]], None]] | None = args.get("near")
@@ -341,10 +300,8 @@ class RedisBackend(BytesBackend):
         self.stats: Any = args.get("stats")
         self.key_mangler = self.keyspace.mangler(self.namespace)
         self._limited = RateLimitedLog(log)
-        #: The creation locks held by this process's threads, by value key (see :class:`RedisMutex`).
-        self._held: dict[str, RedisMutex] = {}
-        #: A read handed on to this thread's next read of the same key (:meth:`remember_read`).
-        self._read = _Remembered()
+        #: This process's creation queue per key (threads).
+        self.locks = KeyedLocks()
 
     @property
     def client(self) -> Any:
@@ -377,51 +334,39 @@ class RedisBackend(BytesBackend):
 
     # -- reads --------------------------------------------------------------------
 
-    def remember_read(self, key: str | None, value: SerializedReturnType | None) -> None:
-        """This thread just read ``value`` under ``key`` (by
-        :meth:`get_serialized`): its next read of ``key`` gets it without a
-        round trip (a memoised call that found no fresh value hands its read
-        to dogpile's ``get_or_create``). ``None``: forget it."""
-        self._read.key = key
-        self._read.value = value
-
-    def get_serialized(self, key: str) -> SerializedReturnType:
-        read = self._read
-        if read.key is not None and read.key == key:
-            read.key = None
-            return read.value  # type: ignore[no-any-return]
+    def read_stored(self, key: str) -> bytes | None:
+        """The bytes stored under ``key`` as they are (signed, when signing
+        is on), or ``None`` (none, or Redis unavailable: a miss)."""
         connection = self.connection
-        if connection.is_pending(key):  # a write of it was lost: what Redis holds may be older
-            return NO_VALUE
-        if self._held:  # dogpile's re-check after a creation lock: the lock's script read the value
-            mutex = self._held.get(key)
-            if mutex is not None:
-                found = mutex.recheck()
-                if found is not _UNSET:
-                    return self._opened(key, found)
         client = connection.client
-        value: bytes | None
         if client is not None and connection.breaker.up:  # guard's own call, without its frames (every hit)
             try:
-                value = client.get(key)  # type: ignore[assignment]  # bytes: decode_responses is off
+                return client.get(key)  # type: ignore[no-any-return,return-value]  # bytes: decode_responses is off
             except Exception as exc:
-                value = connection.recover(exc, "get", lambda c: c.get(key), _nothing, stats=self.stats)
-        else:
-            value = connection.guard("get", lambda c: c.get(key), _nothing, stats=self.stats)
-        if self.signer is None:  # _opened's first two cases, without the call (every hit takes this)
+                return connection.recover(exc, "get", lambda c: c.get(key), _nothing, stats=self.stats)  # type: ignore[no-any-return]
+        return connection.guard("get", lambda c: c.get(key), _nothing, stats=self.stats)  # type: ignore[no-any-return]
+
+    def get_serialized(self, key: str) -> SerializedReturnType:
+        if self.connection.is_pending(key):  # a write of it was lost: what Redis holds may be older
+            return NO_VALUE
+        value = self.read_stored(key)
+        if self.signer is None:  # _opened's first two cases, without the call
             return NO_VALUE if value is None else value
         return self._opened(key, value)
+
+    def read_stored_multi(self, keys: list[str]) -> list[bytes | None]:
+        """:meth:`read_stored` of each of ``keys``: one ``MGET`` (one per slot on a cluster)."""
+        def read(client: Any) -> list[bytes | None]:
+            return list(client.mget_nonatomic(keys) if self.cluster else client.mget(keys))
+
+        return self.connection.guard("mget", read, lambda: [None] * len(keys), stats=self.stats)  # type: ignore[no-any-return]
 
     def get_serialized_multi(self, keys: Iterable[str]) -> Sequence[SerializedReturnType]:
         keys = list(keys)
         if not keys:
             return []
-
-        def read(client: Any) -> list[bytes | None]:
-            return list(client.mget_nonatomic(keys) if self.cluster else client.mget(keys))
-
         connection = self.connection
-        values = connection.guard("mget", read, lambda: [None] * len(keys), stats=self.stats)
+        values = self.read_stored_multi(keys)
         if self.signer is None and not connection.pending_deletes:
             return [NO_VALUE if value is None else value for value in values]
         return [NO_VALUE if connection.is_pending(key) else self._opened(key, value)
@@ -443,55 +388,152 @@ class RedisBackend(BytesBackend):
         still accepts DEL) or when Redis is back, and read as a miss until
         then (:meth:`RedisConnection.discard`)."""
         connection = self.connection
-        if connection.guard(operation, action, lambda: False, write=True, stats=self.stats) is False:
+        if connection.guard(operation, action, _failed, write=True, stats=self.stats) is False:
             connection.discard(keys, self.namespace)
         else:
             connection.written(keys)
         self._changed(keys)
 
     def set_serialized(self, key: str, value: bytes) -> None:
-        sealed = self._sealed(key, value)
-        mutex = self._held.get(key) if self._held else None
-        if mutex is not None:  # the creator's value: stored and its lock released at once
-            expires = self.expires_after_ms
-
-            def store(client: Any) -> bool:
-                return mutex.store_and_release(client, sealed, expires) or bool(client.set(key, sealed, px=expires))
-
-            self._write("set", [key], store)
+        if type(key) is LeasedKey:  # a creation's value, through wrap= proxies
+            key.stored = self.store_leased(str(key), value, key.lease, time.time())
             return
-        self._write("set", [key], lambda c: c.set(key, sealed, px=self.expires_after_ms))
+        sealed = self._sealed(key, value)
+        keys, args = (key, self.keyspace.lock(key)), (sealed, self.expires_after_ms or "")
+        self._write("set", [key], lambda client: SET_AND_REVOKE(client, keys, args))
 
     def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:
         if not mapping:
             return
         sealed = {key: self._sealed(key, value) for key, value in mapping.items()}
+        self._write("set_multi", list(sealed), lambda client: self.write_pipeline(client, sealed).execute())
 
-        def write(client: Any) -> bool:
-            pipe = client.pipeline(transaction=False)
-            for key, value in sealed.items():
-                pipe.set(key, value, px=self.expires_after_ms)
-            pipe.execute()
-            return True
+    def write_pipeline(self, client: Any, sealed: Mapping[str, bytes]) -> Any:
+        """A pipeline that writes ``sealed`` (stored bytes by key), each key's
+        creation lock deleted first (a lease revoked; a creator's store that
+        lands between the two finds no lock); shared by both doors."""
+        pipe = client.pipeline(transaction=False)  # grouped per node by a cluster client
+        lock = self.keyspace.lock
+        px = self.expires_after_ms
+        for key, value in sealed.items():
+            pipe.delete(lock(key))
+            pipe.set(key, value, px=px)
+        return pipe
 
-        self._write("set_multi", list(sealed), write)
+    def revoking(self, keys: list[str]) -> list[str]:
+        """``keys`` and their creation locks: what a delete removes (the
+        lease of a creation in flight revoked with its value)."""
+        lock = self.keyspace.lock
+        return [*keys, *map(lock, keys)]
 
     def delete(self, key: str) -> None:
         self.delete_multi([key])
 
     def delete_multi(self, keys: Iterable[str]) -> None:
         keys = list(keys)
-        if keys:  # redis-py's cluster client splits DEL per slot
-            self._write("delete", keys, lambda c: c.delete(*keys) >= 0)
+        if keys:  # redis-py's cluster client splits DEL per slot; a lock shares its value's slot
+            doomed = self.revoking(keys)
+            self._write("delete", keys, lambda c: c.delete(*doomed) >= 0)
 
-    # -- locks --------------------------------------------------------------------
+    # -- creation locks and leases (the engine's TryLock, Store and Release) --------
+
+    def lock_attempt(self, key: str, seen: Any) -> LockAttempt:
+        """The arguments of one :data:`READ_OR_LOCK` attempt at ``key``'s
+        creation lock (both doors)."""
+        return LockAttempt(self, key, seen)
+
+    def try_lock(self, key: str, seen: Any) -> LockReply:
+        """One :data:`READ_OR_LOCK` attempt at ``key``'s creation lock, looking
+        at the value unless ``seen`` is ``ANY`` (``CHANGED``: ``current`` is
+        the stored bytes)."""
+        attempt = LockAttempt(self, key, seen)
+        reply = self.connection.guard("lock", lambda client: READ_OR_LOCK(client, attempt.keys, attempt.args),
+                                      attempt.unsure, stats=self.stats)
+        return attempt.reply(reply)
+
+    def break_lock(self, key: str, holder: str) -> None:
+        """Release ``key``'s lock held by ``holder``, a token this process abandoned."""
+        keys, args = (self.keyspace.lock(key),), (holder,)
+        self.connection.guard("unlock", lambda client: RELEASE(client, keys, args), _nothing, stats=self.stats)
+
+    sleep = staticmethod(time.sleep)
+
+    def store_leased(self, key: str, value: bytes, lease: str, started: float,
+                     near_copy: Any = None) -> bool:
+        """Store ``value`` (serialized) under ``key`` and release its lock,
+        only while ``lease`` holds the lock (:data:`STORE_AND_RELEASE`);
+        whether it was stored. ``started``: when the creation started (for
+        the log of a lease lost). ``near_copy``: kept in the near cache when
+        stored, unless another instance's write was announced meanwhile."""
+        connection = self.connection
+        name = self.keyspace.lock(key)
+        keys, args = (key, name), (self._sealed(key, value), lease, self.expires_after_ms or "")
+        near = self.near[0] if self.near is not None else None
+        generation = 0
+        if near is not None:  # the copy here is older whatever happens
+            near.drop([key])
+            generation = near.generation
+        stored = connection.guard("set", lambda client: STORE_AND_RELEASE(client, keys, args), _failed,
+                                  write=True, stats=self.stats)
+        if stored is False:  # the script may have run or not: no older value is served, the lock is broken here
+            connection.abandon_lock(name, lease, self.lock_timeout)
+            connection.discard([key], self.namespace)
+            return False
+        if not stored:
+            lost_lease(name, started, self.lock_timeout)
+            return False
+        connection.written([key])
+        if near is not None:
+            if near_copy is not None:
+                near.store(key, near_copy, generation)
+            self.near[1](self.namespace, [key])  # type: ignore[index]
+        return True
+
+    def store_many(self, items: list[tuple[str, bytes, str]], started: float) -> list[bool]:
+        """:meth:`store_leased` of each ``(key, serialized value, lease)``, in
+        one pipeline (per node on a cluster)."""
+        connection = self.connection
+        sealed = [(key, self._sealed(key, value), lease) for key, value, lease in items]
+
+        def store(client: Any) -> list[Any]:
+            return scripts_pipelined(client, STORE_AND_RELEASE, [
+                ((key, self.keyspace.lock(key)), (value, lease, self.expires_after_ms or ""))
+                for key, value, lease in sealed], self.cluster)
+
+        replies = connection.guard("set_multi", store, _failed, write=True, stats=self.stats)
+        keys = [key for key, _, _ in items]
+        if replies is False:
+            for key, _, lease in items:
+                connection.abandon_lock(self.keyspace.lock(key), lease, self.lock_timeout)
+            connection.discard(keys, self.namespace)
+            return [False] * len(items)
+        stored = [reply == 1 for reply in replies]
+        for key, ok in zip(keys, stored, strict=True):
+            if not ok:
+                lost_lease(self.keyspace.lock(key), started, self.lock_timeout)
+        connection.written([key for key, ok in zip(keys, stored, strict=True) if ok])
+        self._changed([key for key, ok in zip(keys, stored, strict=True) if ok])
+        return stored
+
+    def release(self, key: str, lease: str) -> None:
+        """Release ``key``'s lock if ``lease`` still holds it (:data:`RELEASE`);
+        when that fails, the lease is remembered as abandoned."""
+        connection = self.connection
+        name = self.keyspace.lock(key)
+        keys, args = (name,), (lease,)
+        connection.guard("unlock", lambda client: RELEASE(client, keys, args),
+                         lambda: connection.abandon_lock(name, lease, self.lock_timeout))
+
+    def locked(self, key: str) -> bool:
+        """Whether a creator holds ``key``'s lock: a thread of this process,
+        or any process (the Redis lock exists)."""
+        if self.locks.locked(key):
+            return True
+        name = self.keyspace.lock(key)
+        return bool(self.connection.guard("lock check", lambda client: client.exists(name), _failed))
 
     def get_mutex(self, key: str) -> RedisMutex:
-        name = self.keyspace.lock(key)
-        # one script may touch the value and its lock only when both live in one slot
-        together = not self.cluster or same_slot(key, name)
-        return RedisMutex(self.connection, name, self.lock_timeout, self.stats,
-                          value_key=key if together else None, held=self._held)
+        return RedisMutex(self, key)
 
     def has_lock_timeout(self) -> bool:
         return True
@@ -550,6 +592,46 @@ class RedisBackend(BytesBackend):
         for key in keys:
             pipe.memory_usage(key, samples=0)
         return sum(size or 0 for size in pipe.execute())
+
+
+def scripts_pipelined(client: Any, script: _Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+                      cluster: bool) -> list[Any]:
+    """The replies of ``script`` run once per ``(keys, args)`` of ``calls``,
+    by SHA in one pipeline (per node on a cluster); calls that meet a server
+    that does not know the script (``NOSCRIPT``) are sent again in full, one
+    by one. One by one too on a cluster whose redis-py pipelines no scripts
+    (:data:`~librecache._compat.CLUSTER_PIPELINE_SCRIPTS`)."""
+    if cluster and not CLUSTER_PIPELINE_SCRIPTS:
+        return [script(client, keys, args) for keys, args in calls]
+    pipe = client.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    replies = pipe.execute(raise_on_error=False)
+    for index, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError):
+            keys, args = calls[index]
+            replies[index] = client.eval(script.text, len(keys), *keys, *args)
+        elif isinstance(reply, Exception):
+            raise reply
+    return list(replies)
+
+
+async def ascripts_pipelined(client: Any, script: _Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+                             cluster: bool) -> list[Any]:
+    """:func:`scripts_pipelined` on a :mod:`redis.asyncio` client."""
+    if cluster and not CLUSTER_PIPELINE_SCRIPTS:
+        return [await script.acall(client, keys, args) for keys, args in calls]
+    pipe = client.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    replies = await pipe.execute(raise_on_error=False)
+    for index, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError):
+            keys, args = calls[index]
+            replies[index] = await client.eval(script.text, len(keys), *keys, *args)
+        elif isinstance(reply, Exception):
+            raise reply
+    return list(replies)
 
 
 def _unlink(node: Any, keys: list[bytes]) -> int:

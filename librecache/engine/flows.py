@@ -1,0 +1,466 @@
+"""The flows of a cache call, written once, doing no I/O.
+
+A flow is a generator. It yields a *request* (a named tuple below: read
+this key, take this lock, run the creator, store this value...) and is
+sent its result, until it returns an *outcome* (what happened: a hit, a
+wait for another creator, a stale value served, a creation). A door
+(:mod:`librecache.engine.doors`) performs the requests: the sync door
+with plain calls, the async door awaiting them. A *port* does the I/O of
+one region for one door (:mod:`librecache.engine.ports`); each request
+names the port method that performs it (:data:`OPS`).
+
+So dogpile's get-or-create, its multi-key form and the memoised call are
+decided here once, for both doors and every backend: which command a
+flow sends, when it waits, what it stores and when it releases. The
+rules a value is judged by are :mod:`librecache.engine.judge`.
+
+Locks and leases. A value is created under two locks: this process's
+queue for the key (:class:`Queue`: a thread lock, or an asyncio lock), so
+that one caller per process goes further, then the key's cross-process
+lock (:class:`TryLock`: a Redis lock, or a memory backend's lease). The
+cross-process lock's token is the *lease* a store must present
+(:class:`Store`): a write or a delete of the key revokes it, so a creation
+that began before an invalidation never stores its value after it.
+
+The flows send the same requests from either door, so both doors send the
+same Redis commands for the same case.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, NamedTuple
+
+from dogpile.cache.api import CachedValue
+
+from .judge import ABSENT, FRESH, made, soft_without_ttl, verdict
+
+__all__ = [
+    "ACQUIRED",
+    "ANY",
+    "CHANGED",
+    "CREATED",
+    "HELD",
+    "HIT",
+    "OPS",
+    "STALE",
+    "WAITED",
+    "Call",
+    "Found",
+    "LockReply",
+    "MultiOutcome",
+    "Outcome",
+    "acquire",
+    "get_or_create",
+    "get_or_create_multi",
+]
+
+#: How often a caller waiting for another process's creation lock asks again.
+LOCK_POLL_INTERVAL = 0.02
+#: A value that changes under a waiting caller this many times is created
+#: without the lock (and not stored): a flow never loops for ever.
+MAX_CHANGES = 8
+
+
+# --------------------------------------------------------------------------
+# What a port answers
+# --------------------------------------------------------------------------
+
+
+class _Any:
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+#: A :class:`Found`'s ``seen`` when the port cannot tell what is stored
+#: (through proxies, a key whose write was lost): :class:`TryLock` then
+#: takes the lock whatever the value, and the port reads it again.
+ANY: Any = _Any()
+
+
+class Found(NamedTuple):
+    """What a read found."""
+
+    #: dogpile's :class:`~dogpile.cache.api.CachedValue`, or ``NO_VALUE``.
+    value: Any
+    #: What is stored, as the port tells it apart (Redis: the bytes;
+    #: memory: the object); ``None`` when nothing is; :data:`ANY`.
+    seen: Any
+
+
+#: :class:`LockReply` states.
+ACQUIRED, CHANGED, HELD, ABANDONED = "acquired", "changed", "held", "abandoned"
+
+
+class LockReply(NamedTuple):
+    """The answer to one :class:`TryLock`."""
+
+    #: ``ACQUIRED`` (create), ``CHANGED`` (the value is not what was seen:
+    #: judge ``current``), ``HELD`` (another creator holds the lock),
+    #: ``ABANDONED`` (held by an acquisition of this process that failed
+    #: midway: break it, then try again).
+    state: str
+    #: ``ACQUIRED``: the token a store presents; ``None``: taken in this
+    #: process only (Redis could not be asked), and what is created is not stored.
+    lease: Any = None
+    #: The value stored now, when the port read it (``CHANGED``; ``ACQUIRED`` through proxies):
+    #: a :class:`Found` (a backend's own reply holds what it read, which its port turns into one).
+    current: Any = None
+    #: ``ABANDONED``: the holder's token.
+    holder: Any = None
+
+
+# --------------------------------------------------------------------------
+# Requests: each names the port method that performs it (OPS)
+# --------------------------------------------------------------------------
+
+
+class Read(NamedTuple):
+    """Read ``key`` -> :class:`Found`."""
+
+    key: str
+
+
+class ReadMany(NamedTuple):
+    """Read ``keys`` -> a :class:`Found` each (one round trip)."""
+
+    keys: list[str]
+
+
+class Queue(NamedTuple):
+    """Take this process's queue for ``key`` (blocking until ``deadline``,
+    :func:`time.monotonic`, or for ever when ``None``, if ``wait``; else
+    only if free) -> a handle for :class:`Dequeue`, or ``None``."""
+
+    key: str
+    wait: bool
+    deadline: float | None
+
+
+class Dequeue(NamedTuple):
+    """Leave the queue taken by :class:`Queue`."""
+
+    key: str
+    handle: Any
+
+
+class TryLock(NamedTuple):
+    """One attempt at ``key``'s cross-process lock -> :class:`LockReply`.
+    Atomic with a look at the value: when what is stored is not ``seen``
+    (a :class:`Found`'s), the answer is ``CHANGED`` with the value, and no
+    lock is taken; ``seen`` :data:`ANY`: no look."""
+
+    key: str
+    seen: Any
+
+
+class BreakLock(NamedTuple):
+    """Release ``key``'s lock held by ``holder`` (an abandoned token of this process)."""
+
+    key: str
+    holder: Any
+
+
+class Sleep(NamedTuple):
+    """Pause ``seconds`` (a poll of a lock held elsewhere)."""
+
+    seconds: float
+
+
+class Create(NamedTuple):
+    """Run ``creator(*args, **kwargs)`` -> its value (awaited by the async
+    door when it is awaitable)."""
+
+    creator: Callable[..., Any]
+    args: Sequence[Any]
+    kwargs: dict[str, Any]
+
+
+class Store(NamedTuple):
+    """Store ``value`` under ``key`` if ``lease`` still holds its lock, and
+    release the lock -> whether it was stored. The lease is consumed
+    (released) whatever happens, even when the store raises."""
+
+    key: str
+    value: CachedValue
+    lease: Any
+
+
+class StoreMany(NamedTuple):
+    """:class:`Store` for each ``(key, value, lease)`` (one round trip) ->
+    whether each was stored."""
+
+    items: list[tuple[str, CachedValue, Any]]
+
+
+class Release(NamedTuple):
+    """Release ``key``'s lock if ``lease`` still holds it."""
+
+    key: str
+    lease: Any
+
+
+class HandOff(NamedTuple):
+    """Hand the stale value's recreation to dogpile's
+    ``async_creation_runner`` (the sync door only): the runner gets a
+    mutex whose ``release()`` releases ``lease`` and leaves the queue."""
+
+    call: Call
+    handle: Any
+    lease: Any
+
+
+#: The port method that performs each request.
+OPS: dict[type, str] = {
+    Read: "read", ReadMany: "read_many", Queue: "queue", Dequeue: "dequeue", TryLock: "try_lock",
+    BreakLock: "break_lock", Sleep: "sleep", Create: "create", Store: "store", StoreMany: "store_many",
+    Release: "release", HandOff: "hand_off",
+}
+
+
+# --------------------------------------------------------------------------
+# Outcomes: counted by the doors (librecache.metrics)
+# --------------------------------------------------------------------------
+
+#: :class:`Outcome` kinds: a fresh value; another creator's value after
+#: waiting for its lock; a stale value while another recreates it; a
+#: value this call created.
+HIT, WAITED, STALE, CREATED = "hit", "waited", "stale", "created"
+
+
+class Outcome(NamedTuple):
+    """What a single-key flow did."""
+
+    kind: str
+    value: Any
+    #: ``CREATED``: how long the creator ran.
+    seconds: float = 0.0
+
+
+class MultiOutcome(NamedTuple):
+    """What a multi-key flow did."""
+
+    #: The value of each key asked for, in order.
+    values: list[Any]
+    #: Keys created (by one creator run), keys that waited for another creator.
+    created: int
+    waited: int
+    #: How long the creator ran; ``None``: it did not run.
+    seconds: float | None
+
+
+class Call:
+    """One get-or-create call: its key, creator and rules.
+
+    :param region: the :class:`~librecache.LibreRegion`.
+    :param key: the key as stored (mangled); ``orig_key`` as given.
+    :param expiration: the call's expiration time, as
+        :func:`~librecache.engine.judge.expiration_of` reads it.
+    :param deadline: when waiting for another creator ends
+        (:func:`time.monotonic`), or ``None``: never.
+    :param runner: dogpile's ``async_creation_runner`` (sync door only).
+    """
+
+    __slots__ = ("args", "creator", "deadline", "expiration", "key", "kwargs", "orig_key", "region", "runner",
+                 "should_cache")
+
+    def __init__(self, region: Any, key: str, orig_key: Any, creator: Callable[..., Any], args: Sequence[Any],
+                 kwargs: dict[str, Any], expiration: float | None, should_cache: Callable[[Any], bool] | None,
+                 deadline: float | None, runner: Any = None) -> None:
+        self.region = region
+        self.key = key
+        self.orig_key = orig_key
+        self.creator = creator
+        self.args = args
+        self.kwargs = kwargs
+        self.expiration = expiration
+        self.should_cache = should_cache
+        self.deadline = deadline
+        self.runner = runner
+
+
+Flow = Generator[Any, Any, Any]
+
+
+# --------------------------------------------------------------------------
+# The flows
+# --------------------------------------------------------------------------
+
+
+def acquire(key: str, seen: Any, wait: bool, deadline: float | None) -> Generator[Any, Any, LockReply]:
+    """Take ``key``'s cross-process lock, this process's queue being held:
+    poll while another creator holds it (if ``wait``, until ``deadline``);
+    break a lock this process abandoned. Returns the last reply:
+    ``ACQUIRED``, ``CHANGED`` (judge the value), or ``HELD`` (not waiting,
+    or the deadline passed)."""
+    while True:
+        reply: LockReply = yield TryLock(key, seen)
+        state = reply.state
+        if state is ABANDONED:
+            yield BreakLock(key, reply.holder)
+            continue
+        if state is not HELD or not wait:
+            return reply
+        pause = LOCK_POLL_INTERVAL if deadline is None else min(LOCK_POLL_INTERVAL, deadline - time.monotonic())
+        if pause <= 0:
+            return reply
+        yield Sleep(pause)
+
+
+def get_or_create(call: Call, found: Found | None = None) -> Generator[Any, Any, Outcome]:
+    """dogpile's ``get_or_create`` of one key: a fresh value is returned; an
+    absent one (missing, hard-invalidated) is created by one caller of the
+    deployment while the others wait for it; a stale one (expired,
+    soft-invalidated) is recreated by one caller while the others get the
+    stale value. Waiting ends at the call's deadline: the caller then
+    creates the value itself and does not store it.
+
+    :param found: what the caller already read of the key (the doors' hit
+        path hands its read on), or ``None``: read it first.
+    """
+    region = call.region
+    if found is None:
+        found = yield Read(call.key)
+    kind, payload = verdict(region, found.value, call.expiration)
+    if kind is FRESH:
+        return Outcome(HIT, payload)
+    wait = kind is ABSENT
+    handle = yield Queue(call.key, wait, call.deadline)
+    if handle is None:
+        if not wait:  # another caller of this process recreates it
+            return Outcome(STALE, payload)
+        return (yield from _create(call, None))  # waited the whole budget: created, not stored
+    lease = None
+    try:
+        seen = found.seen
+        reply = LockReply(HELD)
+        for _ in range(MAX_CHANGES):
+            reply = yield from acquire(call.key, seen, wait, call.deadline)
+            if reply.state is ACQUIRED:
+                lease = reply.lease
+            if reply.current is not None:  # created meanwhile by the caller we waited for?
+                now, current = verdict(region, reply.current.value, call.expiration)
+                if now is FRESH:
+                    return Outcome(WAITED if wait else HIT, current)
+                seen = reply.current.seen
+                payload = current  # a newer stale value; a deleted one is never served:
+                wait = wait or now is ABSENT
+            if reply.state is not CHANGED:
+                break
+        if reply.state is HELD and not wait:  # another process recreates it
+            return Outcome(STALE, payload)
+        if reply.state is ACQUIRED and not wait and call.runner is not None:
+            yield HandOff(call, handle, lease)  # the runner releases both
+            handle = lease = None
+            return Outcome(STALE, payload)
+        lease, given = None, lease
+        return (yield from _create(call, given))
+    finally:
+        if lease is not None:
+            yield Release(call.key, lease)
+        if handle is not None:
+            yield Dequeue(call.key, handle)
+
+
+def _create(call: Call, lease: Any) -> Generator[Any, Any, Outcome]:
+    """Run the creator and store its value with ``lease`` (consumed:
+    stored, or released); ``None``: not stored."""
+    try:
+        started = time.time()  # the value's creation time: see judge.made
+        clock = time.perf_counter()
+        created = yield Create(call.creator, call.args, call.kwargs)
+        seconds = time.perf_counter() - clock
+        soft_without_ttl(call.region, call.expiration)
+        if lease is not None and (call.should_cache is None or call.should_cache(created)):
+            lease, given = None, lease
+            yield Store(call.key, made(created, started), given)
+        return Outcome(CREATED, created, seconds)
+    finally:
+        if lease is not None:
+            yield Release(call.key, lease)
+
+
+def get_or_create_multi(call: Call, keys: Sequence[Any], mangled: dict[Any, str]) -> Generator[Any, Any, MultiOutcome]:
+    """dogpile's ``get_or_create_multi``: one read of every key, the rules
+    of :func:`get_or_create` for each key that is not fresh (locks taken
+    in sorted order, so that no two callers wait for each other), one
+    creator run (``call.creator(*keys_to_create)``) for the keys to
+    create, one round trip to store what it returned.
+
+    :param keys: the keys asked for (duplicates allowed), as given.
+    :param mangled: each key as stored.
+    """
+    region = call.region
+    unique = sorted(set(keys))
+    found: list[Found] = yield ReadMany([mangled[key] for key in unique])
+    results: dict[Any, Any] = {}
+    pending: list[tuple[Any, str, Any, Any]] = []
+    for key, got in zip(unique, found, strict=True):
+        kind, payload = verdict(region, got.value, call.expiration)
+        if kind is FRESH:
+            results[key] = payload
+        else:
+            pending.append((key, kind, payload, got.seen))
+    held: list[list[Any]] = []  # [key, queue handle, lease]
+    to_create: list[Any] = []
+    waited = 0
+    try:
+        for key, kind, payload, seen in pending:
+            name = mangled[key]
+            wait = kind is ABSENT
+            handle = yield Queue(name, wait, call.deadline)
+            if handle is None:
+                if wait:
+                    to_create.append(key)  # waited the whole budget: created, not stored
+                else:
+                    results[key] = payload
+                continue
+            entry = [key, handle, None]
+            held.append(entry)
+            reply = LockReply(HELD)
+            for _ in range(MAX_CHANGES):
+                reply = yield from acquire(name, seen, wait, call.deadline)
+                if reply.state is ACQUIRED:
+                    entry[2] = reply.lease
+                if reply.current is not None:
+                    now, current = verdict(region, reply.current.value, call.expiration)
+                    if now is FRESH:
+                        results[key] = current
+                        waited += wait
+                        break
+                    seen = reply.current.seen
+                    payload = current
+                    wait = wait or now is ABSENT
+                if reply.state is not CHANGED:
+                    break
+            if key in results:
+                continue
+            if reply.state is HELD and not wait:
+                results[key] = payload
+            else:
+                to_create.append(key)
+        seconds = None
+        if to_create:
+            started = time.time()
+            clock = time.perf_counter()
+            created = yield Create(call.creator, tuple(to_create), {})
+            seconds = time.perf_counter() - clock
+            soft_without_ttl(region, call.expiration)
+            leases = {entry[0]: entry for entry in held}
+            stores = []
+            for key, value in zip(to_create, created, strict=True):
+                results[key] = value
+                holding = leases.get(key)
+                if holding is not None and holding[2] is not None \
+                        and (call.should_cache is None or call.should_cache(value)):
+                    stores.append((mangled[key], made(value, started), holding[2]))
+                    holding[2] = None
+            if stores:
+                yield StoreMany(stores)
+        return MultiOutcome([results[key] for key in keys], len(to_create), waited, seconds)
+    finally:
+        for key, handle, lease in reversed(held):
+            if lease is not None:
+                yield Release(mangled[key], lease)
+            yield Dequeue(mangled[key], handle)

@@ -1,0 +1,320 @@
+"""The rules of the cache, with no I/O: what a value read is worth.
+
+dogpile.cache's rules, written once for both doors and every backend:
+
+- a value is **absent** (must be created, callers wait for its creator)
+  when nothing is stored, when it was written by another version of
+  dogpile's format, or when it is older than the namespace's last hard
+  invalidation;
+- it is **stale** (one caller recreates it while the others get it) when
+  it is older than the expiration time, or than the last soft
+  invalidation (which needs an expiration time);
+- otherwise it is **fresh**.
+
+A value's creation time (dogpile's ``ct``) is the time its creation
+*started*: a creation that began before an invalidation makes a value
+that this invalidation covers (see ``docs/design.rst``, Consistency).
+
+:data:`USUAL_HEADER` recognises dogpile's usual bytes, which the hit
+path (:func:`librecache.engine.ports.stored_hit`) judges without parsing
+them into a :class:`~dogpile.cache.api.CachedValue`; :func:`judged_multi`
+judges a whole batch of them (``get_multi``).
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+import time
+from collections.abc import Callable
+from itertools import repeat
+from typing import Any
+
+from dogpile.cache.api import NO_VALUE, CachedValue
+from dogpile.cache.exception import DogpileCacheException
+from dogpile.cache.region import value_version
+
+from .._compat import DOGPILE_METADATA_DELIMITER
+
+__all__ = [
+    "ABSENT",
+    "CREATION_TIMES",
+    "FRESH",
+    "SOFT_WITHOUT_TTL",
+    "STALE",
+    "USUAL_HEADER",
+    "expiration_of",
+    "judged_multi",
+    "made",
+    "parse_metadata",
+    "reads_bytes",
+    "usual_time",
+    "verdict",
+]
+
+#: The verdicts on a value read (see the module).
+FRESH, STALE, ABSENT = "fresh", "stale", "absent"
+
+#: dogpile's message when soft invalidation meets a value without expiration time.
+SOFT_WITHOUT_TTL = "Non-None expiration time required for soft invalidation"
+
+
+def expiration_of(region: Any, expiration_time: float | None) -> float | None:
+    """``get_or_create``'s reading of its ``expiration_time`` argument: the
+    region's when ``None``; ``-1``: never expires (``None``)."""
+    if expiration_time is None:
+        expiration_time = region.expiration_time
+    return None if expiration_time == -1 else expiration_time
+
+
+def verdict(region: Any, value: Any, expiration_time: float | None) -> tuple[str, Any]:
+    """``(FRESH | STALE | ABSENT, payload)`` of ``value`` (a
+    :class:`CachedValue` or ``NO_VALUE``) for a call whose expiration time
+    is ``expiration_time`` (as :func:`expiration_of` reads it).
+
+    :raises DogpileCacheException: a soft-invalidated value and no
+        expiration time (dogpile's rule).
+    """
+    if value is NO_VALUE:
+        return ABSENT, None
+    metadata = value.metadata
+    created = metadata["ct"]
+    invalidator = region.region_invalidator
+    if metadata["v"] != value_version or invalidator.is_hard_invalidated(created):
+        return ABSENT, None
+    if invalidator.is_soft_invalidated(created):
+        if expiration_time is None:
+            raise DogpileCacheException(SOFT_WITHOUT_TTL)
+        return STALE, value.payload
+    if expiration_time is not None and time.time() - created > expiration_time:
+        return STALE, value.payload
+    return FRESH, value.payload
+
+
+def made(payload: Any, started: float) -> CachedValue:
+    """A created value in dogpile's form, stamped with the time its creation
+    started (not ended: an invalidation made while the creator ran covers it)."""
+    return CachedValue(payload, {"ct": started, "v": value_version})  # type: ignore[call-arg]
+
+
+def soft_without_ttl(region: Any, expiration_time: float | None) -> None:
+    """dogpile's check after a creation: soft invalidation needs an expiration time.
+
+    :raises DogpileCacheException: the namespace was soft-invalidated and
+        the call has no expiration time.
+    """
+    if expiration_time is None and region.region_invalidator.was_soft_invalidated():
+        raise DogpileCacheException(SOFT_WITHOUT_TTL)
+
+
+#: A creation time as ``repr`` writes a time between 2001 and 2286: a form
+#: that float() and JSON read alike, and whose text order is numeric order.
+_USUAL_TIME = rb'[1-9][0-9]{9}\.[0-9]+'
+#: dogpile's usual header with its time in that form (the time captured).
+USUAL_HEADER = re.compile(rb'\{"ct": (%s), "v": 2\}' % _USUAL_TIME).fullmatch
+_METADATA = re.compile(rb'^\{"ct": ([0-9.e+-]+), "v": (\d+)\}$')
+#: Creation times of dogpile's usual headers read lately (by the header's
+#: bytes): a hot key's hits skip the expression and the float parsing (two
+#: thirds of judging a hit). At most :data:`CREATION_TIMES_SIZE`, then
+#: emptied. A pure function's memo: shared by every region and thread.
+CREATION_TIMES: dict[bytes, float] = {}
+CREATION_TIMES_SIZE = 4096
+
+
+def usual_time(header: bytes) -> float | None:
+    """The creation time of ``header`` when it is dogpile's usual header
+    with its time in ``repr``'s form (:data:`USUAL_HEADER`), remembered in
+    :data:`CREATION_TIMES`; ``None`` for any other form (dogpile's parser
+    judges it)."""
+    usual = USUAL_HEADER(header)
+    if usual is None:
+        return None
+    created = float(usual[1])
+    if len(CREATION_TIMES) >= CREATION_TIMES_SIZE:
+        CREATION_TIMES.clear()
+    CREATION_TIMES[header] = created
+    return created
+_CT_HEAD = b'{"ct": '
+
+
+def parse_metadata(header: bytes) -> dict[str, Any]:
+    """dogpile's metadata header, parsed (without :mod:`json` when it has
+    dogpile's usual shape)."""
+    match = _METADATA.match(header)
+    if match is not None:
+        return {"ct": float(match.group(1)), "v": int(match.group(2))}
+    parsed = json.loads(header)
+    if not isinstance(parsed, dict):
+        raise ValueError("the metadata is not an object")
+    return parsed
+
+
+def reads_bytes(region: Any) -> bool:
+    """Whether ``region``'s values are judged from the backend's bytes
+    (:func:`librecache.engine.ports.stored_hit`, :func:`judged_multi`): dogpile's pickled
+    values (a deserializer, no json or keyv format, no near cache serving),
+    rather than parsed by the region first."""
+    near = region._near
+    return region.deserializer is not None and region._format is None and (near is None or not near.enabled)
+
+
+# --------------------------------------------------------------------------
+# A batch (get_multi)
+# --------------------------------------------------------------------------
+
+
+def judged_multi(region: Any, found: list[Any], raw: bool, expiration_time: float | None,
+                 ignore_expiration: bool) -> list[Any]:
+    """The answers of dogpile's ``get_multi`` for the values ``found`` under
+    its keys: each payload, or ``NO_VALUE`` when missing, older than
+    ``expiration_time`` (the region's when ``None``) unless
+    ``ignore_expiration``, or invalidated. ``found``: the backend's bytes
+    (``raw``; dogpile's pickled values) or :class:`CachedValue` objects.
+
+    A batch whose values are all in dogpile's usual form and fresh (the
+    common case, and the one that costs) is judged and unpickled in loops
+    of C: one regular expression over the joined headers, ``min`` of their
+    creation times as text, ``map(loads)``; any other batch value by value.
+    """
+    loads = region.deserializer
+    is_invalidated: Callable[[float], bool] | None = None
+    now = 0.0
+    if ignore_expiration:
+        expiration_time = None
+    else:
+        if expiration_time is None:
+            expiration_time = region.expiration_time
+        invalidator = region.region_invalidator
+        now = time.time()
+        # the marks are loaded by the first look; none set: no value is invalidated
+        if invalidator.is_invalidated(now) or invalidator.was_hard_invalidated() \
+                or invalidator.was_soft_invalidated():
+            is_invalidated = invalidator.is_invalidated
+    if raw:
+        oldest = _oldest_text(region.region_invalidator, now, expiration_time, is_invalidated)
+        if oldest is not None:
+            every = _all_fresh(found, loads, _CT_HEAD + oldest)
+            if every is not None:
+                return every
+            return _text_judged(region, found, oldest, now, expiration_time, is_invalidated)
+    elif expiration_time is None and is_invalidated is None:  # no value can be stale: only read them
+        return [value if value is NO_VALUE else value.payload for value in found]
+    values: list[Any] = []
+    append = values.append
+    for value in found:
+        if value is NO_VALUE or value is None:
+            append(NO_VALUE)
+        elif raw:  # a threshold text cannot say (another invalidator, a time of another form): as the region reads it
+            append(_judged(region, value, now, expiration_time, is_invalidated))
+        else:
+            append(NO_VALUE if _stale(value.metadata["ct"], now, expiration_time, is_invalidated) else value.payload)
+    return values
+
+
+#: Headers in dogpile's usual form, creation times written as ``repr`` writes them, one per line.
+_FORMED = re.compile(rb'(?:\{"ct": %s, "v": 2\}\n)*\{"ct": %s, "v": 2\}' % (_USUAL_TIME, _USUAL_TIME))
+_HEADER = operator.itemgetter(0)
+_PAYLOAD = operator.itemgetter(2)
+
+
+def _all_fresh(found: list[Any], loads: Callable[[bytes], Any], threshold: bytes) -> list[Any] | None:
+    """Every value of ``found`` (bytes, or ``NO_VALUE``) unpickled, when
+    each one present is in dogpile's usual form with a creation time as
+    :func:`_oldest_text` writes them, none is older than ``threshold`` (its
+    header text), and each unpickles; else ``None``, and the caller judges
+    them one by one."""
+    def split(values: list[Any]) -> list[tuple[bytes, bytes, bytes]]:
+        return list(map(bytes.partition, values, repeat(DOGPILE_METADATA_DELIMITER, len(values))))
+
+    present = found
+    try:
+        parts = split(present)
+    except TypeError:  # NO_VALUE among them
+        present = [value for value in found if value is not NO_VALUE]
+        if not present:
+            return list(found)
+        try:
+            parts = split(present)
+        except TypeError:
+            return None
+    headers = list(map(_HEADER, parts))
+    joined = b"\n".join(headers)
+    # as many lines as values (no header holds a line break), each well formed, the oldest fresh
+    if joined.count(b"\n") != len(headers) - 1 or _FORMED.fullmatch(joined) is None or min(headers) < threshold:
+        return None
+    try:
+        values = list(map(loads, map(_PAYLOAD, parts)))
+    except Exception:  # CantDeserializeException, or corrupt: the caller reads each as the region does (logged)
+        return None
+    if present is found:
+        return values
+    unpickled = iter(values)
+    return [NO_VALUE if value is NO_VALUE else next(unpickled) for value in found]
+
+
+def _text_judged(region: Any, found: list[Any], oldest: bytes, now: float, expiration_time: float | None,
+                 is_invalidated: Callable[[float], bool] | None) -> list[Any]:
+    """The values of ``found`` (bytes, or ``NO_VALUE``) judged one by one:
+    dogpile's usual headers compared as text with ``oldest`` (see
+    :func:`_oldest_text`), no float parsed; others as the region reads them."""
+    loads = region.deserializer
+    values: list[Any] = []
+    append = values.append
+    for value in found:
+        if value is NO_VALUE:
+            append(NO_VALUE)
+            continue
+        header, _, payload = value.partition(DOGPILE_METADATA_DELIMITER)
+        usual = USUAL_HEADER(header)
+        if usual is not None:
+            if usual[1] < oldest:
+                append(NO_VALUE)
+                continue
+            try:
+                append(loads(payload))
+                continue
+            except Exception:  # CantDeserializeException, or corrupt: as the region reads it (logged)
+                pass
+        append(_judged(region, value, now, expiration_time, is_invalidated))
+    return values
+
+
+def _oldest_text(invalidator: Any, now: float, expiration_time: float | None,
+                 is_invalidated: Callable[[float], bool] | None) -> bytes | None:
+    """The creation time before which a value is stale (expired, or
+    invalidated), as dogpile's header writes times (``repr``: ten integer
+    digits, a point, the decimals), so that headers of that form compare
+    with it as text exactly as their times compare as numbers; ``None``
+    when that cannot be (an invalidator of another kind, a time of another
+    form)."""
+    oldest = 0.0 if expiration_time is None else now - expiration_time
+    if is_invalidated is not None:
+        before = getattr(invalidator, "invalidated_before", None)
+        if before is None:
+            return None
+        oldest = max(oldest, before())
+    if oldest == 0.0:
+        return b"0"  # every ten-digit time is later
+    text = repr(oldest).encode()
+    if len(text) > 11 and text[10:11] == b"." and text[:10].isdigit():
+        return text
+    return None
+
+
+def _judged(region: Any, value: bytes, now: float, expiration_time: float | None,
+            is_invalidated: Callable[[float], bool] | None) -> Any:
+    """The payload of ``value`` (bytes) as the region reads it, or
+    ``NO_VALUE`` when it is missing, corrupt, expired or invalidated."""
+    parsed = region._parse_serialized_from_backend(value)
+    if parsed is NO_VALUE or _stale(parsed.metadata["ct"], now, expiration_time, is_invalidated):
+        return NO_VALUE
+    return parsed.payload
+
+
+def _stale(created: float, now: float, expiration_time: float | None,
+           is_invalidated: Callable[[float], bool] | None) -> bool:
+    """dogpile's ``get_multi`` judgement of a value created at ``created``:
+    older than ``expiration_time`` at ``now``, or invalidated."""
+    return (expiration_time is not None and now - created > expiration_time) or \
+        (is_invalidated is not None and is_invalidated(created))
