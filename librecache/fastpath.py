@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from dogpile.cache.api import NO_VALUE
+
 from .engine import flows
 from .engine.doors import count, count_multi, run
 from .engine.flows import Call, Found
@@ -112,15 +114,21 @@ def memoize(
         keys = memo.get(args) if text and region.key_mangler is memo_of[0] else None
         if keys is None:
             keys = keys_of(args, text)
-        ports = region._ports  # sync_port(region), without the call when it is current
-        port = ports[1] if ports is not None and ports[0] is region.backend else sync_port(region)
-        found = port.hit(keys[1], timeout)
-        if type(found) is not Found:
-            stats = region._stats
-            if stats is not None:
-                stats.hits += 1
-            return found
-        return created(region, port, keys[1], keys[0], user_func, args, kwargs, timeout, should_cache_fn, found)
+        near = region._near
+        found = NO_VALUE
+        if near is not None and near.enabled:  # where the port's hit looks first, a call sooner
+            found = near.fetch(keys[1], region.expiration_time if timeout is None else timeout)
+        if found is NO_VALUE:
+            ports = region._ports  # sync_port(region), without the call when it is current
+            port = ports[1] if ports is not None and ports[0] is region.backend else sync_port(region)
+            found = port.hit(keys[1], timeout)
+            if type(found) is Found:
+                return created(region, port, keys[1], keys[0], user_func, args, kwargs, timeout, should_cache_fn,
+                               found)
+        stats = region._stats
+        if stats is not None:
+            stats.hits += 1
+        return found
 
     def refresh(*args: Any, **kwargs: Any) -> Any:
         value = user_func(*args, **kwargs)

@@ -178,8 +178,8 @@ class NearCache:
         or :data:`NO_VALUE`: a value dogpile's ``get_or_create`` would
         regenerate is not served (``expiration_time`` as dogpile reads it:
         ``None`` or ``-1``, never expires; ``0``, always expired; created
-        before :attr:`valid_from`, invalidated). The memoised call
-        (:func:`librecache.fastpath.memoize`) runs the same steps inline."""
+        before :attr:`valid_from`, invalidated). Every near read goes
+        through here (the ports' hit paths, :meth:`lookup`)."""
         entry = self.entries.get(key)
         if entry is None:
             return NO_VALUE

@@ -475,3 +475,67 @@ def test_a_value_that_keeps_changing_under_a_waiter_ends_in_a_creation_that_is_n
     outcome = run(flows.get_or_create(_call(), Found(NO_VALUE, None)), port)
     assert outcome.kind == flows.CREATED
     assert port.asked.count("try_lock") == flows.MAX_CHANGES and "store" not in port.asked
+
+
+# -- the rules alone -------------------------------------------------------------------------------
+
+
+class _Marks:
+    """An invalidation strategy with given hard and soft marks."""
+
+    def __init__(self, hard: float = 0.0, soft: float = 0.0) -> None:
+        self.hard, self.soft = hard, soft
+
+    def is_hard_invalidated(self, created: float) -> bool:
+        return created < self.hard
+
+    def is_soft_invalidated(self, created: float) -> bool:
+        return created < self.soft and self.soft > self.hard
+
+    def was_soft_invalidated(self) -> bool:
+        return self.soft > self.hard
+
+
+@pytest.mark.parametrize(("age", "version", "hard", "soft", "expiration", "expected"), [
+    (None, 2, 0, 0, None, "absent"),  # nothing stored
+    (5, 1, 0, 0, None, "absent"),  # another version of dogpile's format
+    (5, 2, 3, 0, None, "absent"),  # older than the hard mark (3 s ago)
+    (5, 2, 0, 3, 60, "stale"),  # older than the soft mark
+    (5, 2, 0, 0, 4, "stale"),  # expired
+    (5, 2, 0, 0, 10, "fresh"),
+    (5, 2, 0, 0, None, "fresh"),  # never expires
+    (5, 2, 0, 6, 60, "fresh"),  # created after the soft mark (6 s ago)
+])
+def test_the_verdicts(age: float | None, version: int, hard: float, soft: float, expiration: float | None,
+                      expected: str) -> None:
+    from dogpile.cache.api import CachedValue
+
+    from librecache.engine.judge import verdict
+
+    now = time.time()
+    region = _Region()
+    region.region_invalidator = _Marks(now - hard if hard else 0.0, now - soft if soft else 0.0)  # type: ignore[assignment,misc]
+    value = NO_VALUE if age is None else CachedValue("v", {"ct": now - age, "v": version})  # type: ignore[call-arg]
+    assert verdict(region, value, expiration)[0] == expected
+
+
+def test_a_soft_invalidation_without_expiration_time_is_dogpiles_error() -> None:
+    from dogpile.cache.api import CachedValue
+    from dogpile.cache.exception import DogpileCacheException
+
+    from librecache.engine.judge import verdict
+
+    region = _Region()
+    region.region_invalidator = _Marks(soft=time.time())  # type: ignore[assignment,misc]
+    with pytest.raises(DogpileCacheException, match="Non-None expiration time"):
+        verdict(region, CachedValue("v", {"ct": time.time() - 5, "v": 2}), None)  # type: ignore[call-arg]
+
+
+def test_a_headers_creation_time_is_read_once_and_only_in_its_usual_form() -> None:
+    from librecache.engine.judge import CREATION_TIMES, usual_time
+
+    header = b'{"ct": 1765123456.25, "v": 2}'
+    assert usual_time(header) == 1765123456.25 and CREATION_TIMES[header] == 1765123456.25
+    for other in (b'{"ct": inf, "v": 2}', b'{"ct": 1_765_123_456.5, "v": 2}', b'{"ct": 01765123456.5, "v": 2}',
+                  b'{"ct": 1765123456.5, "v": 1}', b'{"v": 2, "ct": 1765123456.5}'):
+        assert usual_time(other) is None and other not in CREATION_TIMES

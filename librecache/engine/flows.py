@@ -344,8 +344,8 @@ def get_or_create(call: Call, found: Found | None = None) -> Generator[Any, Any,
                 if now is FRESH:
                     return Outcome(WAITED if wait else HIT, current)
                 seen = reply.current.seen
-                payload = current  # a newer stale value; a deleted one is never served:
-                wait = wait or now is ABSENT
+                payload = current  # the newer stale value is the one to serve meanwhile,
+                wait = wait or now is ABSENT  # and a value deleted meanwhile is not served at all
             if reply.state is not CHANGED:
                 break
         if reply.state is HELD and not wait:  # another process recreates it
