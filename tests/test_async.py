@@ -251,8 +251,13 @@ def test_expired_values_are_created_again(make_caches: Make, environment: dict[s
     if environment.get("USE_REDIS") == "true" and "REDIS_CA" not in environment:
         pytest.skip("the same judgement on every backend: memory and TLS are enough")
     region = make_caches(librecache.CacheConfig.from_env(environment).with_ttls({"ROLES": 1})).region("ROLES")
-    region.set("short", "lived")
-    assert run(region.aget_or_create("short", lambda: "new")) == "lived"
+
+    async def set_then_read() -> Any:
+        await region.aget("short")  # this loop's client connects first: loaded, TLS handshakes outlast the 1 s TTL
+        region.set("short", "lived")
+        return await region.aget_or_create("short", lambda: "new")
+
+    assert run(set_then_read()) == "lived"
     time.sleep(1.2)
     assert run(region.aget("short")) is NO_VALUE
     assert run(region.aget_or_create("short", lambda: "new")) == "new"
@@ -584,11 +589,13 @@ def test_the_lock_is_released_and_the_value_stored(redis_env: dict[str, str], ma
     assert region.get("fresh") == "value"
 
 
-def test_an_expired_value_is_served_while_one_task_recreates_it(make_caches: Make, redis_env: dict[str, str]) -> None:
+def test_an_expired_value_is_served_while_one_task_recreates_it(make_caches: Make, redis_env: dict[str, str],
+                                                               raw: redis.Redis) -> None:
     region = make_caches(librecache.CacheConfig.from_env(redis_env).with_ttls({"ROLES": 1})).region("ROLES")
     region.set("k", "old")
     time.sleep(1.1)
     made = Counter(lambda: "new")
+    prefix = redis_env["REDIS_KEY_PREFIX"]
 
     async def slow_create() -> str:
         await asyncio.sleep(0.2)
@@ -596,7 +603,10 @@ def test_an_expired_value_is_served_while_one_task_recreates_it(make_caches: Mak
 
     async def main() -> list[Any]:
         first = asyncio.create_task(region.aget_or_create("k", slow_create))
-        await asyncio.sleep(0.05)  # the first task holds the lock
+        deadline = time.monotonic() + 10
+        while not raw.exists(f"{prefix}::librecache:lock:{{{prefix}::ROLES:k}}"):  # until the first task holds the lock
+            assert time.monotonic() < deadline, "the first task never took the lock"
+            await asyncio.sleep(0.005)
         others = await asyncio.gather(*(region.aget_or_create("k", slow_create) for _ in range(5)))
         return [await first, *others]
 
