@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 from redis import Redis
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
 
 from .config import CacheConfig
 from .errors import LibrecacheError
@@ -101,6 +101,23 @@ def cmd_config(config: CacheConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _failure(config: CacheConfig, exc: BaseException) -> str:
+    """What ``check`` says of a failed command: librecache's own sentence
+    for an ACL refusal (its wording differs between servers: Redis writes
+    "no permissions", Valkey "No permissions"), with the server's text
+    after it; otherwise the error as redis-py words it."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # the refusal itself, or what a wrapper was raised from
+        if seen is None or isinstance(seen, NoPermissionError):
+            break
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(seen, NoPermissionError):
+        prefix = f"{config.key_prefix}::*" if config.key_prefix else "the keys it uses"
+        return (f"permission denied: the Redis user may not use {prefix} "
+                f"(the user's ACL key and channel patterns must cover them; server: {seen})")
+    return str(exc)
+
+
 def cmd_check(config: CacheConfig, args: argparse.Namespace) -> int:
     if not config.use_redis:
         print("ok    redis is off: every namespace lives in process memory")
@@ -109,7 +126,7 @@ def cmd_check(config: CacheConfig, args: argparse.Namespace) -> int:
     try:
         caches = Caches(config)
     except (RedisError, RedisClusterException, OSError) as exc:
-        print(f"FAIL  connect: {exc}")
+        print(f"FAIL  connect: {_failure(config, exc)}")
         return 1
     with caches:
         raw = caches.redis
@@ -127,7 +144,7 @@ def cmd_check(config: CacheConfig, args: argparse.Namespace) -> int:
             elif config.sentinel:
                 problems += _check_sentinel(config, raw)
         except (RedisError, RedisClusterException, OSError) as exc:
-            print(f"FAIL  connect: {exc}")
+            print(f"FAIL  connect: {_failure(config, exc)}")
             return 1
         for namespace in config.namespaces:
             if not config.uses_redis(namespace):
@@ -140,7 +157,7 @@ def cmd_check(config: CacheConfig, args: argparse.Namespace) -> int:
                 same = region.get(probe) == probe
                 region.delete(probe)
             except (RedisError, RedisClusterException, OSError) as exc:
-                problems.append(f"FAIL  {namespace.value}: {exc}")
+                problems.append(f"FAIL  {namespace.value}: {_failure(config, exc)}")
                 continue
             if not same:
                 problems.append(f"FAIL  {namespace.value}: the value read back differs from the one written")

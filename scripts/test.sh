@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
-# Install what the tests need (redis-server from Debian's packages, .venv with
-# librecache and its test and docs tools) and run the whole suite: lint,
-# types, the documentation and its examples, and the tests, against real
-# Redis servers started on 127.0.0.1.
+# Install what the tests need (Debian's redis-server and the other programs
+# the suite drives, .venv with librecache, its tools and nox) and run the
+# suite through nox (noxfile.py), against real servers started on 127.0.0.1:
+#
+#   bash scripts/test.sh                 lint, docs, tests (Python of .venv, newest dependencies)
+#   bash scripts/test.sh --matrix        every session: also floors (3.10, lowest dependencies),
+#                                        newest (3.13), tests-3.12 and valkey (what CI runs)
+#   bash scripts/test.sh -k cluster -x   extra arguments go to pytest
+#
+# Python 3.10, 3.12 and 3.13 are found through pyenv when it has them, else as
+# python3.X on the PATH; a missing one stops the matrix before it starts.
 source "$(dirname "$0")/venv.sh"
+sessions=(lint docs tests)
+if [ "${1:-}" = "--matrix" ]; then
+    shift
+    sessions=(lint docs tests floors newest tests-3.12 valkey)
+fi
 # Debian's packages the suite drives for real: Redis servers, Chromium with
 # its driver (browser tests), nginx (the example's load balancer), graphviz
 # (the documentation's diagram)
@@ -19,32 +31,15 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
-.venv/bin/python -m pip install -q -e '.[test,lint,docs]'
-# keyv 5 and @keyv/redis 4 from the npm registry into .node/, before the
-# tests, so that none of them waits for the install
-.venv/bin/python -m tests.keyv
-.venv/bin/ruff check librecache tests benchmarks docs examples
-.venv/bin/mypy
-# the documentation builds with warnings as errors, and its examples run
-# against real servers started for the build
-rm -rf docs/_build
-.venv/bin/sphinx-build -q -W --keep-going -b html docs docs/_build/html
-.venv/bin/sphinx-build -q -W --keep-going -b doctest docs docs/_build/doctest
-# -- dependency floors: the whole suite again in .venv-floors, with exactly
-# the lowest version setup.cfg's install_requires allows of each runtime
-# dependency (redis 5.1.0, dogpile.cache 1.3.0, ...) and the test tools
-[ -x .venv-floors/bin/python ] || python3 -m venv .venv-floors
-.venv/bin/python - > .venv-floors/floors.txt <<'PY'
-import configparser, re
-config = configparser.ConfigParser()
-config.read("setup.cfg")
-for line in config["options"]["install_requires"].split("\n"):
-    if line.strip():
-        name, floor = re.match(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9.]*)", line.strip()).groups()
-        print(f"{name}=={floor}")
-PY
-.venv-floors/bin/python -m pip install -q -c .venv-floors/floors.txt -e '.[test]'
-echo "dependency floors: $(tr '\n' ' ' < .venv-floors/floors.txt)"
-.venv-floors/bin/python -m pytest "$@"
-# -- end of the dependency floors
-exec .venv/bin/python -m pytest "$@"
+# .venv: librecache with its test, lint and docs tools (for the README's other
+# commands: benchmarks, the example) and nox, which makes the sessions'
+# virtualenvs under .nox/ and reuses them
+.venv/bin/python -m pip install -q -e '.[test,lint,docs]' 'nox>=2024.3.2'
+if [ ${#sessions[@]} -gt 3 ]; then
+    .venv/bin/python noxfile.py  # the interpreters the matrix needs, named if missing
+fi
+start=$SECONDS
+status=0
+.venv/bin/nox --no-color -s "${sessions[@]}" -- "$@" || status=$?
+echo "test.sh: sessions ${sessions[*]}: $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s, exit $status"
+exit $status

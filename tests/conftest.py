@@ -14,7 +14,46 @@ from redis.cluster import RedisCluster
 import librecache
 from librecache import CacheKeys, registry
 from tests.certs import TestCA
-from tests.servers import RedisClusterFarm, RedisSentinelFarm, RedisServer, ServerFarm
+from tests.servers import RedisClusterFarm, RedisSentinelFarm, RedisServer, ServerFarm, server_description
+
+#: Tests that cannot share the machine with other tests, marked ``serial``
+#: here (not in their files): the nox sessions run them alone, after the
+#: parallel pass (``-m serial -p no:xdist``). Keys are test files or node
+#: ids without parameters; values say why.
+SERIAL: dict[str, str] = {
+    "tests/test_docs_browser.py": "a browser (Chromium) and a Sphinx build",
+    "tests/test_example_chat_browser.py": "a browser (Chromium), nginx and three app processes",
+    "tests/test_forks.py::test_thirty_forks_while_threads_are_busy_never_hang":
+        "six threads keep the CPU busy while the process forks thirty times",
+}
+
+#: Tests kept on one pytest-xdist worker, in order (``--dist loadgroup``):
+#: they share an expensive module fixture, or must not meet each other.
+GROUPS: dict[str, str] = {
+    # the module's last test prints what the others measured (FIGURES)
+    "tests/test_forks.py": "forks",
+}
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"servers: {server_description()}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark :data:`SERIAL` tests ``serial`` and put :data:`GROUPS` tests in
+    their xdist group (before ``-m`` selects and xdist distributes)."""
+    for item in items:
+        path, _, name = item.nodeid.partition("::")
+        name = name.split("[")[0]
+        for key in (f"{path}::{name}", path):
+            if key in SERIAL:
+                item.add_marker(pytest.mark.serial)
+                break
+        for key in (f"{path}::{name}", path):
+            if key in GROUPS:
+                item.add_marker(pytest.mark.xdist_group(GROUPS[key]))
+                break
 
 
 @pytest.fixture(scope="session")

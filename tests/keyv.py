@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,34 @@ class KeyvClient:
             raise RuntimeError(f"the keyv client failed ({done.returncode}): {done.stderr.strip()}")
         results: list[Any] = from_node(json.loads(done.stdout))
         return results
+
+    def get_after(self, action: Callable[[], Any], key: str) -> Any:
+        """``action()`` (a write, say) once the Node process is started and
+        connected, then keyv's read of ``key``: the read follows the action
+        by a round trip, however long Node took to start."""
+        request = {"uris": self.uris, "prefix": self.prefix, "namespace": self.namespace, "ttl": self.ttl_ms,
+                   "ops": [{"op": "get", "key": key}, {"op": "pause"}, {"op": "get", "key": key}]}
+        process = subprocess.Popen(
+            ["node", str(SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "NODE_PATH": str(self.modules)},
+        )
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            process.stdin.write(json.dumps(request) + "\n")
+            process.stdin.flush()
+            paused = process.stdout.readline()
+            if paused.strip() != '{"paused": true}':
+                process.wait(60)
+                raise RuntimeError(f"the keyv client failed: {paused} {process.stderr.read() if process.stderr else ''}")
+            action()
+            out, err = process.communicate("\n", timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        if process.returncode != 0:
+            raise RuntimeError(f"the keyv client failed ({process.returncode}): {err.strip()}")
+        return from_node(json.loads(out))[-1]
 
     def set(self, key: str, value: Any, ttl_ms: int | None = None) -> Any:
         return self.run({"op": "set", "key": key, "value": to_node(value), "ttl": ttl_ms})[0]

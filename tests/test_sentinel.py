@@ -500,6 +500,7 @@ def test_the_command_shows_the_master_its_replicas_and_each_sentinel(
 ) -> None:
     for name, value in {**sentinel_env, "REDIS_SENTINEL_PASSWORD": ""}.items():
         monkeypatch.setenv(name, value)
+    redis_sentinel.wait_healthy()  # a test before may have failed it over: the old master resyncing is no replica yet
     assert main(["check"]) == 0
     out = capsys.readouterr().out
     master, replica = redis_sentinel.master, redis_sentinel.replica

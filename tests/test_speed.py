@@ -451,6 +451,9 @@ class Box:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Box) and other.items == self.items
 
+    def __repr__(self) -> str:  # the test's id: the same in every pytest-xdist worker (no address)
+        return f"Box({self.items!r})"
+
 
 IMMUTABLE = ["text", b"bytes", 1, 2.5, None, True, ("a", (1, None)), frozenset({"x"})]
 MUTABLE = [{"perms": ["read"], "n": 1, "nested": {"deep": [{"x": {1, 2}}]}}, [[1], [2]], {"s"}, [], {}]
