@@ -191,16 +191,7 @@ def memoize_async(region: Any, key_generator: Callable[..., str], user_func: Cal
     @functools.wraps(user_func)
     async def cached(*args: Any, **kwargs: Any) -> Any:
         timeout = expiration_time() if expiration_is_callable else expiration_time
-        key = key_of(args, kwargs)
-        mangled = _mangled(region, key)
-        port = async_port(region)
-        found = await port.hit(mangled, timeout)
-        if type(found) is not Found:
-            stats = region._stats
-            if stats is not None:
-                stats.hits += 1
-            return found
-        return await _created(region, port, mangled, key, user_func, args, kwargs, timeout, should_cache_fn, found)
+        return await aget_or_create(region, key_of(args, kwargs), user_func, timeout, should_cache_fn, (args, kwargs))
 
     async def refresh(*args: Any, **kwargs: Any) -> Any:
         value = await user_func(*args, **kwargs)
