@@ -137,9 +137,11 @@ class InvalidationBus:
         forks.register(self)
 
     def _after_fork(self) -> None:
-        """In a forked child: new locks and events, no listener (the first
-        read starts the child's own), and the stored marks are read again
-        before the child trusts a cached value."""
+        """In a forked child: a name of its own on the near-cache channel (the
+        parent's announcements are another process's), new locks and events,
+        no listener (the first read starts the child's own), and the stored
+        marks are read again before the child trusts a cached value."""
+        self.origin = uuid.uuid4().hex
         self._load_lock = threading.Lock()
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -223,10 +225,10 @@ class InvalidationBus:
         """Wait until the listener is subscribed; True if it is."""
         return self._subscribed.wait(timeout)
 
-    def close(self, timeout: float = 1.0) -> None:
-        """Stop the listener thread, waiting for it ``timeout`` seconds at
-        most: its subscription's socket is shut down first, which wakes it
-        even when Redis hangs (it is a daemon and ends by itself)."""
+    def stop(self) -> None:
+        """Tell the listener thread to end, without waiting: its
+        subscription's socket is shut down, which wakes it even when Redis
+        hangs (it is a daemon and ends by itself)."""
         self._stop.set()
         pubsub = self._pubsub
         connection = getattr(pubsub, "connection", None)
@@ -235,6 +237,10 @@ class InvalidationBus:
                 connection.disconnect()
             except Exception:  # the listener may be closing it at the same time
                 pass
+
+    def close(self, timeout: float = 1.0) -> None:
+        """:meth:`stop`, then wait for the listener ``timeout`` seconds at most."""
+        self.stop()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=timeout)

@@ -287,6 +287,51 @@ def test_near_cache_in_a_child_drops_what_another_process_rewrote(
         child.end()
 
 
+def test_preloaded_children_drop_their_near_copy_when_the_parent_rewrites(
+    fresh_default: None, redis_env: dict[str, str]
+) -> None:
+    """gunicorn ``--preload``: the parent configures, reads and writes, then
+    forks; each child holds the key in its own near cache, then the parent
+    writes. Every child must drop its copy (the parent's announcement is
+    another process's, whatever the child inherited)."""
+    env = {**redis_env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "ROLES", "REDIS_PING_INTERVAL": "1"}
+    for name, value in env.items():
+        os.environ[name] = value  # the default registry, read from the environment
+    try:
+        roles = librecache.get_region("ROLES")
+        roles.set("near-key", "v1")
+        assert roles.get("near-key") == "v1"
+
+        def held() -> bool:
+            region = librecache.get_region("ROLES")
+            assert region.get("near-key") == "v1"
+            bus = librecache.get_caches().invalidations
+            assert bus is not None
+            near = bus.near_caches["ROLES"]
+            wait_until(lambda: near.enabled, 5)
+            wait_until(lambda: region.get("near-key") == "v1" and len(near) == 1, 5)
+            return True
+
+        children = [Child(serve_requests({"held": held, "get": lambda: librecache.get_region("ROLES").get("near-key")}))
+                    for _ in range(2)]
+        try:
+            for child in children:
+                assert child.ask("held") is True
+            roles.set("near-key", "v2")
+            written = time.monotonic()
+            for child in children:
+                wait_until(lambda child=child: child.ask("get") == "v2", 2)
+            FIGURES["preloaded child: the parent's rewrite seen after (s)"] = time.monotonic() - written
+            for child in children:
+                child.ask("stop")
+        finally:
+            for child in children:
+                child.end()
+    finally:
+        for name in env:
+            os.environ.pop(name, None)
+
+
 def test_keepalive_runs_in_a_child(fresh_default: None, redis_env: dict[str, str]) -> None:
     caches = librecache.configure({**redis_env, "REDIS_PING_INTERVAL": "0.2"})
     caches.region("TOOLS").set("k", 1)
@@ -330,14 +375,23 @@ def outage_child(conn: Connection) -> None:
             return load("probe") == "value-of-probe" and computed.calls == before
 
         wait_until(cached, 20)
+        tools = caches.region("TOOLS")  # and a plain write is read back
+        wait_until(lambda: tools.set("set-after", 1) or tools.get("set-after") == 1, 5)
         return time.time()
 
     serve_requests({"call": lambda key: (load(key), computed.calls), "resumed": resumed})(conn)
 
 
+#: The settings of the reported case: the default socket time-out, a 300 ms back-off cap.
+ISSUE_RETRY = {"REDIS_CONNECT_TIMEOUT": "500", "REDIS_RETRY_MAX_DELAY": "300", "REDIS_RETRY_MAX_ATTEMPTS": "0"}
+
+
 @pytest.mark.slow
-def test_children_resume_caching_after_an_outage(fresh_default: None, own_server: RedisServer) -> None:
-    env = {"USE_REDIS": "true", "REDIS_URI": own_server.url, "REDIS_KEY_PREFIX": "forked", **FAST_RETRY}
+@pytest.mark.parametrize("retry", [FAST_RETRY, ISSUE_RETRY], ids=["fast", "reported"])
+def test_children_resume_caching_after_an_outage(
+    fresh_default: None, own_server: RedisServer, retry: dict[str, str]
+) -> None:
+    env = {"USE_REDIS": "true", "REDIS_URI": own_server.url, "REDIS_KEY_PREFIX": "forked", **retry}
     caches = librecache.configure(env)
     caches.region("TOOLS").set("warm", 1)
     before = Child(outage_child)  # forked while Redis is up
