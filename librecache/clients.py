@@ -25,7 +25,7 @@ from ._compat import async_cluster_options, timed_send
 from .config import CacheConfig
 from .connecting import BoundedConnection, BoundedSSLConnection, client_options, pool_class
 from .hostnames import HostnameBook
-from .retries import AsyncFailFastRetry, retry_policy
+from .retries import AsyncFailFastRetry, Closing, retry_policy
 from .sentinel import SentinelWatch, async_sentinel_client, sentinel_pool
 
 __all__ = ["ASYNC_MAX_CONNECTIONS", "AnyRedis", "async_client", "build_client"]
@@ -34,12 +34,13 @@ AnyRedis = redis.Redis | RedisCluster
 
 
 def build_client(
-    config: CacheConfig, on_master_switch: list[Callable[[], None]]
+    config: CacheConfig, on_master_switch: list[Callable[[], None]], closing: Closing | None = None
 ) -> tuple[AnyRedis, SentinelWatch | None]:
     """The client of the configured Redis (a cluster client connects at
     once), and for Sentinel the watcher that follows failovers (its
-    ``on_master_switch`` hooks run when the master moves)."""
-    options = client_options(config)
+    ``on_master_switch`` hooks run when the master moves). Its connections
+    stop retrying once ``closing`` is set."""
+    options = client_options(config, closing)
     connection_class: type[Connection] = BoundedSSLConnection if config.tls else BoundedConnection
     if config.cluster:
         dynamic = True
@@ -56,7 +57,7 @@ def build_client(
         )
         return cluster, None
     if config.sentinel:
-        sentinels = sentinel_pool(config)
+        sentinels = sentinel_pool(config, closing)
         return redis.Redis(connection_pool=sentinels), SentinelWatch(sentinels, on_master_switch)
     uri = config.redis_uris[0]
     pool = ConnectionPool(connection_class=connection_class, host=uri.host, port=uri.port, db=uri.db, **options)

@@ -13,19 +13,20 @@ from redis.connection import Connection, ConnectionPool, SSLConnection
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from .config import CacheConfig
-from .retries import retry_policy
+from .retries import Closing, retry_policy
 
 __all__ = ["BoundedConnection", "BoundedSSLConnection", "client_options", "pool_class", "tls_options"]
 
 
-def client_options(config: CacheConfig) -> dict[str, Any]:
-    """The keyword arguments common to single and cluster clients."""
+def client_options(config: CacheConfig, closing: Closing | None = None) -> dict[str, Any]:
+    """The keyword arguments common to single and cluster clients (whose
+    connections stop retrying once ``closing`` is set)."""
     options: dict[str, Any] = {
         "username": config.username,
         "password": config.password,
         "socket_connect_timeout": config.connect_timeout,
         "socket_timeout": config.socket_timeout,
-        "retry": retry_policy(config),
+        "retry": retry_policy(config, closing=closing),
         # what the retry policy retries: redis-py before 6 retries only these
         # (its Retry's own list is ignored), redis-py 6 on adds them to it
         "retry_on_error": [ConnectionError, TimeoutError],

@@ -19,10 +19,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.connection import Connection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
+from redis.retry import Retry
 
 from . import forks
 from ._compat import pooled_connection, renew_locks, renew_pool_in_child
@@ -31,6 +33,7 @@ from .config import CacheConfig
 from .health import FULL, OUTAGE, UNAVAILABLE, Breaker, classify, ping_idle_connections, run_maintenance
 from .logs import RateLimitedLog
 from .prefixing import KeySpecs, PrefixedRedis, PrefixedRedisCluster, _adopt
+from .retries import Closing
 from .sentinel import SentinelWatch
 
 __all__ = ["AnyRedis", "RedisConnection", "async_client"]
@@ -43,6 +46,9 @@ limited = RateLimitedLog(log, interval=30.0)
 MAX_PENDING_DELETES = 100_000
 #: Creation locks whose acquisition failed midway, remembered at most.
 MAX_ABANDONED_LOCKS = 10_000
+#: Seconds :meth:`RedisConnection.close` and ``Caches.close()`` wait for
+#: background threads at most, whatever the server does.
+CLOSE_TIMEOUT = 1.0
 
 
 def _demoted(error: Exception) -> bool:
@@ -88,6 +94,8 @@ class RedisConnection:
         self._generation = forks.generation
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
+        #: Set by :meth:`stop`: the connections stop retrying (shared by their retry policies).
+        self._closing = Closing()
         self._thread: threading.Thread | None = None
         forks.register(self)
         self._sentinel_watch: SentinelWatch | None = None
@@ -167,7 +175,7 @@ class RedisConnection:
 
     def _connect(self) -> None:
         """Build the clients (a cluster client connects at once)."""
-        client, self._sentinel_watch = build_client(self.config, self.on_master_switch)
+        client, self._sentinel_watch = build_client(self.config, self.on_master_switch, self._closing)
         self.prefixed = _adopt(
             copy.copy(client), PrefixedRedisCluster if self.cluster else PrefixedRedis, self.root, self.key_specs
         )
@@ -364,7 +372,9 @@ class RedisConnection:
                 client.get_redis_connection(node).ping()
             return
         pool = client.connection_pool
-        probe = pool.connection_class(**pool.connection_kwargs)
+        # one attempt (the maintenance loop is the retry): a probe that close()
+        # cuts short must not connect again
+        probe = pool.connection_class(**{**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)})
         self._probe_connection = probe
         try:
             probe.connect()
@@ -411,15 +421,13 @@ class RedisConnection:
         finally:
             pool.release(connection)
 
-    def close(self, timeout: float | None = None) -> None:
-        """Stop the maintenance thread and close every connection; return
-        within ``timeout`` seconds (REDIS_CONNECT_TIMEOUT by default) even
-        when Redis hangs: sockets are shut down first, which wakes a thread
-        blocked reading one, and the thread is waited for no longer than
-        that (it is a daemon and ends by itself)."""
+    def stop(self) -> None:
+        """Tell the maintenance thread to end and close every connection,
+        without waiting: sockets are shut down, which wakes a thread blocked
+        reading one, even when Redis hangs."""
         self._stop.set()
+        self._closing.closing = True
         self.breaker.wake.set()
-        deadline = time.monotonic() + (self.config.connect_timeout if timeout is None else timeout)
         client = self._client
         try:
             probe = self._probe_connection
@@ -431,6 +439,14 @@ class RedisConnection:
                 client.connection_pool.disconnect()
         except Exception:  # closing must not raise on a dead server
             log.debug("error while closing Redis connections", exc_info=True)
+
+    def close(self, timeout: float | None = None) -> None:
+        """:meth:`stop`, then wait for the background threads ``timeout``
+        seconds at most (by default :data:`CLOSE_TIMEOUT`, or
+        REDIS_CONNECT_TIMEOUT if shorter; they are daemons and end by
+        themselves)."""
+        deadline = time.monotonic() + (min(CLOSE_TIMEOUT, self.config.connect_timeout) if timeout is None else timeout)
+        self.stop()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=max(0.0, deadline - time.monotonic()))

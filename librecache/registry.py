@@ -34,7 +34,7 @@ from . import backends as _backends  # noqa: F401  (registers the backends)
 from ._compat import DOGPILE_METADATA_DELIMITER
 from .backends.aio_redis import aclose_clients, close_clients
 from .config import CacheConfig, parse_declarations
-from .connection import RedisConnection
+from .connection import CLOSE_TIMEOUT, RedisConnection
 from .engine.judge import parse_metadata
 from .engine.locks import LeasedKey
 from .engine.ports import sync_port
@@ -617,18 +617,32 @@ class Caches:
 
     # -- lifetime ---------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop the listener and close the Redis connections."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the listener and the maintenance thread and close the Redis
+        connections; return within ``timeout`` seconds whatever Redis does
+        (by default :data:`~librecache.connection.CLOSE_TIMEOUT`, 1 s, or
+        REDIS_CONNECT_TIMEOUT if shorter).
+
+        Every socket is shut down first, which wakes the background threads
+        blocked reading one; they are then waited for until ``timeout`` (they
+        are daemons, and end by themselves)."""
         if self.closed:
             return
         self.closed = True
-        # within REDIS_CONNECT_TIMEOUT, even when Redis hangs
-        deadline = time.monotonic() + self.config.connect_timeout
+        deadline = time.monotonic() + (min(CLOSE_TIMEOUT, self.config.connect_timeout) if timeout is None else timeout)
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         if self._bus is not None:
-            self._bus.close(timeout=self.config.connect_timeout / 2)
+            self._bus.stop()
         if self._connection is not None:
-            close_clients(self._connection, timeout=max(0.0, deadline - time.monotonic()) / 2)
-            self._connection.close(timeout=max(0.0, deadline - time.monotonic()))
+            self._connection.stop()
+            close_clients(self._connection, timeout=left() / 2)
+        if self._bus is not None:
+            self._bus.close(timeout=left())
+        if self._connection is not None:
+            self._connection.close(timeout=left())
 
     async def aclose(self) -> None:
         """:meth:`close` from a coroutine: the running loop's asyncio

@@ -24,7 +24,7 @@ from .config import CacheConfig
 from .connecting import BoundedConnection, BoundedSSLConnection, client_options
 from .logs import RateLimitedLog
 from .replies import text
-from .retries import AsyncFailFastRetry, FailFastRetry
+from .retries import AsyncFailFastRetry, Closing, FailFastRetry
 
 __all__ = ["AsyncSentinelPool", "SentinelWatch", "async_sentinel_client", "sentinel_options", "sentinel_pool"]
 
@@ -67,17 +67,18 @@ def sentinel_options(config: CacheConfig) -> dict[str, Any]:
     }
 
 
-def sentinel_pool(config: CacheConfig) -> SentinelConnectionPool:
+def sentinel_pool(config: CacheConfig, closing: Closing | None = None) -> SentinelConnectionPool:
     """A pool of connections to the master the sentinels name: each new
     connection asks them (the first that answers), so a reconnect after a
     failover reaches the new master; a READONLY reply drops the connection
-    (redis-py turns it into a connection error, which is retried once)."""
+    (redis-py turns it into a connection error, which is retried once, and
+    not at all once ``closing`` is set)."""
     assert config.sentinel_master is not None
     manager = Sentinel([(uri.host, uri.port) for uri in config.redis_uris],
                        sentinel_kwargs=sentinel_options(config))
     connection_class = BoundedSentinelSSLConnection if config.tls else BoundedSentinelConnection
     return SentinelConnectionPool(config.sentinel_master, manager, connection_class=connection_class,
-                                  db=config.redis_uris[0].db, **client_options(config))
+                                  db=config.redis_uris[0].db, **client_options(config, closing))
 
 
 class SentinelWatch:

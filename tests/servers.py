@@ -452,11 +452,13 @@ class ServerFarm:
 
 class SilentPeer:
     """A TCP listener on 127.0.0.1 that accepts connections and never
-    answers (a hung server, or a firewall that swallows packets)."""
+    answers (a hung server, or a firewall that swallows packets), on
+    ``port`` or a free one."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((LOOPBACK, 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((LOOPBACK, port))
         self.sock.listen(64)
         self.port = int(self.sock.getsockname()[1])
         self._held: list[socket.socket] = []
