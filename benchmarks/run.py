@@ -25,7 +25,9 @@ Operations, per topology (memory, single Redis, cluster):
   throughput), against 16 threads doing raw GET + unpickle through a
   redis-py pool of the same size;
 - stampede: 4 processes x 16 threads ask for one cold key at the same
-  instant; the figure is how many times the creator ran.
+  instant; the figure is how many times the creator ran;
+- signed hit (paired only): the memoised hit with LIBRECACHE_SIGNING_KEY,
+  against the unsigned hit of the same value, at 100 B and 100 KB.
 
 Baselines: raw redis-py (GET + unpickle; MGET + unpickle, per slot and
 pipelined per node on the cluster), plain dogpile.cache's backend of the
@@ -66,20 +68,23 @@ from tests.servers import ServerFarm
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 16
-VALUE = {"role": "admin", "permissions": ["read", "write", "share"], "n": 42, "pad": "x" * 40}
+VALUE = {"role": "admin", "permissions": ["read", "write", "share"], "n": 42, "pad": "x" * 40}  # 100 B pickled
+LARGE = {"role": "admin", "pad": "x" * 100_000}  # 100 KB pickled
+SIGNING_KEY = "run-benchmark-signing-key-0123456789"
 
 
-def memoised(region: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
-    """(hit, miss then store) operations of a function memoised in ``region``."""
+def memoised(region: Any, value: Any = VALUE) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """(hit, miss then store) operations of a function memoised in
+    ``region`` that returns ``value``."""
     run = uuid.uuid4().hex[:8]
     fresh = (f"{run}-{n}" for n in itertools.count())
 
     @region.cache_on_arguments()
-    def load(key: Any) -> dict[str, Any]:
-        return VALUE
+    def load(key: Any) -> Any:
+        return value
 
-    load("warm")
-    return (lambda: load("warm")), (lambda: load(next(fresh)))
+    load(run)
+    return (lambda: load(run)), (lambda: load(next(fresh)))
 
 
 def checked_get(raw: Any, key: str) -> Callable[[], Any]:
@@ -154,6 +159,8 @@ PAIRED = (
     ("miss+store vs dogpile, paired", "miss", "dogpile miss", 0.05, 1),
     ("get_multi vs redis-py MGET+unpickle, paired", "multi", "raw multi", 0.1, 1),
     (f"{THREADS} threads hit vs redis-py GET+unpickle, paired", "hit", "raw", 0.1, THREADS),
+    ("signed hit vs hit, 100 B, paired", "signed hit", "hit", 0.05, 1),
+    ("signed hit vs hit, 100 KB, paired", "signed hit 100 KB", "hit 100 KB", 0.05, 1),
 )
 
 
@@ -233,6 +240,12 @@ def main() -> None:
                 hit()
                 measure(hit, topology, "librecache near-cache hit")
                 pairs[topology]["near"] = hit
+                # LIBRECACHE_SIGNING_KEY: a hit of the same values, signed
+                signed = librecache.Caches({**env, "LIBRECACHE_SIGNING_KEY": SIGNING_KEY})
+                to_close.append(signed)
+                pairs[topology]["signed hit"] = memoised(signed.region("ROLES"))[0]
+                pairs[topology]["hit 100 KB"] = memoised(ours.region("TOOLS"), LARGE)[0]
+                pairs[topology]["signed hit 100 KB"] = memoised(signed.region("TOOLS"), LARGE)[0]
             # plain dogpile.cache, same kind of backend
             if topology == "memory":
                 plain = make_region().configure("dogpile.cache.memory")

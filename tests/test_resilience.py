@@ -260,6 +260,15 @@ def test_signed_deployments_never_unpickle_forged_values(
     raw = redis.Redis(port=redis_server.port)
     stored = raw.get(f"{prefix}::ROLES:admin")
     assert stored is not None and stored.startswith(b"LCS1") and region.get("admin") == ["all"]
+    assert region.get("admin") == ["all"]  # verified before: remembered by its bytes and key
+    raw.set(f"{prefix}::ROLES:moved", stored)  # the same bytes under another key
+    assert region.get("moved") is NO_VALUE
+    region.set("large", "x" * 10_000)  # larger than what is remembered: verified every time
+    assert region.get("large") == "x" * 10_000 and region.get("large") == "x" * 10_000
+    tampered = bytearray(raw.get(f"{prefix}::ROLES:large"))
+    tampered[-20] ^= 1
+    raw.set(f"{prefix}::ROLES:large", bytes(tampered))
+    assert region.get("large") is NO_VALUE
 
     marker = tmp_path / "marker"
     forged = b'{"ct": 9999999999.0, "v": 2}|' + pickle.dumps(Boom(marker))
