@@ -41,8 +41,10 @@ def chat(redis_server: RedisServer) -> Iterator[ChatDeployment]:
 
 @pytest.fixture
 def own_chat(redis_server: RedisServer) -> Iterator[ChatDeployment]:
-    """Two instances and nginx for a test that stops or kills one."""
-    with deployed(redis_server, 2) as deployment:
+    """Two instances and nginx for a test that stops or kills one; answers of
+    3,000 tokens (60 s), so that no answer ends before the stop, however
+    slowly a loaded machine delivers the first tokens or stops a process."""
+    with deployed(redis_server, 2, {**ENV, "CHAT_TOKENS": "3000"}) as deployment:
         yield deployment
 
 
