@@ -281,11 +281,16 @@ class InvalidationBus:
             self.invalidate(namespace, hard=True)
 
     def _announce(self, client: Any) -> None:
-        """Publish and store the marks not announced yet (published first: a
-        full Redis refuses the stored mark but still delivers the message)."""
+        """Store and publish the marks not announced yet. Stored first: a
+        process that subscribes in between reads the stored marks once
+        subscribed, so it cannot miss both. Published even when the store
+        failed: a full Redis refuses the stored mark but still delivers the
+        message (the mark stays pending, and is stored when this is retried)."""
         for field, stamp in list(self._pending.items()):
-            client.publish(self.channel, f"{field}={stamp!r}")
-            client.eval(_RAISE_MARK, 1, self.key, field, repr(stamp))
+            try:
+                client.eval(_RAISE_MARK, 1, self.key, field, repr(stamp))
+            finally:
+                client.publish(self.channel, f"{field}={stamp!r}")
             if self._pending.get(field) == stamp:
                 del self._pending[field]
 

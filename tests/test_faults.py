@@ -286,6 +286,9 @@ def test_a_full_redis_degrades_writes_and_keeps_reads(make_caches: Make, own_ser
     region = caches.region("TOOLS")
     region.set("kept", "read me")
     region.set("old", "v1")
+    other = make_caches(USE_REDIS="true", REDIS_URI=own_server.url, REDIS_KEY_PREFIX="full", **SETTINGS)
+    assert other.region("TOOLS").get("kept") == "read me"  # another instance, listening
+    assert other.invalidations is not None and other.invalidations.wait_subscribed(5)
     admin.config_set("maxmemory-policy", policy)
     admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 256 * 1024)
     junk = "x" * 4096
@@ -314,6 +317,8 @@ def test_a_full_redis_degrades_writes_and_keeps_reads(make_caches: Make, own_ser
     assert hammer.errors == [] and hammer.wrong == []
     assert hammer.calls > 100 and hammer.worst <= BOUND + MARGIN
     assert region.get("kept") is NO_VALUE  # invalidated
+    # announced to the other instance even where the full Redis refused the stored mark
+    wait_until(lambda: other.region("TOOLS").get("kept") is NO_VALUE, 5)
     health = caches.health()
     assert health is not None and health["up"] is True
     if policy == "noeviction":

@@ -15,6 +15,8 @@ import librecache
 from tests import processes
 from tests.conformance import in_threads
 from tests.conftest import Deployment
+from tests.servers import RedisServer
+from tests.test_speed import monitored
 
 Make = Callable[..., librecache.Caches]
 
@@ -153,6 +155,19 @@ def test_invalidation_reaches_other_processes(deployment: Deployment, make_cache
     assert make_caches(deployment.env).region("ROLES").get("k") is NO_VALUE
     # and so does this process, at once
     assert region.get("k") is NO_VALUE
+
+
+def test_an_invalidation_is_stored_before_it_is_announced(redis_server: RedisServer, redis_env: dict[str, str],
+                                                           make_caches: Make) -> None:
+    """A process whose listener subscribes after the announcement reads the
+    stored marks once subscribed: had it read them before the mark was
+    stored, it would miss both. So the mark is stored first (a full Redis
+    refuses it and the message still goes: ``test_faults``)."""
+    region = make_caches(redis_env).region("ROLES")
+    region.set("k", 1)
+    with monitored([redis_server.port], "librecache:invalidations") as seen:
+        region.invalidate()
+    assert [command.upper() for command in seen] == ["EVAL", "PUBLISH"]
 
 
 def test_invalidation_applies_to_its_namespace_only(make_caches: Make, deployment: Deployment) -> None:
