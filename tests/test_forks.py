@@ -418,17 +418,26 @@ def test_children_resume_caching_after_an_outage(
 # -- gunicorn --preload --------------------------------------------------------------------------------
 
 
-def wait_for_http(url: str, timeout: float, process: subprocess.Popen[bytes]) -> None:
+def wait_for_http(url: str, timeout: float, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until ``url`` answers; else fail with the end of the server's
+    ``log`` (its stderr), where a server still running has first written
+    every thread's stack, its children's too (PYTHONFAULTHANDLER, SIGABRT)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"the server exited: {process.stderr.read().decode()[-3000:] if process.stderr else ''}")
+            raise AssertionError(f"the server exited:\n{log.read_text(errors='replace')[-3000:]}")
         try:
             urllib.request.urlopen(url, timeout=2).read()
             return
         except OSError:
             time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer within {timeout} s")
+    try:
+        subprocess.run(["pkill", "-ABRT", "-P", str(process.pid)], check=False)
+    except OSError:  # no pkill: the server's own stacks only
+        pass
+    process.send_signal(signal.SIGABRT)
+    process.wait(10)
+    raise AssertionError(f"{url} did not answer within {timeout} s:\n{log.read_text(errors='replace')[-12000:]}")
 
 
 def get_json(url: str) -> Any:
@@ -474,19 +483,21 @@ def by_worker(url: str, expect: Callable[[dict[str, Any]], bool], workers: int, 
 
 
 @pytest.mark.slow
-def test_gunicorn_preload_workers(own_server: RedisServer) -> None:
+def test_gunicorn_preload_workers(own_server: RedisServer, tmp_path: Path) -> None:
     env = child_environment({"USE_REDIS": "true", "REDIS_URI": own_server.url, "REDIS_KEY_PREFIX": "gunicorn",
-                             **FAST_RETRY})
+                             "PYTHONFAULTHANDLER": "1", **FAST_RETRY})
     port = free_port()
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--preload", "-w", "2", "-k", "sync", "-b", f"{LOOPBACK}:{port}",
-         "--graceful-timeout", "2", "tests.forkapp:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as stderr:
+        gunicorn = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--preload", "-w", "2", "-k", "sync", "-b", f"{LOOPBACK}:{port}",
+             "--graceful-timeout", "2", "tests.forkapp:app"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+        )
     base = f"http://{LOOPBACK}:{port}"
     admin = redis.Redis(port=own_server.port)
     try:
-        wait_for_http(f"{base}/version", 30, gunicorn)
+        wait_for_http(f"{base}/version", 30, gunicorn, log)
         admin.set("gunicorn::version", 1)
         get_json(f"{base}/invalidate")
         first = by_worker(f"{base}/version", lambda a: a["version"] == 1, 2, 60)
