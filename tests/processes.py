@@ -41,6 +41,18 @@ def read_line(process: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(line)  # type: ignore[no-any-return]
 
 
+def reports_of(workers: list[subprocess.Popen[str]], timeout: float = 30) -> list[dict[str, Any]]:
+    """The first report of each of ``workers``, started together; each must
+    then end well within ``timeout`` seconds (its pipes are closed)."""
+    reports = [read_line(worker) for worker in workers]
+    for worker in workers:
+        assert worker.wait(timeout) == 0
+        for pipe in (worker.stdin, worker.stdout, worker.stderr):
+            assert pipe is not None
+            pipe.close()
+    return reports
+
+
 def run(role: str, env: Mapping[str, str], timeout: float = 60) -> list[dict[str, Any]]:
     """Run a worker to the end; return its reports."""
     done = subprocess.run(

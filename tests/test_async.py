@@ -363,13 +363,7 @@ def test_sync_and_async_callers_exclude_each_other(deployment: Deployment, make_
 
 def test_async_stampede_across_processes_runs_the_creator_once(deployment: Deployment, make_caches: Make) -> None:
     env = {**deployment.env, "KEY": "cold", "START_AT": repr(time.time() + 2.5), "TASKS": "10"}
-    workers = [processes.start("async_stampede", env) for _ in range(3)]
-    reports = [processes.read_line(worker) for worker in workers]
-    for worker in workers:
-        assert worker.wait(30) == 0
-        for pipe in (worker.stdin, worker.stdout, worker.stderr):
-            assert pipe is not None
-            pipe.close()
+    reports = processes.reports_of([processes.start("async_stampede", env) for _ in range(3)])
     assert [report["results"] for report in reports] == [["the value of cold"] * 10] * 3
     caches = make_caches(deployment.env)
     assert caches.redis is not None

@@ -184,13 +184,7 @@ def test_one_creator_runs_across_processes(make_caches: Make, deployment: Deploy
         region.invalidate(hard=case == "hard")
     env = {**deployment.env, "NAMESPACE": NS, "KEY": "k", "DOOR": door, "CALLERS": "4",
            "START_AT": repr(time.time() + 3.0)}
-    workers = [processes.start("engine_stampede", env) for _ in range(4)]
-    reports = [processes.read_line(worker) for worker in workers]
-    for worker in workers:
-        assert worker.wait(30) == 0
-        for pipe in (worker.stdin, worker.stdout, worker.stderr):
-            assert pipe is not None
-            pipe.close()
+    reports = processes.reports_of([processes.start("engine_stampede", env) for _ in range(4)])
     results = [result for report in reports for result in report["results"]]
     assert len(results) == 16
     if case == "soft":
