@@ -42,7 +42,7 @@ nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 
 #: pytest-xdist workers (measured on the 2-core machines: see tests/README.md).
-WORKERS = os.environ.get("LIBRECACHE_TEST_WORKERS", "4")
+WORKERS = os.environ.get("LC_TEST_WORKERS", "4")
 #: The Python versions setup.cfg claims, oldest and newest first.
 OLDEST, NEWEST = "3.10", "3.13"
 #: The sessions of ``scripts/test.sh --matrix``, in order.
@@ -217,7 +217,7 @@ def valkey(session: nox.Session) -> None:
 
     Tests needing TLS, which that build lacks, skip saying so."""
     install(session, "-e", ".[test,test-valkey]")
-    pytest(session, env={"LIBRECACHE_TEST_SERVER": "valkey"})
+    pytest(session, env={"LC_TEST_SERVER": "valkey"})
 
 
 @nox.session
@@ -232,7 +232,7 @@ def bench(session: nox.Session) -> None:
     servers = [args.pop(0)] if args and args[0] in ("redis", "valkey") else ["redis", "valkey"]
     for server in servers:
         session.log(f"benchmarks on {server}")
-        session.run("python", "-m", "benchmarks.run", *args, env={"LIBRECACHE_TEST_SERVER": server})
+        session.run("python", "-m", "benchmarks.run", *args, env={"LC_TEST_SERVER": server})
 
 
 if __name__ == "__main__":  # scripts/test.sh --matrix: name the missing interpreters up front

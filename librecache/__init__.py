@@ -9,6 +9,7 @@ from .errors import (
     LibrecacheError,
     SerializationError,
     UnknownNamespaceError,
+    UnknownVariableWarning,
 )
 from .keys import CacheKeys
 from .registry import Caches, LibreRegion, configure, get_caches, get_region, redis_client
@@ -22,6 +23,7 @@ __all__ = [
     "LibrecacheError",
     "SerializationError",
     "UnknownNamespaceError",
+    "UnknownVariableWarning",
     "configure",
     "get_caches",
     "get_region",

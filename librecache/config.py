@@ -12,11 +12,13 @@ The documentation's variable table is generated from :data:`VARIABLES`.
 from __future__ import annotations
 
 import ast
+import difflib
 import math
 import operator
 import os
 import re
 import ssl
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import attrs
 import environs
 from dotenv import dotenv_values
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, UnknownVariableWarning
 from .formats import FORMAT_NAMES
 from .keys import DEFAULT_TTLS, NAMESPACE_NAME, RESERVED_NAMES, AnyNamespace, CacheKeys, Namespace, parse_namespace
 from .uris import RedisURI, parse_redis_uris
@@ -532,12 +534,33 @@ class _Source:
         if env_file is not None:
             self._sources.append(dotenv_values(env_file))
 
+    def names(self) -> set[str]:
+        """Every variable set, blank or not."""
+        return {str(name) for source in self._sources for name in source}
+
     def get(self, name: str) -> str | None:
         for source in self._sources:
             value = source.get(name)
             if value is not None and str(value).strip():
                 return str(value)
         return None
+
+
+#: The prefix of librecache's own variables: any other name under it is a mistake.
+OWN_PREFIX = "LIBRECACHE_"
+
+
+def _warn_unknown(names: set[str]) -> None:
+    """Warn of each ``LIBRECACHE_*`` name in ``names`` that is not a
+    variable, with the closest one that is."""
+    known = [variable.name for variable in VARIABLES]
+    own = [name[len(OWN_PREFIX):] for name in known if name.startswith(OWN_PREFIX)]
+    for name in sorted(names):
+        if name.startswith(OWN_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name[len(OWN_PREFIX):], own, n=1)  # the prefix matches any
+            hint = f"; did you mean {OWN_PREFIX}{close[0]}?" if close else ""
+            warnings.warn(f"{name} is not a librecache variable and is ignored{hint}", UnknownVariableWarning,
+                          stacklevel=3)
 
 
 def _secret_free(message: str, secrets: list[str]) -> str:
@@ -615,10 +638,13 @@ class CacheConfig:
         :param env_file: a ``.env`` file read as well; a variable set in
             ``environ`` wins over the file. Blank values count as unset.
         :raises ConfigurationError: on the first problem, naming the variable.
+        :warns UnknownVariableWarning: for each ``LIBRECACHE_*`` variable
+            that is not one of librecache's (with the closest that is).
         """
         if env_file is not None and not Path(env_file).is_file():
             raise ConfigurationError(f"env file {os.fspath(env_file)!r} does not exist")
         env = _Source(os.environ if environ is None else environ, None if env_file is None else Path(env_file))
+        _warn_unknown(env.names())
 
         values: dict[str, Any] = {}
         secrets = [env.get(name) or "" for name in ("REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD")]

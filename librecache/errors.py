@@ -7,6 +7,7 @@ __all__ = [
     "LibrecacheError",
     "SerializationError",
     "UnknownNamespaceError",
+    "UnknownVariableWarning",
 ]
 
 
@@ -49,3 +50,10 @@ class UnknownNamespaceError(LibrecacheError, KeyError):
 
 class SerializationError(LibrecacheError, TypeError):
     """A value could not be pickled for the cache; nothing was stored."""
+
+
+class UnknownVariableWarning(UserWarning):
+    """A ``LIBRECACHE_*`` variable that librecache does not know (a typo
+    changes nothing, so it is said). Warned when a configuration is built;
+    ``-W error::librecache.UnknownVariableWarning`` (or pytest's
+    ``filterwarnings``) makes it an error."""

@@ -21,13 +21,13 @@ import pytest
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
-#: Where screenshots go (LIBRECACHE_SCREENSHOTS overrides it).
+#: Where screenshots go (LC_TEST_SCREENSHOTS overrides it).
 _DEFAULT_DIR = Path(tempfile.gettempdir()) / "librecache-screenshots"
 
 
 def screenshot_dir() -> Path:
     """The folder screenshots are saved in (created)."""
-    folder = Path(os.environ.get("LIBRECACHE_SCREENSHOTS", str(_DEFAULT_DIR)))
+    folder = Path(os.environ.get("LC_TEST_SCREENSHOTS", str(_DEFAULT_DIR)))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

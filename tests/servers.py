@@ -29,7 +29,7 @@ LOOPBACK = "127.0.0.1"
 
 
 #: The setting that picks the server binary the tests (and benchmarks) run.
-SERVER_SETTING = "LIBRECACHE_TEST_SERVER"
+SERVER_SETTING = "LC_TEST_SERVER"
 #: What each choice of :data:`SERVER_SETTING` runs.
 SERVERS = {
     "redis": "Debian's redis-server (the default)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import attrs
@@ -463,3 +464,23 @@ def test_display_shows_no_part_of_the_userinfo() -> None:
     config = build(REDIS_URI="redis://someone:pw@h:1/2")
     assert [uri.display() for uri in config.redis_uris] == ["redis://***@h:1/2"]
     assert dict(config.describe())["uris"] == "redis://***@h:1/2"
+
+
+def test_an_unknown_librecache_variable_is_a_warning_naming_the_closest(tmp_path: Path) -> None:
+    """A typo changes nothing, so it is said: a warning of librecache's
+    category (an error in this suite: pyproject's filterwarnings), naming
+    the variable and the closest known one; other prefixes are not ours."""
+    from librecache import UnknownVariableWarning
+
+    with pytest.warns(UnknownVariableWarning) as caught:
+        CacheConfig.from_env({"LIBRECACHE_NAMESPACE_TTL": "ROLES=5", "REDIS_WHATEVER": "x", "PATH": "/bin"})
+    assert [str(warning.message) for warning in caught] == [
+        "LIBRECACHE_NAMESPACE_TTL is not a librecache variable and is ignored; "
+        "did you mean LIBRECACHE_NAMESPACE_TTLS?"]
+    env_file = tmp_path / ".env"
+    env_file.write_text("LIBRECACHE_ZZZ=1\n")
+    with pytest.warns(UnknownVariableWarning, match="LIBRECACHE_ZZZ is not a librecache variable and is ignored$"):
+        CacheConfig.from_env({}, env_file=env_file)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CacheConfig.from_env({"LIBRECACHE_STRICT": "true"})  # known: nothing said

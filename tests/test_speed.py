@@ -435,8 +435,9 @@ def test_get_multi_of_a_large_batch_answers_as_dogpile_when_a_value_spoils_it(
 
 def test_get_multi_with_signed_values(make_caches: Make, redis_env: dict[str, str], raw: redis.Redis,
                                       prefix: str) -> None:
-    region = make_caches({**redis_env, "LIBRECACHE_SIGNING_KEYS": "k1:" + "s" * 32}).region("TOOLS")
+    region = make_caches({**redis_env, "LIBRECACHE_SIGNING_KEY": "k1:" + "s" * 32}).region("TOOLS")
     region.set_multi({"a": 1, "b": 2})
+    assert raw.get(f"{prefix}::TOOLS:a").startswith(b"LCS1")  # type: ignore[union-attr]
     raw.set(f"{prefix}::TOOLS:b", raw.get(f"{prefix}::TOOLS:b")[:-1] + b"x")  # type: ignore[index]
     assert region.get_multi(["a", "b"]) == [1, NO_VALUE]
 
