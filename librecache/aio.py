@@ -33,11 +33,11 @@ from typing import Any
 
 from dogpile.cache.api import NO_VALUE
 
+from .backends.routing import async_port
 from .engine import flows
 from .engine.doors import arun, count, count_multi
 from .engine.flows import Call, Found
 from .engine.judge import expiration_of, judged_multi
-from .engine.ports import async_port
 from .fastpath import companions, key_function, mangled_many, mangled_map, multi_call
 
 __all__ = [

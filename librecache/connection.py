@@ -222,7 +222,7 @@ class RedisConnection:
         errors that are not outages are counted and logged, and the breaker
         stays closed. No exception reaches the caller in default mode.
 
-        ``stats``: the namespace's :class:`~librecache.metrics.NamespaceStats`,
+        ``stats``: the namespace's :class:`~librecache.stats.NamespaceStats`,
         whose ``errors`` and ``fallthroughs`` count this operation too."""
         client = self.client
         if (client is None or not self.breaker.up) and self.falls_through(client is None, write, stats):

@@ -25,11 +25,11 @@ from typing import Any
 
 from dogpile.cache.api import NO_VALUE
 
+from .backends.routing import sync_port
 from .engine import flows
 from .engine.doors import count, count_multi, run
 from .engine.flows import Call, Found
 from .engine.judge import expiration_of, judged_multi, reads_bytes
-from .engine.ports import sync_port
 
 __all__ = ["companions", "get_multi", "get_or_create", "get_or_create_multi", "key_function", "mangled_many",
            "memoize"]

@@ -33,11 +33,11 @@ from . import aio, forks, keygen
 from . import backends as _backends  # noqa: F401  (registers the backends)
 from ._compat import DOGPILE_METADATA_DELIMITER
 from .backends.aio_redis import aclose_clients, close_clients
+from .backends.routing import sync_port
 from .config import CacheConfig, parse_declarations
 from .connection import CLOSE_TIMEOUT, RedisConnection
 from .engine.judge import parse_metadata
 from .engine.locks import LeasedKey
-from .engine.ports import sync_port
 from .errors import ConfigurationError
 from .fastpath import get_multi, get_or_create, get_or_create_multi, memoize
 from .formats import JsonFormat, format_for
@@ -46,10 +46,10 @@ from .invalidation import InvalidationBus
 from .keying import KeySpace, memory_mangler
 from .keys import AnyNamespace, CacheKeys, parse_namespace
 from .logs import RateLimitedLog
-from .metrics import NamespaceStats, snapshot
 from .nearcache import NearCache
 from .prefixing import PrefixedRedis, PrefixedRedisCluster
 from .signing import EnvelopeSigner, Signer
+from .stats import NamespaceStats, snapshot
 
 __all__ = ["Caches", "LibreRegion", "configure", "get_caches", "get_region", "redis_client"]
 
@@ -259,11 +259,11 @@ class LibreRegion(CacheRegion):
             for key, value in mapping.items():
                 near.store(key, self._near_copy(value), generation)
 
-    # -- counting (librecache.metrics): each call once, as a hit or a miss ---------------
+    # -- counting (librecache.stats): each call once, as a hit or a miss ---------------
 
     def get(self, key: Any, expiration_time: float | None = None, ignore_expiration: bool = False) -> Any:
         """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get`, counted
-        as a hit or a miss (:mod:`librecache.metrics`)."""
+        as a hit or a miss (:mod:`librecache.stats`)."""
         value = _region_get(self, key, expiration_time, ignore_expiration)
         stats = self._stats
         if stats is not None:
@@ -454,7 +454,7 @@ class Caches:
                                      replace_existing_backend=True)
                     region._adopt(memory_mangler(ns))
                     region._near = region._stats = region._format = None
-        #: This registry's counters (:mod:`librecache.metrics`), fresh for every registry.
+        #: This registry's counters (:mod:`librecache.stats`), fresh for every registry.
         self._stats = {namespace.value: NamespaceStats(namespace.value) for namespace in self._regions}
         for namespace, region in self._regions.items():
             self._configure(region, namespace)

@@ -738,7 +738,7 @@ def link(farm: ServerFarm) -> Iterator[FaultProxy]:
 def _flight(region: librecache.LibreRegion, key: str) -> Any:
     """The shared GET of ``key`` in flight in the running loop, if any (what
     the test waits for)."""
-    from librecache.engine.ports import async_port
+    from librecache.backends.routing import async_port
 
     store = async_port(region)
     flights = store._flights.get(asyncio.get_running_loop(), {})

@@ -4,7 +4,7 @@ methods, the async door by awaiting them. A request's failure is thrown
 into the flow, so its ``finally`` releases what it holds (through the port)
 before the exception reaches the caller.
 
-The counters (:mod:`librecache.metrics`) are kept from a flow's outcome
+The counters (:mod:`librecache.stats`) are kept from a flow's outcome
 (:func:`count`, :func:`count_multi`).
 """
 

@@ -220,7 +220,7 @@ OPS: dict[type, str] = {
 
 
 # --------------------------------------------------------------------------
-# Outcomes: counted by the doors (librecache.metrics)
+# Outcomes: counted by the doors (librecache.stats)
 # --------------------------------------------------------------------------
 
 #: :class:`Outcome` kinds: a fresh value; another creator's value after

@@ -30,7 +30,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE, CachedValue, CacheMutex
-from dogpile.cache.proxy import ProxyBackend
 
 from .._compat import DOGPILE_METADATA_DELIMITER
 from ..invalidation import SharedInvalidation
@@ -38,45 +37,7 @@ from .flows import ACQUIRED, ANY, CHANGED, Call, Found, LockReply
 from .judge import CREATION_TIMES, FRESH, expiration_of, usual_time, verdict
 from .locks import AsyncKeyedLocks, LeasedKey
 
-__all__ = ["AsyncLocalPort", "MemoryPort", "ProxiedPort", "RedisPort", "async_port", "sync_port"]
-
-
-def sync_port(region: Any) -> Any:
-    """The sync door's port of ``region``'s current backend (made once per backend)."""
-    backend = region.backend  # configures the process default on first use
-    ports = region._ports
-    if ports is None or ports[0] is not backend:
-        ports = region._ports = [backend, _sync_port(region, backend), None]
-    return ports[1]
-
-
-def async_port(region: Any) -> Any:
-    """The async door's port of ``region``'s current backend (made once per backend)."""
-    sync = sync_port(region)
-    ports = region._ports
-    if ports[2] is None:
-        from ..backends.aio_redis import AsyncRedisStore
-        from ..backends.redis import RedisBackend
-
-        unwrapped = region.unwrapped_backend
-        ports[2] = AsyncRedisStore(region, unwrapped) if isinstance(unwrapped, RedisBackend) else AsyncLocalPort(sync)
-    return ports[2]
-
-
-def _sync_port(region: Any, backend: Any) -> Any:
-    from ..backends.memory import MemoryBackend
-    from ..backends.redis import RedisBackend
-
-    unwrapped = backend
-    while isinstance(unwrapped, ProxyBackend):
-        unwrapped = unwrapped.proxied
-    if isinstance(unwrapped, RedisBackend):
-        port: Any = RedisPort(region, unwrapped)
-    elif isinstance(unwrapped, MemoryBackend):
-        port = MemoryPort(region, unwrapped)
-    else:  # another configuration's backend (librecache.undeclared): dogpile's own calls raise its error
-        return ProxiedPort(region, None)
-    return ProxiedPort(region, port) if unwrapped is not backend else port
+__all__ = ["AsyncLocalPort", "MemoryPort", "ProxiedPort", "RedisPort"]
 
 
 def judged(region: Any, found: Found, timeout: float | None) -> Any:
