@@ -41,7 +41,7 @@ nox.options.sessions = ["lint", "docs", "tests"]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 
-#: pytest-xdist workers (measured on the 2-core machines: see tests/README.md).
+#: pytest-xdist workers (measured on the 2-core machines: docs/testing.rst, 'The parallel run').
 WORKERS = os.environ.get("LC_TEST_WORKERS", "4")
 #: The Python versions setup.cfg claims, oldest and newest first.
 OLDEST, NEWEST = "3.10", "3.13"
@@ -238,6 +238,6 @@ def bench(session: nox.Session) -> None:
 if __name__ == "__main__":  # scripts/test.sh --matrix: name the missing interpreters up front
     missing = missing_interpreters()
     for version in missing:
-        print(f"Python {version} is not installed: the full matrix needs it (README: 'Python versions')",
+        print(f"Python {version} is not installed: the full matrix needs it (docs/testing.rst says how to get it)",
               file=sys.stderr)
     sys.exit(1 if missing else 0)
