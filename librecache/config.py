@@ -1,12 +1,21 @@
-"""The configuration: every variable declared once, parsed by environs into
-one frozen :class:`CacheConfig`.
+"""The configuration: every variable declared once, parsed into one frozen
+:class:`CacheConfig`.
 
 :data:`VARIABLES` is the single declaration of each variable (name, kind,
-default, help text, example); :meth:`CacheConfig.from_env` reads them through
-:mod:`environs` with one parser per kind, then checks the combinations. Every
-check happens there, so a bad environment fails at startup with one message
-that names the variable, the bad value (never a secret) and what is allowed.
-The documentation's variable table is generated from :data:`VARIABLES`.
+default, help text, example); :meth:`CacheConfig.from_env` reads each one's
+text (from a mapping, :data:`os.environ` by default, and a ``.env`` file
+read with python-dotenv), parses it with the parser of its kind, then checks
+the combinations. Every check happens there, so a bad environment fails at
+startup with one message that names the variable, the bad value (never a
+secret) and what is allowed. The documentation's variable table is
+generated from :data:`VARIABLES`.
+
+How environs is used: the parsers raise :class:`environs.EnvError`, the
+error type of environs' own readers, and :meth:`CacheConfig.from_env` turns
+it into a :class:`~librecache.ConfigurationError`. environs' readers
+themselves are not used: they read :data:`os.environ` only, and a
+configuration must be buildable from any mapping (several registries in one
+process, the tests, ``Caches(env)``), which is why the text is read here.
 """
 
 from __future__ import annotations
