@@ -261,10 +261,14 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        producers = list(chat.producers)
-        for task in producers:
-            task.cancel()  # each finishes its stream: producer-stopped
-        await asyncio.gather(*producers, return_exceptions=True)
+        producers = set(chat.producers)
+        while producers:  # each finishes its stream: producer-stopped
+            for task in producers:
+                # again while it runs: on Python 3.10 asyncio.wait_for (redis-py's
+                # bound of a command there) can swallow a cancellation that meets
+                # the command's reply (CPython gh-86296, fixed in 3.12)
+                task.cancel()
+            _, producers = await asyncio.wait(producers, timeout=0.2)
         await chat.streams.close()
         chat.store = None
 
