@@ -421,7 +421,9 @@ def test_children_resume_caching_after_an_outage(
 def wait_for_http(url: str, timeout: float, process: subprocess.Popen[bytes], log: Path) -> None:
     """Wait until ``url`` answers; else fail with the end of the server's
     ``log`` (its stderr), where a server still running has first written
-    every thread's stack, its children's too (PYTHONFAULTHANDLER, SIGABRT)."""
+    every thread's stack, its children's too (PYTHONFAULTHANDLER: SIGABRT
+    for the server, SIGSEGV for its children, whose SIGABRT gunicorn's
+    workers handle themselves)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -432,9 +434,10 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen[bytes], lo
         except OSError:
             time.sleep(0.1)
     try:
-        subprocess.run(["pkill", "-ABRT", "-P", str(process.pid)], check=False)
+        subprocess.run(["pkill", "-SEGV", "-P", str(process.pid)], check=False)
     except OSError:  # no pkill: the server's own stacks only
         pass
+    time.sleep(1)  # the children's dumps first
     process.send_signal(signal.SIGABRT)
     process.wait(10)
     raise AssertionError(f"{url} did not answer within {timeout} s:\n{log.read_text(errors='replace')[-12000:]}")
