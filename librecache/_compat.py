@@ -1,6 +1,8 @@
 """Every use of another library's private names, in one place, and the
 wrappers that make librecache work on every version its dependencies'
-declared ranges allow.
+declared ranges allow. ``tests/test_structure.py`` reads the package's
+source and fails when a private name of dogpile.cache, redis-py or environs
+is touched anywhere else.
 
 Each entry says which public behaviour it stands in for; ``tests/test_compat.py``
 has one test per private name that fails, naming it, when an upgrade removes
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import socket
 import sys
 import threading
 import time
@@ -19,10 +22,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from dogpile.cache.region import CacheRegion
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import AbstractBackoff, FullJitterBackoff
 from redis.cluster import PIPELINE_BLOCKED_COMMANDS
-from redis.connection import ConnectionPool
+from redis.connection import Connection, ConnectionPool, SSLConnection
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 T = TypeVar("T")
@@ -41,8 +46,10 @@ T = TypeVar("T")
 # dogpile.cache
 # ==========================================================================
 
-#: ``CacheRegion`` private methods :class:`librecache.registry.LibreRegion`
-#: overrides or calls, and why (dogpile has no public hook for them):
+#: ``CacheRegion`` private methods :class:`RegionHooks` overrides or calls
+#: (for :class:`librecache.registry.LibreRegion`, the engine and the async
+#: door, which use its public names), and why (dogpile has no public hook
+#: for them):
 #:
 #: - ``_get_from_backend``, ``_get_multi_from_backend``,
 #:   ``_set_cached_value_to_backend``, ``_set_multi_cached_value_to_backend``:
@@ -83,14 +90,152 @@ DOGPILE_REGION_PRIVATES: tuple[str, ...] = (
 
 #: dogpile's wire format for serialized values: ``{metadata json}|payload``
 #: (``CacheRegion._serialized_cached_value``); librecache reads it in
-#: ``LibreRegion._parse_serialized_from_backend`` (without json when the
-#: header has dogpile's usual shape: measured, see librecache.fastpath).
+#: ``LibreRegion.parse_stored`` (without json when the header has dogpile's
+#: usual shape: measured, see librecache.engine.judge).
 DOGPILE_METADATA_DELIMITER = b"|"
+
+
+class RegionHooks(CacheRegion):
+    """dogpile's :class:`~dogpile.cache.region.CacheRegion`, with each of
+    :data:`DOGPILE_REGION_PRIVATES` reached through a public name: the
+    private hooks dogpile calls are routed to public methods a subclass may
+    override (each defaults to dogpile's own), and the private helpers the
+    engine and the async door call are public methods here. Nothing else
+    in librecache names a private of dogpile's region."""
+
+    # -- hooks dogpile calls: routed to the public methods below ------------
+
+    def _get_from_backend(self, key: Any) -> Any:
+        return self.read_cached(key)
+
+    def _get_multi_from_backend(self, keys: Any) -> Any:
+        return self.read_cached_many(keys)
+
+    def _set_cached_value_to_backend(self, key: Any, value: Any) -> None:
+        self.write_cached(key, value)
+
+    def _set_multi_cached_value_to_backend(self, mapping: Any) -> None:
+        self.write_cached_many(mapping)
+
+    def _parse_serialized_from_backend(self, value: Any) -> Any:
+        return self.parse_stored(value)
+
+    def _serialize_cached_value_elements(self, payload: Any, metadata: Any) -> bytes:
+        return self.serialize_elements(payload, metadata)
+
+    # -- the public methods, dogpile's behaviour by default ------------------
+
+    def read_cached(self, key: Any) -> Any:
+        """The :class:`~dogpile.cache.api.CachedValue` under the mangled ``key``, or ``NO_VALUE``."""
+        return CacheRegion._get_from_backend(self, key)
+
+    def read_cached_many(self, keys: Any) -> Any:
+        """:meth:`read_cached` of each of ``keys``."""
+        return CacheRegion._get_multi_from_backend(self, keys)
+
+    def write_cached(self, key: Any, value: Any) -> None:
+        """Store the :class:`~dogpile.cache.api.CachedValue` ``value`` under the mangled ``key``."""
+        CacheRegion._set_cached_value_to_backend(self, key, value)
+
+    def write_cached_many(self, mapping: Any) -> None:
+        """:meth:`write_cached` of each item of ``mapping``."""
+        CacheRegion._set_multi_cached_value_to_backend(self, mapping)
+
+    def parse_stored(self, value: Any) -> Any:
+        """The stored bytes ``value`` read back as a ``CachedValue`` (or ``NO_VALUE``)."""
+        return CacheRegion._parse_serialized_from_backend(self, value)
+
+    def serialize_elements(self, payload: Any, metadata: Any) -> bytes:
+        """The stored bytes of ``payload`` (serialized) with ``metadata``."""
+        return CacheRegion._serialize_cached_value_elements(self, payload, metadata)  # type: ignore[no-any-return]
+
+    def serialized(self, value: Any) -> bytes:
+        """The stored bytes of the ``CachedValue`` ``value``."""
+        return self._serialized_cached_value(value)  # type: ignore[return-value]
+
+    def new_metadata(self) -> Any:
+        """Metadata of a value created now (dogpile's ``ct`` and ``v``)."""
+        return self._gen_metadata()
+
+    def new_value(self, payload: Any, metadata: Any = None) -> Any:
+        """``payload`` as a ``CachedValue``, with ``metadata`` or new metadata."""
+        return self._value(payload, metadata)
+
+    def unexpired_value_fn(self, expiration_time: Any, ignore_expiration: bool) -> Callable[[Any], Any]:
+        """dogpile's judgement of a ``get``: a function of a ``CachedValue``
+        that returns it, or ``NO_VALUE`` when expired or invalidated."""
+        return self._unexpired_value_fn(expiration_time, ignore_expiration)  # type: ignore[no-any-return]
+
+    def set_key_mangler(self, mangler: Callable[[Any], str] | None) -> None:
+        """Mangle keys with ``mangler``, kept by dogpile's
+        ``configure(replace_existing_backend=True)`` too."""
+        self.key_mangler = self._user_defined_key_mangler = mangler
 
 
 # ==========================================================================
 # redis-py
 # ==========================================================================
+
+
+class SlotsOfPrefixedKeys:
+    """A :class:`~redis.cluster.RedisCluster` mixin whose multi-key helpers
+    (``mget_nonatomic``, ``delete``, ``unlink``, ...) group keys by the slot
+    of the key the server sees, :meth:`prefixed_key` (redis-py's private
+    ``_partition_keys_by_slot``: :data:`REDIS_PRIVATES`)."""
+
+    def _partition_keys_by_slot(self: Any, keys: Any) -> dict[int, list[Any]]:
+        slots: dict[int, list[Any]] = {}
+        for key in keys:
+            slots.setdefault(self.keyslot(self.prefixed_key(key)), []).append(key)
+        return slots
+
+
+class _BoundedConnect:
+    """REDIS_CONNECT_TIMEOUT bounds the whole connect: TCP, the TLS
+    handshake and the AUTH/HELLO exchange (redis-py bounds only the TCP
+    connect by it and the rest by the reply time-out). Uses redis-py's
+    ``_sock`` and ``_wrap_socket_with_ssl`` (:data:`REDIS_PRIVATES`)."""
+
+    socket_connect_timeout: float | None
+    socket_timeout: float | None
+    _sock: Any
+
+    def _bounded(self, handshake: Callable[[], None]) -> None:
+        if self._sock is not None:
+            self._sock.settimeout(self.socket_connect_timeout)
+        try:
+            handshake()
+        except ResponseError as exc:
+            if "DB index" not in str(exc):
+                raise
+            db = getattr(self, "db", "?")
+            raise ResponseError(
+                f"REDIS_URI: the server refuses database {db} ({exc}); use a database number "
+                "the server has (its 'databases' setting)"
+            ) from None
+        finally:
+            if self._sock is not None:
+                self._sock.settimeout(self.socket_timeout)
+
+    def on_connect_check_health(self, check_health: bool = True) -> None:  # redis-py >= 6
+        self._bounded(lambda: super(_BoundedConnect, self).on_connect_check_health(  # type: ignore[misc]
+            check_health=check_health))
+
+    def on_connect(self) -> None:  # redis-py 5: the handshake itself (>= 6: calls the above)
+        self._bounded(lambda: super(_BoundedConnect, self).on_connect())  # type: ignore[misc]
+
+
+class BoundedConnection(_BoundedConnect, Connection):
+    """A plain connection whose connect is bounded as a whole."""
+
+
+class BoundedSSLConnection(_BoundedConnect, SSLConnection):
+    """A TLS connection whose connect, handshake included, is bounded."""
+
+    def _wrap_socket_with_ssl(self, sock: socket.socket) -> Any:
+        sock.settimeout(self.socket_connect_timeout)
+        return super()._wrap_socket_with_ssl(sock)
+
 
 
 def jitter_backoff(base: float, cap: float) -> AbstractBackoff:
@@ -330,11 +475,11 @@ def borrow_idle_connection(pool: ConnectionPool, idle_for: float, seen: set[int]
 
 #: redis-py privates still used, and the public behaviour each stands in for:
 #:
-#: - ``RedisCluster._partition_keys_by_slot`` (librecache/prefixing.py): the
+#: - ``RedisCluster._partition_keys_by_slot`` (:class:`SlotsOfPrefixedKeys`): the
 #:   prefixed cluster client prefixes keys before redis-py groups them per
 #:   slot for ``mget_nonatomic``/``mset_nonatomic``, so that the slots are
 #:   those of the keys actually sent.
-#: - ``__class__`` assignment on a copied live client (``prefixing._adopt``):
+#: - ``__class__`` assignment on a copied live client (``prefixing.adopt``):
 #:   the prefixed client shares the registry client's pools and nodes instead
 #:   of opening its own connections.
 #: - ``Connection._sock`` and ``SSLConnection._wrap_socket_with_ssl``

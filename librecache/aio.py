@@ -60,7 +60,7 @@ def _mangled(region: Any, key: Any) -> str:
 
 
 def _count(region: Any, hits: int, misses: int) -> None:
-    stats = region._stats
+    stats = region.counters
     if stats is not None:
         stats.hits += hits
         stats.misses += misses
@@ -77,7 +77,7 @@ async def aget(region: Any, key: Any, expiration_time: float | None = None, igno
     mangled = _mangled(region, key)
     if port.marks_due():
         await port.marks()
-    value = region._unexpired_value_fn(expiration_time, ignore_expiration)(await port.get(mangled))
+    value = region.unexpired_value_fn(expiration_time, ignore_expiration)(await port.get(mangled))
     _count(region, value is not NO_VALUE, value is NO_VALUE)
     return value.payload
 
@@ -101,7 +101,7 @@ async def aget_multi(region: Any, keys: Iterable[Any], expiration_time: float | 
 
 async def aset(region: Any, key: Any, value: Any) -> None:
     """:meth:`~dogpile.cache.region.CacheRegion.set`, awaitable."""
-    await async_port(region).set(_mangled(region, key), region._value(value))
+    await async_port(region).set(_mangled(region, key), region.new_value(value))
 
 
 async def aset_multi(region: Any, mapping: Mapping[Any, Any]) -> None:
@@ -109,9 +109,9 @@ async def aset_multi(region: Any, mapping: Mapping[Any, Any]) -> None:
     pipeline; per node on a cluster)."""
     if not mapping:
         return
-    metadata = region._gen_metadata()
+    metadata = region.new_metadata()
     await async_port(region).set_multi(
-        {_mangled(region, key): region._value(value, metadata) for key, value in mapping.items()}
+        {_mangled(region, key): region.new_value(value, metadata) for key, value in mapping.items()}
     )
 
 
@@ -137,7 +137,7 @@ async def aget_or_create(region: Any, key: Any, creator: Callable[..., Any], exp
     port = async_port(region)
     found = await port.hit(mangled, expiration_time)
     if type(found) is not Found:
-        stats = region._stats
+        stats = region.counters
         if stats is not None:
             stats.hits += 1
         return found
@@ -153,7 +153,7 @@ async def _created(region: Any, port: Any, mangled: str, key: Any, creator: Call
     call = Call(region, mangled, key, creator, args, kwargs, expiration_of(region, expiration_time),
                 should_cache_fn, None if budget is None else time.monotonic() + budget)
     outcome = await arun(flows.get_or_create(call, found), port)
-    count(region._stats, outcome)
+    count(region.counters, outcome)
     return outcome.value
 
 
@@ -169,7 +169,7 @@ async def aget_or_create_multi(region: Any, keys: Iterable[Any], creator: Callab
         await port.marks()
     call = multi_call(region, port, creator, expiration_time, should_cache_fn)
     outcome = await arun(flows.get_or_create_multi(call, keys, mangled_map(region, keys)), port)
-    count_multi(region._stats, outcome, len(keys))
+    count_multi(region.counters, outcome, len(keys))
     return outcome.values
 
 

@@ -1,17 +1,17 @@
 """How one connection to Redis is made: the options every client shares
 (credentials, time-outs, TLS verification, the retry policy), connections
-whose whole connect is bounded by REDIS_CONNECT_TIMEOUT, and a pool class
+whose whole connect is bounded by REDIS_CONNECT_TIMEOUT (made in
+:mod:`librecache._compat`, with redis-py's private names), and a pool class
 that keeps to one connection class."""
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable
 from typing import Any
 
-from redis.connection import Connection, ConnectionPool, SSLConnection
-from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+from redis.connection import Connection, ConnectionPool
+from redis.exceptions import ConnectionError, TimeoutError
 
+from ._compat import BoundedConnection, BoundedSSLConnection
 from .config import CacheConfig
 from .retries import Closing, retry_policy
 
@@ -47,53 +47,6 @@ def tls_options(config: CacheConfig) -> dict[str, Any]:
         "ssl_check_hostname": True,
         "ssl_ca_certs": str(config.redis_ca) if config.redis_ca else None,
     }
-
-
-class _BoundedConnect:
-    """REDIS_CONNECT_TIMEOUT bounds the whole connect: TCP, the TLS
-    handshake and the AUTH/HELLO exchange (redis-py bounds only the TCP
-    connect by it and the rest by the reply time-out). Uses redis-py's
-    ``_sock`` and ``_wrap_socket_with_ssl``: see librecache._compat."""
-
-    socket_connect_timeout: float | None
-    socket_timeout: float | None
-    _sock: Any
-
-    def _bounded(self, handshake: Callable[[], None]) -> None:
-        if self._sock is not None:
-            self._sock.settimeout(self.socket_connect_timeout)
-        try:
-            handshake()
-        except ResponseError as exc:
-            if "DB index" not in str(exc):
-                raise
-            db = getattr(self, "db", "?")
-            raise ResponseError(
-                f"REDIS_URI: the server refuses database {db} ({exc}); use a database number "
-                "the server has (its 'databases' setting)"
-            ) from None
-        finally:
-            if self._sock is not None:
-                self._sock.settimeout(self.socket_timeout)
-
-    def on_connect_check_health(self, check_health: bool = True) -> None:  # redis-py >= 6
-        self._bounded(lambda: super(_BoundedConnect, self).on_connect_check_health(  # type: ignore[misc]
-            check_health=check_health))
-
-    def on_connect(self) -> None:  # redis-py 5: the handshake itself (>= 6: calls the above)
-        self._bounded(lambda: super(_BoundedConnect, self).on_connect())  # type: ignore[misc]
-
-
-class BoundedConnection(_BoundedConnect, Connection):
-    """A plain connection whose connect is bounded as a whole."""
-
-
-class BoundedSSLConnection(_BoundedConnect, SSLConnection):
-    """A TLS connection whose connect, handshake included, is bounded."""
-
-    def _wrap_socket_with_ssl(self, sock: socket.socket) -> Any:
-        sock.settimeout(self.socket_connect_timeout)
-        return super()._wrap_socket_with_ssl(sock)
 
 
 def pool_class(connection_class: type[Connection]) -> type[ConnectionPool]:

@@ -32,7 +32,7 @@ from .clients import AnyRedis, async_client, build_client
 from .config import CacheConfig
 from .health import FULL, OUTAGE, UNAVAILABLE, Breaker, classify, ping_idle_connections, run_maintenance
 from .logs import RateLimitedLog
-from .prefixing import KeySpecs, PrefixedRedis, PrefixedRedisCluster, _adopt
+from .prefixing import KeySpecs, PrefixedRedis, PrefixedRedisCluster, adopt
 from .retries import Closing
 from .sentinel import SentinelWatch
 
@@ -51,7 +51,7 @@ MAX_ABANDONED_LOCKS = 10_000
 CLOSE_TIMEOUT = 1.0
 
 
-def _demoted(error: Exception) -> bool:
+def demoted(error: Exception) -> bool:
     """A READONLY reply: the server is no longer the master. redis-py's
     sentinel-managed connections turn it into a connection error (``The
     previous master is now a slave``)."""
@@ -176,7 +176,7 @@ class RedisConnection:
     def _connect(self) -> None:
         """Build the clients (a cluster client connects at once)."""
         client, self._sentinel_watch = build_client(self.config, self.on_master_switch, self._closing)
-        self.prefixed = _adopt(
+        self.prefixed = adopt(
             copy.copy(client), PrefixedRedisCluster if self.cluster else PrefixedRedis, self.root, self.key_specs
         )
         self.client = client
@@ -241,7 +241,7 @@ class RedisConnection:
         calls the client itself when :meth:`guard` would (the breaker up, a
         client there): ``RedisBackend.get_serialized``."""
         try:
-            if not isinstance(exc, (ReadOnlyError, RedisConnectionError)) or not _demoted(exc):
+            if not isinstance(exc, (ReadOnlyError, RedisConnectionError)) or not demoted(exc):
                 raise exc
             limited.warning("readonly", "READONLY reply during %s: reconnecting to the current master", operation)
             self.reset()

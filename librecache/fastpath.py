@@ -114,18 +114,18 @@ def memoize(
         keys = memo.get(args) if text and region.key_mangler is memo_of[0] else None
         if keys is None:
             keys = keys_of(args, text)
-        near = region._near
+        near = region.near_cache
         found = NO_VALUE
         if near is not None and near.enabled:  # where the port's hit looks first, a call sooner
             found = near.fetch(keys[1], region.expiration_time if timeout is None else timeout)
         if found is NO_VALUE:
-            ports = region._ports  # sync_port(region), without the call when it is current
+            ports = region.ports  # sync_port(region), without the call when it is current
             port = ports[1] if ports is not None and ports[0] is region.backend else sync_port(region)
             found = port.hit(keys[1], timeout)
             if type(found) is Found:
                 return created(region, port, keys[1], keys[0], user_func, args, kwargs, timeout, should_cache_fn,
                                found)
-        stats = region._stats
+        stats = region.counters
         if stats is not None:
             stats.hits += 1
         return found
@@ -157,7 +157,7 @@ def get_or_create(region: Any, key: Any, creator: Callable[..., Any], expiration
     port = sync_port(region)
     found = port.hit(mangled, expiration_time)
     if type(found) is not Found:
-        stats = region._stats
+        stats = region.counters
         if stats is not None:
             stats.hits += 1
         return found
@@ -174,7 +174,7 @@ def created(region: Any, port: Any, mangled: str, key: Any, creator: Callable[..
                 should_cache_fn, None if budget is None else time.monotonic() + budget,
                 region.async_creation_runner)
     outcome = run(flows.get_or_create(call, found), port)
-    count(region._stats, outcome)
+    count(region.counters, outcome)
     return outcome.value
 
 
@@ -186,7 +186,7 @@ def get_or_create_multi(region: Any, keys: Any, creator: Callable[..., Any], exp
     port = sync_port(region)
     call = multi_call(region, port, creator, expiration_time, should_cache_fn)
     outcome = run(flows.get_or_create_multi(call, keys, mangled_map(region, keys)), port)
-    count_multi(region._stats, outcome, len(keys))
+    count_multi(region.counters, outcome, len(keys))
     return outcome.values
 
 
@@ -257,7 +257,7 @@ def get_multi(region: Any, keys: Any, expiration_time: float | None, ignore_expi
     if not keys:
         return []
     raw = reads_bytes(region)
-    found = region.backend.get_serialized_multi(keys) if raw else region._get_multi_from_backend(keys)
+    found = region.backend.get_serialized_multi(keys) if raw else region.read_cached_many(keys)
     return judged_multi(region, found, raw, expiration_time, ignore_expiration)
 
 

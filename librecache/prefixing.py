@@ -21,6 +21,7 @@ from redis.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ResponseError
 
 from . import forks
+from ._compat import SlotsOfPrefixedKeys
 from .replies import text
 
 __all__ = ["KeySpecs", "PrefixedRedis", "PrefixedRedisCluster"]
@@ -186,7 +187,8 @@ class _Prefixing:
         self._key_prefix = key_prefix
         self._key_specs = key_specs
 
-    def _prefixed(self, key: Any) -> Any:
+    def prefixed_key(self, key: Any) -> Any:
+        """``key`` under the prefix, as the server sees it."""
         if isinstance(key, (bytes, bytearray, memoryview)):
             return self._key_prefix.encode() + bytes(key)
         return self._key_prefix + str(key)
@@ -219,9 +221,9 @@ class _Prefixing:
             argv[1] = self._pattern(argv[1])
         else:
             for index in self._key_specs.positions(argv):
-                argv[index] = self._prefixed(argv[index])
+                argv[index] = self.prefixed_key(argv[index])
         if options.get("keys"):
-            options["keys"] = [self._prefixed(key) for key in options["keys"]]
+            options["keys"] = [self.prefixed_key(key) for key in options["keys"]]
         return [head, *argv[len(words):]], name
 
     def _scan_args(self, argv: list[Any]) -> list[Any]:
@@ -251,7 +253,7 @@ class PrefixedRedis(_Prefixing, redis.Redis):
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> redis.client.Pipeline:
         """A pipeline whose commands are prefixed too."""
-        pipe: redis.client.Pipeline = _adopt(
+        pipe: redis.client.Pipeline = adopt(
             super().pipeline(transaction, shard_hint), PrefixedPipeline, self._key_prefix, self._key_specs
         )
         return pipe
@@ -265,7 +267,7 @@ class PrefixedPipeline(_Prefixing, redis.client.Pipeline):
         return super().execute_command(*argv, **kwargs)
 
 
-class PrefixedRedisCluster(_Prefixing, RedisCluster):
+class PrefixedRedisCluster(SlotsOfPrefixedKeys, _Prefixing, RedisCluster):
     """A :class:`redis.cluster.RedisCluster` whose commands prefix every key
     with ``{prefix}::``."""
 
@@ -292,20 +294,10 @@ class PrefixedRedisCluster(_Prefixing, RedisCluster):
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         """A cluster pipeline whose commands are prefixed too."""
-        pipe: ClusterPipeline = _adopt(
+        pipe: ClusterPipeline = adopt(
             super().pipeline(transaction, shard_hint), PrefixedClusterPipeline, self._key_prefix, self._key_specs
         )
         return pipe
-
-    def _partition_keys_by_slot(self, keys: Any) -> dict[int, list[Any]]:  # redis-py private: see _compat
-        # Multi-key helpers (mget_nonatomic, delete, unlink, ...) group keys
-        # by slot before sending one command per slot; the slot must be the
-        # one of the prefixed key, which is what the server will see.
-        slots: dict[int, list[Any]] = {}
-        for key in keys:
-            slot = self.keyslot(self._prefixed(key))
-            slots.setdefault(slot, []).append(key)
-        return slots
 
 
 class PrefixedClusterPipeline(_Prefixing, ClusterPipeline):
@@ -316,7 +308,7 @@ class PrefixedClusterPipeline(_Prefixing, ClusterPipeline):
         return super().execute_command(*argv, **kwargs)
 
 
-def _adopt(built: Any, cls: type, key_prefix: str, key_specs: KeySpecs) -> Any:
+def adopt(built: Any, cls: type, key_prefix: str, key_specs: KeySpecs) -> Any:
     """Turn a client or pipeline redis-py built into its prefixing subclass
     ``cls`` (redis-py's own constructors stay in charge of building it)."""
     built.__class__ = cls  # a private move on redis-py's objects: see librecache._compat

@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import aio, forks, keygen
 from . import backends as _backends  # noqa: F401  (registers the backends)
-from ._compat import DOGPILE_METADATA_DELIMITER
+from ._compat import DOGPILE_METADATA_DELIMITER, RegionHooks
 from .backends.aio_redis import aclose_clients, close_clients
 from .backends.routing import sync_port
 from .config import CacheConfig, parse_declarations
@@ -97,7 +97,7 @@ def wrappers_of(
     return build
 
 
-class LibreRegion(CacheRegion):
+class LibreRegion(RegionHooks):
     # The dogpile internals overridden or called here, and why, are listed in
     # librecache._compat (DOGPILE_REGION_PRIVATES); tests/test_compat.py checks them.
     """The :class:`~dogpile.cache.region.CacheRegion` of one namespace.
@@ -116,13 +116,13 @@ class LibreRegion(CacheRegion):
         self._on_first_use = on_first_use
         self._limited = RateLimitedLog(log)
         #: The namespace's format (:mod:`librecache.formats`); ``None``: pickle, dogpile's own.
-        self._format: JsonFormat | None = None
+        self.value_format: JsonFormat | None = None
         #: The near cache of this namespace, when configured.
-        self._near: NearCache | None = None
+        self.near_cache: NearCache | None = None
         #: The counters of this namespace in its registry (``None``: LIBRECACHE_METRICS=false).
-        self._stats: NamespaceStats | None = None
-        #: [backend, sync port, async port] of the current backend (librecache.engine.ports).
-        self._ports: list[Any] | None = None
+        self.counters: NamespaceStats | None = None
+        #: [backend, sync port, async port] of the current backend (librecache.backends.routing).
+        self.ports: list[Any] | None = None
         super().__init__(
             name=namespace.value, key_mangler=self._mangle_on_first_use,
             function_key_generator=keygen.function_key_generator,
@@ -177,17 +177,17 @@ class LibreRegion(CacheRegion):
             )
         super().invalidate(hard)
 
-    def _serialize_cached_value_elements(self, payload: Any, metadata: Any) -> bytes:
-        form = self._format
+    def serialize_elements(self, payload: Any, metadata: Any) -> bytes:
+        form = self.value_format
         if form is None:
-            return super()._serialize_cached_value_elements(payload, metadata)  # type: ignore[no-any-return]
+            return super().serialize_elements(payload, metadata)
         return form.encode(payload, metadata)
 
-    def _parse_serialized_from_backend(self, value: Any) -> Any:
+    def parse_stored(self, value: Any) -> Any:
         if value is None or value is NO_VALUE:
             return NO_VALUE
         try:
-            form = self._format
+            form = self.value_format
             if form is not None:
                 return form.decode(value)
             header, _, payload = value.partition(DOGPILE_METADATA_DELIMITER)
@@ -208,56 +208,56 @@ class LibreRegion(CacheRegion):
 
     # -- the near cache: read through, write through -----------------------------------
 
-    def _get_from_backend(self, key: str) -> Any:
-        near = self._near
+    def read_cached(self, key: str) -> Any:
+        near = self.near_cache
         if near is None or not near.enabled:
-            return super()._get_from_backend(key)
+            return super().read_cached(key)
         value = near.lookup(key, self.expiration_time)
         if value is not NO_VALUE:
             return value
         generation = near.generation
-        fetched = super()._get_from_backend(key)
+        fetched = super().read_cached(key)
         if isinstance(fetched, CachedValue):
             near.store(key, fetched, generation)
         return fetched
 
-    def _get_multi_from_backend(self, keys: Any) -> Any:
-        near = self._near
+    def read_cached_many(self, keys: Any) -> Any:
+        near = self.near_cache
         if near is None or not near.enabled:
-            return super()._get_multi_from_backend(keys)
+            return super().read_cached_many(keys)
         keys = list(keys)
         found = {key: near.lookup(key, self.expiration_time) for key in keys}
         missing = [key for key, value in found.items() if value is NO_VALUE]
         if missing:
             generation = near.generation
-            for key, value in zip(missing, super()._get_multi_from_backend(missing), strict=True):
+            for key, value in zip(missing, super().read_cached_many(missing), strict=True):
                 found[key] = value
                 if value is not NO_VALUE:
                     near.store(key, value, generation)
         return [found[key] for key in keys]
 
-    def _near_copy(self, value: Any) -> Any:
+    def near_copy(self, value: Any) -> Any:
         """What a read of ``value`` from Redis would give (its format's form)."""
-        form = self._format
+        form = self.value_format
         if form is None:
             return value
         return CachedValue(form.normalize(value.payload), value.metadata)  # type: ignore[call-arg]
 
-    def _set_cached_value_to_backend(self, key: str, value: Any) -> None:
-        super()._set_cached_value_to_backend(key, value)
+    def write_cached(self, key: str, value: Any) -> None:
+        super().write_cached(key, value)
         if type(key) is LeasedKey and not key.stored:  # a creation whose lease was revoked meanwhile
             return
-        near = self._near
+        near = self.near_cache
         if near is not None:
-            near.store(key, self._near_copy(value), near.generation)
+            near.store(key, self.near_copy(value), near.generation)
 
-    def _set_multi_cached_value_to_backend(self, mapping: Any) -> None:
-        super()._set_multi_cached_value_to_backend(mapping)
-        near = self._near
+    def write_cached_many(self, mapping: Any) -> None:
+        super().write_cached_many(mapping)
+        near = self.near_cache
         if near is not None:
             generation = near.generation
             for key, value in mapping.items():
-                near.store(key, self._near_copy(value), generation)
+                near.store(key, self.near_copy(value), generation)
 
     # -- counting (librecache.stats): each call once, as a hit or a miss ---------------
 
@@ -265,7 +265,7 @@ class LibreRegion(CacheRegion):
         """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get`, counted
         as a hit or a miss (:mod:`librecache.stats`)."""
         value = _region_get(self, key, expiration_time, ignore_expiration)
-        stats = self._stats
+        stats = self.counters
         if stats is not None:
             if value is NO_VALUE:
                 stats.misses += 1
@@ -277,7 +277,7 @@ class LibreRegion(CacheRegion):
         """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_multi`;
         each key counted as a hit or a miss."""
         values = get_multi(self, keys, expiration_time, ignore_expiration)
-        stats = self._stats
+        stats = self.counters
         if stats is not None:
             missed = values.count(NO_VALUE)
             stats.misses += missed
@@ -410,8 +410,6 @@ class LibreRegion(CacheRegion):
             backend = backend.proxied
         return backend
 
-    def _adopt(self, mangler: Callable[[Any], str] | None) -> None:
-        self.key_mangler = self._user_defined_key_mangler = mangler
 
 
 class Caches:
@@ -452,8 +450,8 @@ class Caches:
                 if ns not in self._regions:  # declared by an earlier configuration only
                     region.configure("librecache.undeclared", arguments={"name": ns.value, "valid": valid},
                                      replace_existing_backend=True)
-                    region._adopt(memory_mangler(ns))
-                    region._near = region._stats = region._format = None
+                    region.set_key_mangler(memory_mangler(ns))
+                    region.near_cache = region.counters = region.value_format = None
         #: This registry's counters (:mod:`librecache.stats`), fresh for every registry.
         self._stats = {namespace.value: NamespaceStats(namespace.value) for namespace in self._regions}
         for namespace, region in self._regions.items():
@@ -513,13 +511,13 @@ class Caches:
             replace_existing_backend=True, region_invalidator=invalidator,
         )
         redis = backend == "librecache.redis"
-        region._adopt(region.unwrapped_backend.key_mangler if redis else memory_mangler(namespace))
+        region.set_key_mangler(region.unwrapped_backend.key_mangler if redis else memory_mangler(namespace))
         near = arguments["near"][0] if "near" in arguments else None
-        region._near = near
-        region._format = arguments.get("format") if not redis else self.format(namespace)
+        region.near_cache = near
+        region.value_format = arguments.get("format") if not redis else self.format(namespace)
         stats = self._stats[namespace.value]
         stats.near = near if config.metrics else None
-        region._stats = stats if config.metrics else None
+        region.counters = stats if config.metrics else None
 
     # -- lookup -----------------------------------------------------------
 

@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from librecache import CacheConfig, _compat, config
 from librecache.connection import RedisConnection
 from librecache.engine.judge import parse_metadata
-from librecache.prefixing import PrefixedRedis, _adopt
+from librecache.prefixing import PrefixedRedis, adopt
 from librecache.retries import AsyncFailFastRetry, FailFastRetry
 from tests.servers import RedisClusterFarm, RedisServer
 
@@ -59,7 +59,7 @@ def test_the_configuration_reads_no_private_name_of_environs() -> None:
 def test_dogpile_region_private(name: str) -> None:
     region = CacheRegion()
     region.configure("librecache.memory", arguments={"name": "ROLES", "max_entries": 10})
-    assert hasattr(region, name), f"{DOGPILE} has no CacheRegion.{name}, which librecache.registry.LibreRegion uses"
+    assert hasattr(region, name), f"{DOGPILE} has no CacheRegion.{name}, which librecache._compat.RegionHooks uses"
 
 
 def test_dogpile_wire_format_header_bar_payload() -> None:
@@ -90,7 +90,7 @@ def test_redis_cluster_partition_keys_by_slot() -> None:
 
 def test_redis_class_swap_of_a_built_client() -> None:
     client = redis.Redis(host="127.0.0.1", port=1)
-    adopted = _adopt(client, PrefixedRedis, "p", None)  # type: ignore[arg-type]
+    adopted = adopt(client, PrefixedRedis, "p", None)  # type: ignore[arg-type]
     assert isinstance(adopted, PrefixedRedis), f"{REDIS}: a built client's __class__ cannot be swapped"
     assert adopted.connection_pool is client.connection_pool
     client.close()

@@ -115,7 +115,9 @@ def test_tls_failure_by_default_is_logged_at_once_and_falls_through(
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="librecache"):
         assert caches.region("ROLES").get_or_create("k", lambda: "computed") == "computed"
-    assert time.monotonic() - started < 1.0
+    # at once: not after a time-out (LIBRECACHE_SOCKET_TIMEOUT is 5 s) nor a retry's back-off; the
+    # figure is milliseconds on a quiet machine, and seconds only on a machine loaded far beyond its cores
+    assert time.monotonic() - started < 5.0
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "certificate verify failed" in errors[0].getMessage()
     assert "fix the credentials or TLS settings" in errors[0].getMessage()

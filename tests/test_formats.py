@@ -331,7 +331,7 @@ def test_near_cache_serves_the_formats_copy(shared: Deployment, make_caches: Mak
         assert first == {"t": [1, 2]}  # as Redis would give it, not the creator's tuple
         first["t"].append(3)
         assert region.get("k") == {"t": [1, 2]}  # every hit its own copy
-        near = region._near
+        near = region.near_cache
         assert near is not None and near.hits >= 2
 
 

@@ -139,7 +139,7 @@ def test_stampede_counts_one_creation_and_seven_lock_waits(backed: librecache.Ca
 def test_near_hits(make_caches: Make, deployment: Deployment) -> None:
     caches = make_caches(deployment.env, LIBRECACHE_NEAR_CACHE_NAMESPACES="ROLES")
     region = caches.region("ROLES")
-    near = region._near
+    near = region.near_cache
     assert near is not None
     wait_until(lambda: near.enabled, 10)  # subscribed: the near cache serves
     region.set("k", {"a": 1})
@@ -275,7 +275,7 @@ def test_metrics_off(make_caches: Make) -> None:
     region = caches.region("ROLES")
     region.get("k")
     region.get_or_create("k", lambda: 1)
-    assert region._stats is None
+    assert region.counters is None
     assert counts(caches) == expect()
 
 
@@ -293,7 +293,7 @@ def test_configure_starts_fresh_counters_and_keeps_no_old_hooks(redis_env: dict[
     region.get("k")
     assert counts(second) == expect(hits=1, misses=1, creations=1)
     assert counts(first) == expect(misses=1, creations=1)  # the old registry's counters stopped
-    assert region._stats is second._stats["ROLES"]
+    assert region.counters is second._stats["ROLES"]
     assert region.unwrapped_backend.stats is second._stats["ROLES"]
     hits = {sample.labels["namespace"]: sample.value
             for sample in _scrape(collector)["librecache_hits"].samples if sample.name.endswith("_total")}

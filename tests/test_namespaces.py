@@ -157,7 +157,7 @@ def test_declared_namespace_with_a_near_cache(redis_env: dict[str, str], make_ca
     subscribed(first)
     subscribed(second)
     first.region("PROFILES").set("u", "old")
-    near = second.region("PROFILES")._near
+    near = second.region("PROFILES").near_cache
     assert near is not None
     # the first read may race with the drop that first's write publishes; a later one is a near hit
     wait_until(lambda: second.region("PROFILES").get("u") == "old" and near.hits >= 1, timeout=5)

@@ -1,10 +1,17 @@
-"""The package's shape, read from its source: its modules import each other
-without a cycle, imports inside functions included (a cycle hidden in a
-function still means that two layers depend on each other)."""
+"""The package's shape, read from its source (syntax trees, no import):
+
+- its modules import each other without a cycle, imports inside functions
+  included (a cycle hidden in a function still means that two layers
+  depend on each other);
+- a module's private names (one leading underscore) stay in that module;
+- the private names of dogpile.cache, redis-py and environs are touched
+  only in ``librecache/_compat.py``, each tested in ``tests/test_compat.py``.
+"""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "librecache"
@@ -95,3 +102,108 @@ def test_the_package_has_no_import_cycle() -> None:
     graph = import_graph()
     assert "librecache.registry" in graph and "librecache.stats" in graph["librecache.registry"]
     assert cycles(graph) == []
+
+
+#: The public API of named tuples (underscored so as not to clash with field names).
+NAMEDTUPLE_API = frozenset({"_replace", "_asdict", "_fields", "_make"})
+#: Libraries whose private names only ``_compat`` touches.
+FOREIGN = ("dogpile", "redis", "environs")
+
+
+def private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def defined_here(tree: ast.AST) -> set[str]:
+    """The private names a module defines: functions, classes, module and
+    attribute assignments (a bare annotation defines nothing)."""
+    names: set[str] = set()
+    bare = {id(node.target) for node in ast.walk(tree) if isinstance(node, ast.AnnAssign) and node.value is None}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Name | ast.Attribute) and isinstance(node.ctx, ast.Store) and id(node) not in bare:
+            names.add(node.id if isinstance(node, ast.Name) else node.attr)
+        elif isinstance(node, ast.ImportFrom):
+            names.update(alias.asname or alias.name for alias in node.names)
+    return {name for name in names if private(name)}
+
+
+def reached_privates(package: Path = PACKAGE) -> list[str]:
+    """``module:line name`` of each private attribute a module reads or
+    writes without defining it, and of each private name imported from
+    another module of the package (``_compat`` excepted: its job)."""
+    found = []
+    for name, path in module_files(package).items():
+        if path.name == "_compat.py":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        own = defined_here(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and private(node.attr) and node.attr not in own \
+                    and node.attr not in NAMEDTUPLE_API:
+                found.append(f"{name}:{node.lineno} .{node.attr}")
+            elif isinstance(node, ast.ImportFrom):
+                found += [f"{name}:{node.lineno} import {alias.name}" for alias in node.names if private(alias.name)]
+    return found
+
+
+def foreign_privates() -> set[str]:
+    """The private names dogpile.cache, redis-py and environs define."""
+    names: set[str] = set()
+    for library in FOREIGN:
+        spec = importlib.util.find_spec(library)
+        assert spec is not None and spec.submodule_search_locations is not None
+        for folder in spec.submodule_search_locations:
+            for path in Path(folder).rglob("*.py"):
+                names |= defined_here(ast.parse(path.read_text(), str(path)))
+    return names
+
+
+def foreign_overrides(package: Path = PACKAGE) -> list[str]:
+    """``module:line Class.method`` of each method named as a private of
+    another library in a class derived from one of its classes, and each
+    private name imported from it (``_compat`` excepted)."""
+    theirs = foreign_privates()
+    found = []
+    for name, path in module_files(package).items():
+        if path.name == "_compat.py":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        imported: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in FOREIGN:
+                imported.update(alias.asname or alias.name for alias in node.names)
+                found += [f"{name}:{node.lineno} import {alias.name}" for alias in node.names if private(alias.name)]
+            elif isinstance(node, ast.Import):
+                imported.update((alias.asname or alias.name).split(".")[0] for alias in node.names
+                                if alias.name.split(".")[0] in FOREIGN)
+        for cls in (node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)):
+            if any(ast.unparse(base).split(".")[0] in imported for base in cls.bases):
+                found += [f"{name}:{item.lineno} {cls.name}.{item.name}" for item in cls.body
+                          if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and private(item.name)
+                          and item.name in theirs]
+    return found
+
+
+def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("class A:\n    def __init__(self):\n        self._mine = 1\n\n_HIDDEN = 2\n")
+    (package / "b.py").write_text(
+        "from .a import A, _HIDDEN\n"
+        "from dogpile.cache.region import CacheRegion\n\n"
+        "def f(a: A):\n    return a._mine, a._replace()\n\n"
+        "class R(CacheRegion):\n    def _get_from_backend(self, key):\n        return None\n"
+        "    def _own(self):\n        return self._own\n")
+    assert reached_privates(package) == ["pkg.b:1 import _HIDDEN", "pkg.b:5 ._mine"]
+    assert foreign_overrides(package) == ["pkg.b:8 R._get_from_backend"]
+
+
+def test_no_module_reaches_into_another_module_s_private_names() -> None:
+    assert reached_privates() == []
+
+
+def test_other_libraries_private_names_are_touched_in_compat_only() -> None:
+    assert foreign_overrides() == []

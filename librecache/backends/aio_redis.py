@@ -13,7 +13,7 @@ a :mod:`redis.asyncio` client.
   which every registry runs, so an async-only service reconnects too.
 - :class:`AsyncRedisStore`: the async door's port of one namespace (reads,
   writes, deletes, creation locks and leases), made of the backend's own
-  pieces: its key names, its signing (``_sealed``/``_opened``), its expiry
+  pieces: its key names, its signing (``sealed``/``opened``), its expiry
   (``expires_after_ms``), its scripts and lock keys
   (:meth:`KeySpace.lock <librecache.keying.KeySpace.lock>`), the
   remembered deletes, the near cache and its drop messages.
@@ -35,7 +35,7 @@ from redis.exceptions import ReadOnlyError
 
 from ..clients import async_client
 from ..config import CacheConfig
-from ..connection import RedisConnection, _demoted, limited
+from ..connection import RedisConnection, demoted, limited
 from ..engine.flows import ANY, CHANGED, Found, LockReply
 from ..engine.judge import reads_bytes
 from ..engine.locks import AsyncKeyedLocks
@@ -248,7 +248,7 @@ async def aguard(connection: RedisConnection, operation: str, action: Callable[[
         try:
             return await action(client)
         except (ReadOnlyError, RedisConnectionError) as exc:
-            if not _demoted(exc):
+            if not demoted(exc):
                 raise
             limited.warning("readonly", "READONLY reply during %s: reconnecting to the current master", operation)
             await _reset(client)
@@ -382,7 +382,7 @@ class AsyncRedisStore:
         raws = await aguard(self.connection, "mget", lambda client: self._mget_all(client, keys),
                             lambda: [None] * len(keys), stats=self.stats)
         connection, backend = self.connection, self.backend
-        return [NO_VALUE if connection.is_pending(key) else backend._opened(key, raw)
+        return [NO_VALUE if connection.is_pending(key) else backend.opened(key, raw)
                 for key, raw in zip(keys, raws, strict=True)]
 
     async def _shared_get(self, client: Any, key: str) -> bytes | None:
@@ -509,7 +509,7 @@ class AsyncRedisStore:
     # -- writes -------------------------------------------------------------
 
     def _bytes(self, key: str, value: CachedValue) -> bytes:
-        return self.backend._sealed(key, self.region._serialized_cached_value(value))
+        return self.backend.sealed(key, self.region.serialized(value))
 
     async def set(self, key: str, value: CachedValue) -> None:
         keys, args = (key, self.backend.keyspace.lock(key)), (self._bytes(key, value),
@@ -634,7 +634,7 @@ class AsyncRedisStore:
             return False
         connection.written([key])
         if near is not None:
-            near.store(key, self.region._near_copy(value), generation)
+            near.store(key, self.region.near_copy(value), generation)
             await self._changed([key])
         return True
 

@@ -314,10 +314,10 @@ class RedisBackend(BytesBackend):
 
     # -- signing ------------------------------------------------------------------
 
-    def _sealed(self, key: str, value: bytes) -> bytes:
+    def sealed(self, key: str, value: bytes) -> bytes:
         return self.signer.sign(key, value) if self.signer is not None else value
 
-    def _opened(self, key: str, value: bytes | None) -> SerializedReturnType:
+    def opened(self, key: str, value: bytes | None) -> SerializedReturnType:
         if value is None:
             return NO_VALUE
         if self.signer is None:
@@ -350,9 +350,9 @@ class RedisBackend(BytesBackend):
         if self.connection.is_pending(key):  # a write of it was lost: what Redis holds may be older
             return NO_VALUE
         value = self.read_stored(key)
-        if self.signer is None:  # _opened's first two cases, without the call
+        if self.signer is None:  # opened's first two cases, without the call
             return NO_VALUE if value is None else value
-        return self._opened(key, value)
+        return self.opened(key, value)
 
     def read_stored_multi(self, keys: list[str]) -> list[bytes | None]:
         """:meth:`read_stored` of each of ``keys``: one ``MGET`` (one per slot on a cluster)."""
@@ -369,7 +369,7 @@ class RedisBackend(BytesBackend):
         values = self.read_stored_multi(keys)
         if self.signer is None and not connection.pending_deletes:
             return [NO_VALUE if value is None else value for value in values]
-        return [NO_VALUE if connection.is_pending(key) else self._opened(key, value)
+        return [NO_VALUE if connection.is_pending(key) else self.opened(key, value)
                 for key, value in zip(keys, values, strict=True)]
 
     # -- writes -------------------------------------------------------------------
@@ -398,14 +398,14 @@ class RedisBackend(BytesBackend):
         if type(key) is LeasedKey:  # a creation's value, through wrap= proxies
             key.stored = self.store_leased(str(key), value, key.lease, time.time())
             return
-        sealed = self._sealed(key, value)
+        sealed = self.sealed(key, value)
         keys, args = (key, self.keyspace.lock(key)), (sealed, self.expires_after_ms or "")
         self._write("set", [key], lambda client: SET_AND_REVOKE(client, keys, args))
 
     def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:
         if not mapping:
             return
-        sealed = {key: self._sealed(key, value) for key, value in mapping.items()}
+        sealed = {key: self.sealed(key, value) for key, value in mapping.items()}
         self._write("set_multi", list(sealed), lambda client: self.write_pipeline(client, sealed).execute())
 
     def write_pipeline(self, client: Any, sealed: Mapping[str, bytes]) -> Any:
@@ -467,7 +467,7 @@ class RedisBackend(BytesBackend):
         stored, unless another instance's write was announced meanwhile."""
         connection = self.connection
         name = self.keyspace.lock(key)
-        keys, args = (key, name), (self._sealed(key, value), lease, self.expires_after_ms or "")
+        keys, args = (key, name), (self.sealed(key, value), lease, self.expires_after_ms or "")
         near = self.near[0] if self.near is not None else None
         generation = 0
         if near is not None:  # the copy here is older whatever happens
@@ -493,7 +493,7 @@ class RedisBackend(BytesBackend):
         """:meth:`store_leased` of each ``(key, serialized value, lease)``, in
         one pipeline (per node on a cluster)."""
         connection = self.connection
-        sealed = [(key, self._sealed(key, value), lease) for key, value, lease in items]
+        sealed = [(key, self.sealed(key, value), lease) for key, value, lease in items]
 
         def store(client: Any) -> list[Any]:
             return scripts_pipelined(client, STORE_AND_RELEASE, [

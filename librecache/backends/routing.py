@@ -20,16 +20,16 @@ __all__ = ["async_port", "sync_port"]
 def sync_port(region: Any) -> Any:
     """The sync door's port of ``region``'s current backend (made once per backend)."""
     backend = region.backend  # configures the process default on first use
-    ports = region._ports
+    ports = region.ports
     if ports is None or ports[0] is not backend:
-        ports = region._ports = [backend, _sync_port(region, backend), None]
+        ports = region.ports = [backend, _sync_port(region, backend), None]
     return ports[1]
 
 
 def async_port(region: Any) -> Any:
     """The async door's port of ``region``'s current backend (made once per backend)."""
     sync = sync_port(region)
-    ports = region._ports
+    ports = region.ports
     if ports[2] is None:
         unwrapped = region.unwrapped_backend
         ports[2] = AsyncRedisStore(region, unwrapped) if isinstance(unwrapped, RedisBackend) else AsyncLocalPort(sync)

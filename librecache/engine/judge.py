@@ -155,8 +155,8 @@ def reads_bytes(region: Any) -> bool:
     (:func:`librecache.engine.ports.stored_hit`, :func:`judged_multi`): dogpile's pickled
     values (a deserializer, no json or keyv format, no near cache serving),
     rather than parsed by the region first."""
-    near = region._near
-    return region.deserializer is not None and region._format is None and (near is None or not near.enabled)
+    near = region.near_cache
+    return region.deserializer is not None and region.value_format is None and (near is None or not near.enabled)
 
 
 # --------------------------------------------------------------------------
@@ -306,7 +306,7 @@ def _judged(region: Any, value: bytes, now: float, expiration_time: float | None
             is_invalidated: Callable[[float], bool] | None) -> Any:
     """The payload of ``value`` (bytes) as the region reads it, or
     ``NO_VALUE`` when it is missing, corrupt, expired or invalidated."""
-    parsed = region._parse_serialized_from_backend(value)
+    parsed = region.parse_stored(value)
     if parsed is NO_VALUE or _stale(parsed.metadata["ct"], now, expiration_time, is_invalidated):
         return NO_VALUE
     return parsed.payload

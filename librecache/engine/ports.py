@@ -55,7 +55,7 @@ def found_of(port: Any, key: str, stored: bytes | None) -> Found:
         return Found(NO_VALUE, None)
     if port.connection.is_pending(key):  # a write of it was lost: what Redis holds may be older
         return Found(NO_VALUE, ANY)
-    return Found(port.region._parse_serialized_from_backend(port.backend._opened(key, stored)), stored)
+    return Found(port.region.parse_stored(port.backend.opened(key, stored)), stored)
 
 
 def hit_judgement(region: Any) -> tuple[Any, bool]:
@@ -64,7 +64,7 @@ def hit_judgement(region: Any) -> tuple[Any, bool]:
     (dogpile's pickles, and marks kept as one number,
     :attr:`SharedInvalidation.valid_from <librecache.invalidation.SharedInvalidation.valid_from>`)."""
     invalidation = region.region_invalidator
-    pickled = region.deserializer is not None and region._format is None \
+    pickled = region.deserializer is not None and region.value_format is None \
         and isinstance(invalidation, SharedInvalidation)
     return invalidation, pickled
 
@@ -87,7 +87,7 @@ def stored_hit(port: Any, key: str, stored: bytes | None, timeout: float | None)
     if waiting and key in waiting:  # a write of it was lost: what Redis holds may be older
         return Found(NO_VALUE, ANY)
     backend, region = port.backend, port.region
-    raw = stored if backend.signer is None else backend._opened(key, stored)
+    raw = stored if backend.signer is None else backend.opened(key, stored)
     if port.pickled and raw is not NO_VALUE:
         header, _, pickled = raw.partition(DOGPILE_METADATA_DELIMITER)
         created = CREATION_TIMES.get(header)
@@ -101,7 +101,7 @@ def stored_hit(port: Any, key: str, stored: bytes | None, timeout: float | None)
                     return region.deserializer(pickled)
                 except Exception:  # not unpickled: parsed below, as the region reads it (logged)
                     pass
-    return judged(region, Found(region._parse_serialized_from_backend(raw), stored), timeout)
+    return judged(region, Found(region.parse_stored(raw), stored), timeout)
 
 
 class _Handed(CacheMutex):
@@ -225,17 +225,17 @@ class RedisPort(_SyncPort):
     def store(self, key: str, value: CachedValue, lease: Any) -> bool:
         region = self.region
         try:
-            serialized = region._serialized_cached_value(value)
+            serialized = region.serialized(value)
         except BaseException:
             self.backend.release(key, lease)
             raise
-        near_copy = region._near_copy(value) if self.near is not None else None
+        near_copy = region.near_copy(value) if self.near is not None else None
         return bool(self.backend.store_leased(key, serialized, lease, value.metadata["ct"], near_copy))
 
     def store_many(self, items: list[tuple[str, CachedValue, Any]]) -> list[bool]:
         region = self.region
         try:
-            serialized = [(key, region._serialized_cached_value(value), lease) for key, value, lease in items]
+            serialized = [(key, region.serialized(value), lease) for key, value, lease in items]
         except BaseException:
             for key, _, lease in items:
                 self.backend.release(key, lease)
@@ -292,10 +292,10 @@ class ProxiedPort(_SyncPort):
         return judged(self.region, self.read(key), timeout)
 
     def read(self, key: str) -> Found:
-        return Found(self.region._get_from_backend(key), ANY)
+        return Found(self.region.read_cached(key), ANY)
 
     def read_many(self, keys: list[str]) -> list[Found]:
-        return [Found(value, ANY) for value in self.region._get_multi_from_backend(keys)]
+        return [Found(value, ANY) for value in self.region.read_cached_many(keys)]
 
     def try_lock(self, key: str, seen: Any) -> LockReply:
         reply: LockReply = self.inner.try_lock(key, ANY)
@@ -308,7 +308,7 @@ class ProxiedPort(_SyncPort):
             return False
         leased = LeasedKey(key, lease)
         try:
-            self.region._set_cached_value_to_backend(leased, value)
+            self.region.write_cached(leased, value)
         finally:
             if not leased.stored:  # refused, or a proxy that did not pass it on: the lock is released
                 self.inner.release(key, lease)
@@ -383,16 +383,16 @@ class AsyncLocalPort:
         return False
 
     async def get(self, key: str) -> Any:
-        return self.region._get_from_backend(key)
+        return self.region.read_cached(key)
 
     async def get_multi(self, keys: list[str]) -> list[Any]:
-        return list(self.region._get_multi_from_backend(keys)) if keys else []
+        return list(self.region.read_cached_many(keys)) if keys else []
 
     async def set(self, key: str, value: CachedValue) -> None:
-        self.region._set_cached_value_to_backend(key, value)
+        self.region.write_cached(key, value)
 
     async def set_multi(self, mapping: dict[str, CachedValue]) -> None:
-        self.region._set_multi_cached_value_to_backend(mapping)
+        self.region.write_cached_many(mapping)
 
     async def delete_multi(self, keys: list[str]) -> None:
         if keys:
