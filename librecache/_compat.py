@@ -68,12 +68,13 @@ T = TypeVar("T")
 #: - ``_user_defined_key_mangler``: set with ``key_mangler`` so that
 #:   dogpile's ``configure(replace_existing_backend=True)`` keeps the
 #:   backend's mangler when a registry re-points a region.
-#: - ``_unexpired_value_fn``, ``_value``, ``_gen_metadata``,
-#:   ``_serialized_cached_value``: the engine's ports and the awaitable calls
-#:   of :mod:`librecache.aio` judge a ``get`` and make a value (metadata,
-#:   bytes) with dogpile's own functions, so both doors of a region behave
-#:   and write alike; dogpile has no async API to call instead (its issues
-#:   #199/#200).
+#: - ``_unexpired_value_fn``, ``_value``, ``_gen_metadata``: the awaitable
+#:   calls of :mod:`librecache.aio` judge a ``get`` and make a value
+#:   (metadata) with dogpile's own functions, so both doors of a region
+#:   behave and write alike; dogpile has no async API to call instead (its
+#:   issues #199/#200). The stored bytes are made as dogpile's
+#:   ``_serialized_cached_value`` makes them, from
+#:   ``_serialize_cached_value_elements`` (:meth:`RegionHooks.serialized`).
 DOGPILE_REGION_PRIVATES: tuple[str, ...] = (
     "_get_from_backend",
     "_get_multi_from_backend",
@@ -85,7 +86,6 @@ DOGPILE_REGION_PRIVATES: tuple[str, ...] = (
     "_unexpired_value_fn",
     "_value",
     "_gen_metadata",
-    "_serialized_cached_value",
 )
 
 #: dogpile's wire format for serialized values: ``{metadata json}|payload``
