@@ -29,14 +29,18 @@ Python's own import locks are not renewed by a fork: a module that a
 background thread imports for the first time while another thread forks
 stays locked in the child, and the child's first import of it hangs for
 ever. Modules the background threads would import lazily are therefore
-imported here, up front (``encodings.idna``: ``socket.getaddrinfo`` imports
+imported here, up front: ``encodings.idna`` (``socket.getaddrinfo`` imports
 it on the first connect, which happens in a background thread when a
-pre-fork server forks right after configuring).
+pre-fork server forks right after configuring), and what redis-py imports
+to read its own version when it makes a connection (``importlib.metadata``
+reading the package's metadata: ``email`` and its parsers, on redis-py 8),
+by reading that version once here.
 """
 
 from __future__ import annotations
 
 import encodings.idna  # noqa: F401  (see the module's docstring)
+import importlib.metadata
 import logging
 import os
 import weakref
@@ -46,6 +50,11 @@ from typing import Any, Protocol
 __all__ = ["ForkAware", "check", "generation", "register", "register_function"]
 
 log = logging.getLogger(__name__)
+
+try:  # see the module's docstring: what a connection would import in a background thread
+    importlib.metadata.version("redis")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover (redis-py is a dependency)
+    pass
 
 #: Incremented in a child after every fork.
 generation = 0

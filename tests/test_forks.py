@@ -332,6 +332,30 @@ def test_preloaded_children_drop_their_near_copy_when_the_parent_rewrites(
             os.environ.pop(name, None)
 
 
+def test_a_connection_imports_nothing_a_fork_could_catch(redis_server: RedisServer) -> None:
+    """A fork copies Python's module locks as they are: a module that a
+    background thread (the listener, a reconnect) is importing at that
+    instant stays locked in the child, whose first import of it hangs for
+    ever (seen: gunicorn --preload workers on redis-py 8, whose connections
+    read the package's version with importlib.metadata, importing email and
+    friends on first use). After ``import librecache``, making connections
+    and subscribing import nothing more."""
+    code = (
+        "import sys, librecache, redis\n"
+        "before = set(sys.modules)\n"
+        f"client = redis.Redis(port={redis_server.port})\n"
+        "client.ping()\n"
+        "pubsub = client.pubsub()\n"
+        "pubsub.subscribe('channel')\n"
+        "pubsub.get_message(timeout=0.1)\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_environment({}), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_keepalive_runs_in_a_child(fresh_default: None, redis_env: dict[str, str]) -> None:
     caches = librecache.configure({**redis_env, "REDIS_PING_INTERVAL": "0.2"})
     caches.region("TOOLS").set("k", 1)
