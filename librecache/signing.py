@@ -67,7 +67,8 @@ class Signer:
         """The payload, or ``None`` when ``stored`` is not validly signed for
         ``name`` by one of the keys."""
         verified = self._verified
-        if verified.get(stored) == name:
+        small = len(stored) <= VERIFIED_MAX_BYTES  # larger values are never remembered: not hashed for the lookup
+        if small and verified.get(stored) == name:
             return stored[_HEAD_SIZE:]
         if stored[:_MAGIC_SIZE] != MAGIC or len(stored) < _HEAD_SIZE:
             return None
@@ -75,7 +76,7 @@ class Signer:
         payload = stored[_HEAD_SIZE:]
         for keyed in self._keyed:
             if hmac.compare_digest(mac, self._mac(keyed, name, payload)):
-                if len(stored) <= VERIFIED_MAX_BYTES:
+                if small:
                     if len(verified) >= VERIFIED_SIZE:
                         verified.clear()
                     verified[stored] = name
