@@ -98,8 +98,9 @@ def wrappers_of(
 
 
 class LibreRegion(RegionHooks):
-    # The dogpile internals overridden or called here, and why, are listed in
-    # librecache._compat (DOGPILE_REGION_PRIVATES); tests/test_compat.py checks them.
+    # dogpile's internals are reached through librecache._compat.RegionHooks,
+    # whose public methods are overridden here (DOGPILE_REGION_PRIVATES lists
+    # them, and why; tests/test_compat.py checks them).
     """The :class:`~dogpile.cache.region.CacheRegion` of one namespace.
 
     All of dogpile's API is here unchanged. Two additions: a region of the
