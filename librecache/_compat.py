@@ -485,7 +485,7 @@ def borrow_idle_connection(pool: ConnectionPool, idle_for: float, seen: set[int]
 #:   the prefixed client shares the registry client's pools and nodes instead
 #:   of opening its own connections.
 #: - ``Connection._sock`` and ``SSLConnection._wrap_socket_with_ssl``
-#:   (``connecting._BoundedConnect``): REDIS_CONNECT_TIMEOUT bounds the TLS
+#:   (``_BoundedConnect`` below): REDIS_CONNECT_TIMEOUT bounds the TLS
 #:   handshake and AUTH/HELLO, which redis-py bounds by the reply time-out.
 REDIS_PRIVATES: dict[str, tuple[str, ...]] = {
     "redis.cluster.RedisCluster": ("_partition_keys_by_slot",),

@@ -19,13 +19,13 @@ from redis import Redis
 from redis.cluster import RedisCluster
 from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
 
+from .clients.sentinel import sentinel_options
 from .config import CacheConfig
 from .errors import LibrecacheError
-from .keying import KeySpace
-from .keys import AnyNamespace, CacheKeys
+from .keyspace import KeySpace
+from .namespaces import AnyNamespace, CacheKeys
 from .registry import Caches
 from .replies import text
-from .sentinel import sentinel_options
 
 __all__ = ["main"]
 

@@ -23,9 +23,9 @@ from typing import Any
 from dogpile.cache.region import RegionInvalidationStrategy
 
 from . import forks
-from .keying import KeySpace
-from .keys import AnyNamespace
+from .keyspace import KeySpace
 from .logs import RateLimitedLog
+from .namespaces import AnyNamespace
 from .nearcache import NearCache, decode_drop, encode_drop
 from .replies import text
 
@@ -101,7 +101,7 @@ class SharedInvalidation(RegionInvalidationStrategy):
 class InvalidationBus:
     """The invalidation marks of one registry, kept current from Redis.
 
-    :param connection: the registry's :class:`~librecache.connection.RedisConnection`.
+    :param connection: the registry's :class:`~librecache.guard.RedisConnection`.
     :param keyspace: the deployment's key names.
 
     While Redis is unavailable an invalidation takes effect here at once and

@@ -34,19 +34,20 @@ from . import backends as _backends  # noqa: F401  (registers the backends)
 from ._compat import DOGPILE_METADATA_DELIMITER, RegionHooks
 from .backends.aio_redis import aclose_clients, close_clients
 from .backends.routing import sync_port
-from .config import CacheConfig, parse_declarations
-from .connection import CLOSE_TIMEOUT, RedisConnection
+from .config import CacheConfig
 from .engine.judge import parse_metadata
 from .engine.locks import LeasedKey
 from .errors import ConfigurationError
 from .fastpath import get_multi, get_or_create, get_or_create_multi, memoize
 from .formats import JsonFormat, format_for
+from .guard import CLOSE_TIMEOUT, RedisConnection
 from .health import HealthReport
 from .invalidation import InvalidationBus
-from .keying import KeySpace, memory_mangler
-from .keys import AnyNamespace, CacheKeys, parse_namespace
+from .keyspace import KeySpace, memory_mangler
 from .logs import RateLimitedLog
+from .namespaces import AnyNamespace, CacheKeys, parse_namespace
 from .nearcache import NearCache
+from .parsing import parse_declarations
 from .prefixing import PrefixedRedis, PrefixedRedisCluster
 from .signing import EnvelopeSigner, Signer
 from .stats import NamespaceStats, snapshot
@@ -109,7 +110,7 @@ class LibreRegion(RegionHooks):
     bytes under a key) is a cache miss, logged, instead of an exception.
 
     :ivar namespace: the :class:`~librecache.CacheKeys` member, or the
-        declared :class:`~librecache.keys.Namespace`.
+        declared :class:`~librecache.namespaces.Namespace`.
     """
 
     def __init__(self, namespace: AnyNamespace, on_first_use: Callable[[], Any] | None = None) -> None:
@@ -619,7 +620,7 @@ class Caches:
     def close(self, timeout: float | None = None) -> None:
         """Stop the listener and the maintenance thread and close the Redis
         connections; return within ``timeout`` seconds whatever Redis does
-        (by default :data:`~librecache.connection.CLOSE_TIMEOUT`, 1 s, or
+        (by default :data:`~librecache.guard.CLOSE_TIMEOUT`, 1 s, or
         REDIS_CONNECT_TIMEOUT if shorter).
 
         Every socket is shut down first, which wakes the background threads

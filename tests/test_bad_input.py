@@ -24,7 +24,7 @@ import librecache
 from librecache import CacheKeys, ConfigurationError
 from librecache.cli import main
 from librecache.keygen import dogpile_key_generator, dogpile_multi_key_generator, function_key_generator
-from librecache.keying import KeySpace
+from librecache.keyspace import KeySpace
 from tests.conftest import Deployment
 from tests.servers import ServerFarm
 

@@ -29,10 +29,10 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from librecache import CacheConfig, _compat, config
-from librecache.connection import RedisConnection
+from librecache.clients.retries import AsyncFailFastRetry, FailFastRetry
 from librecache.engine.judge import parse_metadata
+from librecache.guard import RedisConnection
 from librecache.prefixing import PrefixedRedis, adopt
-from librecache.retries import AsyncFailFastRetry, FailFastRetry
 from tests.servers import RedisClusterFarm, RedisServer
 
 DOGPILE = f"dogpile.cache {importlib.metadata.version('dogpile.cache')}"

@@ -9,7 +9,7 @@ import attrs
 import pytest
 
 from librecache import CacheConfig, CacheKeys, ConfigurationError
-from librecache.config import VARIABLES
+from librecache.variables import VARIABLES
 
 SECRET = "hunter2-Secret!"
 
@@ -320,6 +320,16 @@ def test_config_is_frozen_and_revalidated_on_evolve() -> None:
         config.use_redis = True  # type: ignore[misc]
     with pytest.raises(ConfigurationError, match="REDIS_URI is not set"):
         attrs.evolve(config, use_redis=True)
+
+
+def test_each_setting_of_the_configuration_is_set_by_exactly_one_variable() -> None:
+    """The variables' declarations are the only list of them: each names the
+    attribute it sets, and ``from_env`` passes them on without naming any."""
+    fields = [variable.field for variable in VARIABLES]
+    assert sorted(fields) == sorted(attrs.fields_dict(CacheConfig))
+    config = CacheConfig.from_env({"REDIS_URI": "redis://h", "REDIS_MAX_LISTENERS": "7",
+                                   "LIBRECACHE_STREAM_MEMORY_MAX": "9"})
+    assert (config.max_listeners, config.stream_memory_max) == (7, 9)
 
 
 def test_every_variable_is_declared_once_with_help_and_a_valid_example() -> None:

@@ -15,7 +15,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 import librecache
-from librecache.retries import FailFastRetry
+from librecache.clients.retries import FailFastRetry
 from tests.conformance import RegionConformance
 from tests.conftest import ACL_PASSWORD, ACL_PREFIX, ACL_USER
 from tests.servers import RedisClusterFarm, RedisServer, SilentPeer
@@ -264,7 +264,7 @@ def test_retry_settings_reach_single_and_cluster_clients(make_caches: Make, requ
     assert isinstance(retry, FailFastRetry)
     assert retry._retries == 1  # get_retries() exists from redis-py 6 on
     assert retry._backoff._cap == 0.25
-    assert FailFastRetry.__module__ == "librecache.retries"
+    assert FailFastRetry.__module__ == "librecache.clients.retries"
     if topology == "single":
         assert client.connection_pool.connection_kwargs["socket_connect_timeout"] == 1.5
     else:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from librecache.config import VARIABLES
+from librecache.variables import VARIABLES
 from tests.browser import chromium, save_screenshot, screenshot_dir, set_viewport
 
 pytestmark = pytest.mark.slow

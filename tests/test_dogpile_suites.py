@@ -35,7 +35,7 @@ from dogpile.cache.region import CacheRegion
 from dogpile.testing import fixtures
 
 import librecache
-from librecache.keying import KeySpace
+from librecache.keyspace import KeySpace
 from tests.test_resilience import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

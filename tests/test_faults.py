@@ -26,7 +26,7 @@ from dogpile.cache.api import NO_VALUE
 from redis.exceptions import OutOfMemoryError
 
 import librecache
-import librecache.connection
+import librecache.guard
 from librecache.backends.redis import READ_OR_LOCK
 from librecache.health import FULL, OUTAGE, REFUSED, classify
 from librecache.streams import open_streams
@@ -258,7 +258,7 @@ def test_a_write_dropped_in_an_outage_never_brings_the_old_value_back(
 def test_too_many_lost_writes_invalidate_the_namespace(
         make_caches: Make, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(librecache.connection, "MAX_PENDING_DELETES", 5)
+    monkeypatch.setattr(librecache.guard, "MAX_PENDING_DELETES", 5)
     caches = make_caches(through(proxy, "overflow"))
     region = caches.region("ROLES")
     region.set("early", "v1")

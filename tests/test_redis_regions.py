@@ -268,7 +268,7 @@ def test_a_creation_lock_lives_in_its_values_cluster_slot(prefix: str, key: str)
     only while the lock holds."""
     from redis.crc import key_slot
 
-    from librecache.keying import KeySpace
+    from librecache.keyspace import KeySpace
 
     name = KeySpace(prefix).lock(key)
     assert key_slot(name.encode()) == key_slot(key.encode()), (key, name)
@@ -279,7 +279,7 @@ def test_a_creation_lock_lives_in_its_values_cluster_slot(prefix: str, key: str)
 def test_a_key_space_refuses_a_prefix_with_braces() -> None:
     """The configuration refuses such a prefix (its hash tag would change
     the slots of every key); the key space relies on it."""
-    from librecache.keying import KeySpace
+    from librecache.keyspace import KeySpace
 
     for prefix in ("a{b}", "x}y", "{"):
         with pytest.raises(ValueError, match="brace"):

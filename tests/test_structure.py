@@ -207,3 +207,18 @@ def test_no_module_reaches_into_another_module_s_private_names() -> None:
 
 def test_other_libraries_private_names_are_touched_in_compat_only() -> None:
     assert foreign_overrides() == []
+
+
+def test_the_import_paths_users_rely_on_keep_working() -> None:
+    """Modules moved or renamed keep the names the docs and users import."""
+    import librecache
+    from librecache.cli import main
+    from librecache.keygen import dogpile_key_generator, function_key_generator
+    from librecache.keys import CacheKeys, Namespace
+    from librecache.metrics import PrometheusCollector, instrument
+    from librecache.streams import open_streams, open_streams_sync
+
+    assert Namespace is librecache.namespaces.Namespace and CacheKeys is librecache.CacheKeys
+    assert all(callable(name) for name in (main, dogpile_key_generator, function_key_generator,
+                                           PrometheusCollector, instrument, open_streams, open_streams_sync))
+    assert all(hasattr(librecache, name) for name in librecache.__all__)

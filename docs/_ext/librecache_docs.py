@@ -1,7 +1,7 @@
 """Sphinx directives that generate reference pages from the code itself.
 
 - ``.. librecache-variables::`` one section per variable of
-  ``librecache.config.VARIABLES``: its meaning, type, default, an example,
+  ``librecache.variables.VARIABLES``: its meaning, type, default, an example,
   the further forms it accepts and, for each value it refuses, the exact
   error (found by calling ``CacheConfig.from_env``, so the text is the real
   message). Each section is also the target of ``:envvar:`NAME```.
@@ -26,7 +26,8 @@ from sphinx.util.docutils import SphinxDirective
 
 from librecache import CacheConfig, ConfigurationError
 from librecache.cli import build_parser
-from librecache.config import KIND_DESCRIPTIONS, VARIABLES, Variable
+from librecache.parsing import KIND_DESCRIPTIONS
+from librecache.variables import VARIABLES, Variable
 
 #: Widths, in characters, the command's help is formatted to (argparse
 #: reads ``COLUMNS``): one fits the text column of a desktop browser, the

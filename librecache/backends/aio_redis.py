@@ -3,11 +3,11 @@ circuit breaker as :class:`~librecache.backends.redis.RedisBackend`, through
 a :mod:`redis.asyncio` client.
 
 - :class:`AsyncClients`: one asyncio client per event loop for a
-  registry's :class:`~librecache.connection.RedisConnection`, built by
+  registry's :class:`~librecache.guard.RedisConnection`, built by
   :func:`librecache.clients.async_client` from the same configuration as
   the sync client, created on first use in a loop and closed when that loop
   shuts down (``asyncio.run``'s ``shutdown_asyncgens``) or with the registry.
-- :func:`aguard`: :meth:`RedisConnection.guard <librecache.connection.RedisConnection.guard>`
+- :func:`aguard`: :meth:`RedisConnection.guard <librecache.guard.RedisConnection.guard>`
   for coroutines, sharing its breaker, its classification of errors, its
   counters and strict mode. Recovery is the sync maintenance thread's job,
   which every registry runs, so an async-only service reconnects too.
@@ -15,7 +15,7 @@ a :mod:`redis.asyncio` client.
   writes, deletes, creation locks and leases), made of the backend's own
   pieces: its key names, its signing (``sealed``/``opened``), its expiry
   (``expires_after_ms``), its scripts and lock keys
-  (:meth:`KeySpace.lock <librecache.keying.KeySpace.lock>`), the
+  (:meth:`KeySpace.lock <librecache.keyspace.KeySpace.lock>`), the
   remembered deletes, the near cache and its drop messages.
 """
 
@@ -35,11 +35,11 @@ from redis.exceptions import ReadOnlyError
 
 from ..clients import async_client
 from ..config import CacheConfig
-from ..connection import RedisConnection, demoted, limited
 from ..engine.flows import ANY, CHANGED, Found, LockReply
 from ..engine.judge import reads_bytes
 from ..engine.locks import AsyncKeyedLocks
 from ..engine.ports import created, found_of, hit_judgement, judged, stored_hit
+from ..guard import RedisConnection, demoted, limited
 from ..health import OUTAGE, classify
 from .redis import (
     READ_OR_LOCK,
@@ -236,7 +236,7 @@ async def aclose_clients(connection: RedisConnection) -> None:
 async def aguard(connection: RedisConnection, operation: str, action: Callable[[Any], Awaitable[Any]],
                  fallback: Callable[[], Any], write: bool = False, stats: Any = None,
                  clients: AsyncClients | None = None) -> Any:
-    """:meth:`RedisConnection.guard <librecache.connection.RedisConnection.guard>`
+    """:meth:`RedisConnection.guard <librecache.guard.RedisConnection.guard>`
     for a coroutine ``action(client)`` on the running loop's asyncio client
     (of ``clients``, by default :func:`clients_of` ``connection``): the same
     breaker, the same fall-through, the same strict mode."""

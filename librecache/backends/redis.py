@@ -14,13 +14,13 @@ from dogpile.cache.api import NO_VALUE, BytesBackend, CacheMutex, SerializedRetu
 from redis.exceptions import ConnectionError, NoScriptError
 
 from .._compat import CLUSTER_PIPELINE_SCRIPTS
-from ..connection import RedisConnection
 from ..engine.doors import run
 from ..engine.flows import ABANDONED, ACQUIRED, ANY, CHANGED, HELD, LockReply, acquire
 from ..engine.locks import KeyedLocks, LeasedKey
-from ..keying import KeySpace
-from ..keys import CacheKeys
+from ..guard import RedisConnection
+from ..keyspace import KeySpace
 from ..logs import RateLimitedLog
+from ..namespaces import CacheKeys
 from ..nearcache import NearCache
 from ..replies import text
 from ..signing import Signer
@@ -258,8 +258,8 @@ class RedisBackend(BytesBackend):
 
     Arguments (all required but ``expires_after``, ``signer``, ``near`` and ``stats``):
 
-    - ``connection``: the registry's :class:`~librecache.connection.RedisConnection`;
-    - ``keyspace``: the deployment's :class:`~librecache.keying.KeySpace`;
+    - ``connection``: the registry's :class:`~librecache.guard.RedisConnection`;
+    - ``keyspace``: the deployment's :class:`~librecache.keyspace.KeySpace`;
     - ``namespace``: the :class:`~librecache.CacheKeys` member;
     - ``expires_after``: server-side expiry of every key written, seconds,
       or ``None``;

@@ -27,7 +27,7 @@ from redis.exceptions import ResponseError
 
 from ..clients import async_client
 from ..config import CacheConfig
-from ..keying import KeySpace
+from ..keyspace import KeySpace
 from ..replies import text
 from .base import (
     FinishStatus,

@@ -12,10 +12,10 @@ from typing import Any
 
 from redis.connection import Connection, SSLConnection
 
-from . import forks
-from .config import CacheConfig
-from .connecting import client_options
-from .replies import text
+from .. import forks
+from ..config import CacheConfig
+from ..replies import text
+from .options import client_options
 
 __all__ = ["HostnameBook", "is_ip"]
 

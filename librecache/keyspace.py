@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.crc import key_slot
 
-from .keys import AnyNamespace
+from .namespaces import AnyNamespace
 
 __all__ = ["MAX_KEY_LENGTH", "KeySpace", "key_text", "memory_mangler", "slot_tag"]
 

@@ -1,11 +1,18 @@
-"""How a client is built: from a :class:`~librecache.CacheConfig` to the
-redis-py client of a single server, a cluster or a Sentinel-managed master
-(and the :mod:`redis.asyncio` twin the stream store uses), with the same
-credentials, TLS verification, time-outs and retry policy everywhere
-(:mod:`librecache.connecting`).
+"""Every Redis client librecache uses is built here: from a
+:class:`~librecache.CacheConfig` to the redis-py client of a single server,
+a cluster or a Sentinel-managed master (and the :mod:`redis.asyncio` twin
+the stream store uses), with the same credentials, TLS verification,
+time-outs and retry policy everywhere.
+
+- :mod:`~librecache.clients.options`: the options every client shares;
+- :mod:`~librecache.clients.retries`: the retry policy of a command;
+- :mod:`~librecache.clients.sentinel`: connections to the master the
+  sentinels name, and following their failovers;
+- :mod:`~librecache.clients.hostnames`: the cluster's host names
+  (REDIS_USE_ALTERNATIVE_DNS_LOOKUP).
 
 What happens when a call on such a client fails is
-:class:`librecache.connection.RedisConnection`'s business.
+:class:`librecache.guard.RedisConnection`'s business.
 """
 
 from __future__ import annotations
@@ -21,10 +28,10 @@ from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import Connection, ConnectionPool
 
-from ._compat import async_cluster_options, timed_send
-from .config import CacheConfig
-from .connecting import BoundedConnection, BoundedSSLConnection, client_options, pool_class
+from .._compat import BoundedConnection, BoundedSSLConnection, async_cluster_options, timed_send
+from ..config import CacheConfig
 from .hostnames import HostnameBook
+from .options import client_options, pool_class
 from .retries import AsyncFailFastRetry, Closing, retry_policy
 from .sentinel import SentinelWatch, async_sentinel_client, sentinel_pool
 

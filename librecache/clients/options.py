@@ -1,8 +1,7 @@
-"""How one connection to Redis is made: the options every client shares
-(credentials, time-outs, TLS verification, the retry policy), connections
-whose whole connect is bounded by REDIS_CONNECT_TIMEOUT (made in
-:mod:`librecache._compat`, with redis-py's private names), and a pool class
-that keeps to one connection class."""
+"""The options every client shares: credentials, time-outs, TLS
+verification and the retry policy; and a pool class that keeps to one
+connection class (the bounded connections of :mod:`librecache._compat`,
+whose whole connect REDIS_CONNECT_TIMEOUT bounds)."""
 
 from __future__ import annotations
 
@@ -11,11 +10,10 @@ from typing import Any
 from redis.connection import Connection, ConnectionPool
 from redis.exceptions import ConnectionError, TimeoutError
 
-from ._compat import BoundedConnection, BoundedSSLConnection
-from .config import CacheConfig
+from ..config import CacheConfig
 from .retries import Closing, retry_policy
 
-__all__ = ["BoundedConnection", "BoundedSSLConnection", "client_options", "pool_class", "tls_options"]
+__all__ = ["client_options", "pool_class", "tls_options"]
 
 
 def client_options(config: CacheConfig, closing: Closing | None = None) -> dict[str, Any]:

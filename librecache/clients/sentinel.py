@@ -19,11 +19,11 @@ from redis.asyncio.sentinel import SentinelManagedSSLConnection as AsyncSentinel
 from redis.backoff import NoBackoff
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection, SentinelManagedSSLConnection
 
-from ._compat import timed_send
-from .config import CacheConfig
-from .connecting import BoundedConnection, BoundedSSLConnection, client_options
-from .logs import RateLimitedLog
-from .replies import text
+from .._compat import BoundedConnection, BoundedSSLConnection, timed_send
+from ..config import CacheConfig
+from ..logs import RateLimitedLog
+from ..replies import text
+from .options import client_options
 from .retries import AsyncFailFastRetry, Closing, FailFastRetry
 
 __all__ = ["AsyncSentinelPool", "SentinelWatch", "async_sentinel_client", "sentinel_options", "sentinel_pool"]

@@ -29,12 +29,12 @@ from redis.retry import Retry
 from . import forks
 from ._compat import pooled_connection, renew_locks, renew_pool_in_child
 from .clients import AnyRedis, async_client, build_client
+from .clients.retries import Closing
+from .clients.sentinel import SentinelWatch
 from .config import CacheConfig
 from .health import FULL, OUTAGE, UNAVAILABLE, Breaker, classify, ping_idle_connections, run_maintenance
 from .logs import RateLimitedLog
 from .prefixing import KeySpecs, PrefixedRedis, PrefixedRedisCluster, adopt
-from .retries import Closing
-from .sentinel import SentinelWatch
 
 __all__ = ["AnyRedis", "RedisConnection", "async_client"]
 

@@ -4,7 +4,7 @@ A transient failure (a dropped connection, a time-out) is retried once, to
 replace a pooled connection that the server or a provider dropped; a
 permanent one (a refused password or certificate: :func:`is_transient`) is
 reported at once. What a failure then means for the caller (fall through,
-the breaker, strict mode) is :meth:`librecache.connection.RedisConnection.guard`'s
+the breaker, strict mode) is :meth:`librecache.guard.RedisConnection.guard`'s
 business, and which failures are outages is :func:`librecache.health.classify`'s.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.retry import Retry
 
-from ._compat import call_transient_only, call_transient_only_async, jitter_backoff
-from .config import CacheConfig
-from .health import is_transient
+from .._compat import call_transient_only, call_transient_only_async, jitter_backoff
+from ..config import CacheConfig
+from ..health import is_transient
 
 __all__ = ["MAX_COMMAND_RETRIES", "AsyncFailFastRetry", "Closing", "FailFastRetry", "retry_policy"]
 
