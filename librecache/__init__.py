@@ -11,7 +11,7 @@ from .errors import (
     UnknownNamespaceError,
     UnknownVariableWarning,
 )
-from .keys import CacheKeys
+from .namespaces import CacheKeys
 from .registry import Caches, LibreRegion, configure, get_caches, get_region, redis_client
 
 __all__ = [
@@ -30,4 +30,4 @@ __all__ = [
     "redis_client",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
