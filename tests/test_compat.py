@@ -28,7 +28,7 @@ from redis.connection import Connection, ConnectionPool, SSLConnection
 from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from librecache import CacheConfig, _compat, config
+from librecache import CacheConfig, _compat, config, parsing, variables
 from librecache.clients.retries import AsyncFailFastRetry, FailFastRetry
 from librecache.engine.judge import parse_metadata
 from librecache.guard import RedisConnection
@@ -45,9 +45,10 @@ REDIS_MAJOR = int(importlib.metadata.version("redis").split(".")[0])
 
 
 def test_the_configuration_reads_no_private_name_of_environs() -> None:
-    text = Path(config.__file__).read_text(encoding="utf-8")
-    for private in ("._environ", "._get_value", " invalid: "):
-        assert private not in text, f"librecache/config.py uses environs' {private!r} again"
+    for module in (config, parsing, variables):
+        text = Path(module.__file__).read_text(encoding="utf-8")
+        for private in ("._environ", "._get_value", " invalid: "):
+            assert private not in text, f"{module.__name__} uses environs' {private!r} again"
 
 
 # --------------------------------------------------------------------------
