@@ -421,11 +421,17 @@ def test_master_killed_under_load(make_caches: Make, own_sentinel: RedisSentinel
     wait_until(lambda: load.creations_during(0.3) == 0, 20)
     # the old master comes back: Sentinel makes it a replica, and nothing it held is served
     victim.restart()
-    own_sentinel.wait_healthy()  # (a loaded machine may even see a second failover, back to it)
+    own_sentinel.wait_healthy()
     wait_until(lambda: load.creations_during(0.3) == 0, 20)
     load.stop()
     assert load.wrong == [] and load.errors == []
-    assert region.get("probe") == "after the crash"
+    # A loaded machine may see a second failover, back to the restarted node
+    # (no persistence, so it comes back empty) before it has synced all:
+    # Redis replicates asynchronously, so the probe may then be lost. A
+    # cache may lose a value; it never serves another one.
+    moved_back = own_sentinel.master.port != survivor.port
+    assert region.get("probe") == "after the crash" or (moved_back and region.get("probe") is NO_VALUE), \
+        f"master now {own_sentinel.master.port}, promoted {survivor.port}"
     health = caches.health()
     assert health is not None and health["up"] is True
     COUNTED["SIGKILL under load: errors met, calls answered without Redis, calls made"] = (
