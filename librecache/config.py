@@ -103,7 +103,6 @@ class CacheConfig:
         return cls(**read(os.environ if environ is None else environ,
                           None if env_file is None else Path(env_file)))
 
-
     def _check(self) -> None:
         """The checks that involve several variables."""
         if self.use_redis and not self.redis_uris:

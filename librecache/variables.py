@@ -303,7 +303,6 @@ def read(environ: Mapping[str, str], env_file: Path | None = None) -> dict[str, 
     _warn_unknown(env.names())
     secrets = [env.get(name) or "" for name in ("REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD")]
     values: dict[str, Any] = {}
-    secrets = [env.get(name) or "" for name in ("REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD")]
     for variable in VARIABLES:
         raw = env.get(variable.name)
         text = variable.default if raw is None else raw
