@@ -6,6 +6,7 @@ from __future__ import annotations
 from .config import CacheConfig
 from .errors import (
     ConfigurationError,
+    CreationTimeout,
     LibrecacheError,
     SerializationError,
     UnknownNamespaceError,
@@ -19,6 +20,7 @@ __all__ = [
     "CacheKeys",
     "Caches",
     "ConfigurationError",
+    "CreationTimeout",
     "LibreRegion",
     "LibrecacheError",
     "SerializationError",

@@ -38,7 +38,8 @@ from .engine import flows
 from .engine.doors import arun, count, count_multi
 from .engine.flows import Call, Found
 from .engine.judge import expiration_of, judged_multi
-from .fastpath import companions, key_function, mangled_many, mangled_map, multi_call
+from .engine.policy import Policy
+from .fastpath import companions, key_function, mangled_many, mangled_map, multi_call, policies
 
 __all__ = [
     "adelete",
@@ -128,14 +129,18 @@ async def adelete_multi(region: Any, keys: Iterable[Any]) -> None:
 
 async def aget_or_create(region: Any, key: Any, creator: Callable[..., Any], expiration_time: float | None = None,
                          should_cache_fn: Callable[[Any], bool] | None = None,
-                         creator_args: tuple[Sequence[Any], Mapping[str, Any]] | None = None) -> Any:
+                         creator_args: tuple[Sequence[Any], Mapping[str, Any]] | None = None,
+                         policy: Policy | None = None) -> Any:
     """:meth:`~dogpile.cache.region.CacheRegion.get_or_create`, awaitable;
     ``creator`` may be a plain function or a coroutine function. The same
     flow as the sync call (:func:`librecache.engine.flows.get_or_create`):
-    the same commands, locks and rules."""
+    the same commands, locks and rules. ``policy``: the call's, the
+    namespace's if ``None``."""
     mangled = _mangled(region, key)
     port = async_port(region)
-    found = await port.hit(mangled, expiration_time)
+    if policy is None:
+        policy = region.policy
+    found = await port.hit(mangled, expiration_time, policy)
     if type(found) is not Found:
         stats = region.counters
         if stats is not None:
@@ -143,15 +148,16 @@ async def aget_or_create(region: Any, key: Any, creator: Callable[..., Any], exp
         return found
     args, kwargs = creator_args if creator_args else ((), {})
     return await _created(region, port, mangled, key, creator, args, dict(kwargs), expiration_time, should_cache_fn,
-                          found)
+                          found, policy)
 
 
 async def _created(region: Any, port: Any, mangled: str, key: Any, creator: Callable[..., Any], args: Sequence[Any],
-                   kwargs: dict[str, Any], expiration_time: float | None, should_cache_fn: Any, found: Found) -> Any:
+                   kwargs: dict[str, Any], expiration_time: float | None, should_cache_fn: Any, found: Found,
+                   policy: Policy) -> Any:
     """:func:`librecache.fastpath.created`, awaited."""
     budget = port.budget
     call = Call(region, mangled, key, creator, args, kwargs, expiration_of(region, expiration_time),
-                should_cache_fn, None if budget is None else time.monotonic() + budget)
+                should_cache_fn, None if budget is None else time.monotonic() + budget, None, policy)
     outcome = await arun(flows.get_or_create(call, found), port)
     count(region.counters, outcome)
     return outcome.value
@@ -179,7 +185,8 @@ async def aget_or_create_multi(region: Any, keys: Iterable[Any], creator: Callab
 
 
 def memoize_async(region: Any, key_generator: Callable[..., str], user_func: Callable[..., Any],
-                  expiration_time: Any, should_cache_fn: Any) -> Callable[..., Any]:
+                  expiration_time: Any, should_cache_fn: Any,
+                  settings: dict[str, Any] | None = None) -> Callable[..., Any]:
     """What ``cache_on_arguments`` returns for an ``async def``: an
     ``async def`` keyed exactly as the sync wrapper
     (:func:`librecache.fastpath.memoize`), with dogpile's companions made
@@ -187,11 +194,13 @@ def memoize_async(region: Any, key_generator: Callable[..., str], user_func: Cal
     ``f.refresh``) and ``f.original``."""
     key_of = key_function(key_generator, user_func)
     expiration_is_callable = callable(expiration_time)
+    policy_now = policies(region, settings)
 
     @functools.wraps(user_func)
     async def cached(*args: Any, **kwargs: Any) -> Any:
         timeout = expiration_time() if expiration_is_callable else expiration_time
-        return await aget_or_create(region, key_of(args, kwargs), user_func, timeout, should_cache_fn, (args, kwargs))
+        return await aget_or_create(region, key_of(args, kwargs), user_func, timeout, should_cache_fn, (args, kwargs),
+                                    policy_now())
 
     async def refresh(*args: Any, **kwargs: Any) -> Any:
         value = await user_func(*args, **kwargs)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import attrs
 
+from .engine.policy import DEFAULT_THROTTLE, Policy
 from .errors import ConfigurationError
 from .formats import FORMAT_NAMES
 from .namespaces import DEFAULT_TTLS, AnyNamespace, CacheKeys, parse_namespace
@@ -65,6 +66,12 @@ class CacheConfig:
     ban_duration: float = 7200.0
     ttl_overrides: tuple[tuple[AnyNamespace, float | None], ...] = ()
     grace_overrides: tuple[tuple[AnyNamespace, float | None], ...] = ()
+    fail_safe: tuple[tuple[AnyNamespace, float], ...] = ()
+    fail_safe_throttle: tuple[tuple[AnyNamespace, float], ...] = ()
+    soft_timeout: tuple[tuple[AnyNamespace, float], ...] = ()
+    hard_timeout: tuple[tuple[AnyNamespace, float], ...] = ()
+    eager_refresh: tuple[tuple[AnyNamespace, float], ...] = ()
+    ttl_jitter: tuple[tuple[AnyNamespace, float], ...] = ()
     memory_max_entries: int = 10000
     lock_timeout: float = 30.0
     redis_retention: float = 604800.0
@@ -114,6 +121,7 @@ class CacheConfig:
         if self.redis_ca is not None and self.redis_uris and not self.tls:
             raise ConfigurationError("REDIS_CA requires REDIS_URI to use rediss://", "REDIS_CA")
         self._check_sentinel()
+        self._check_resilience()
         if self.cluster and any(uri.db for uri in self.redis_uris):
             raise ConfigurationError(
                 "REDIS_URI: a cluster has only database 0; remove the /<db> path", "REDIS_URI"
@@ -155,6 +163,42 @@ class CacheConfig:
                     f"LIBRECACHE_NAMESPACE_GRACE: {namespace.value} uses the keyv format (LIBRECACHE_FORMATS), "
                     "whose entries expire in Redis at the TTL exactly, as keyv's do; remove its grace",
                     "LIBRECACHE_NAMESPACE_GRACE")
+
+    def _check_resilience(self) -> None:
+        """The fail-safe, time-outs, eager refresh and jitter make sense for
+        each namespace they name; each is refused with its variable's name."""
+        fail_safe = {namespace for namespace, seconds in self.fail_safe if seconds}
+        for variable, pairs, needs_ttl in (
+            ("LIBRECACHE_FAIL_SAFE", self.fail_safe, True),
+            ("LIBRECACHE_FAIL_SAFE_THROTTLE", self.fail_safe_throttle, False),
+            ("LIBRECACHE_SOFT_TIMEOUT", self.soft_timeout, False),
+            ("LIBRECACHE_HARD_TIMEOUT", self.hard_timeout, False),
+            ("LIBRECACHE_EAGER_REFRESH", self.eager_refresh, True),
+            ("LIBRECACHE_TTL_JITTER", self.ttl_jitter, True),
+        ):
+            for namespace, value in pairs:
+                if namespace not in self.namespaces:
+                    raise ConfigurationError(f"{variable}: {namespace} is not a namespace", variable)
+                if needs_ttl and value and self.ttl(namespace) is None:
+                    raise ConfigurationError(
+                        f"{variable}: {namespace.value} has no TTL, so its values never expire; "
+                        "give it one (LIBRECACHE_NAMESPACE_TTLS) or remove it here", variable)
+                if variable == "LIBRECACHE_FAIL_SAFE" and value and self.format(namespace) == "keyv":
+                    raise ConfigurationError(
+                        f"{variable}: {namespace.value} uses the keyv format (LIBRECACHE_FORMATS), whose "
+                        "entries LibreChat's Node processes expire at the TTL; remove its fail-safe", variable)
+                if variable == "LIBRECACHE_FAIL_SAFE_THROTTLE" and namespace not in fail_safe:
+                    raise ConfigurationError(
+                        f"{variable}: {namespace.value} has no fail-safe (LIBRECACHE_FAIL_SAFE), so nothing "
+                        "is throttled; remove it here or give it a fail-safe", variable)
+                if variable == "LIBRECACHE_FAIL_SAFE_THROTTLE" and value <= 0:
+                    raise ConfigurationError(f"{variable}: {namespace.value}: must be greater than 0", variable)
+        hard = dict(self.hard_timeout)
+        for namespace, soft in self.soft_timeout:
+            if namespace in hard and soft >= hard[namespace]:
+                raise ConfigurationError(
+                    f"LIBRECACHE_SOFT_TIMEOUT: {namespace.value}={soft * 1000:g} is not shorter than its "
+                    f"LIBRECACHE_HARD_TIMEOUT ({hard[namespace] * 1000:g})", "LIBRECACHE_SOFT_TIMEOUT")
 
     def _check_sentinel(self) -> None:
         """Sentinel seeds come with a master name and without cluster mode;
@@ -251,29 +295,52 @@ class CacheConfig:
             ttl = dict(self.declared).get(member)
         return float(ttl) if ttl else None
 
+    def grace(self, namespace: CacheKeys | str) -> float:
+        """Seconds past the TTL during which a value of ``namespace`` is
+        stale rather than absent: LIBRECACHE_NAMESPACE_GRACE's, or by default
+        a tenth of the TTL (at least 1 s, at most 60 s). During the grace one
+        caller regenerates the value while the others are still served the
+        old one instead of all waiting (and ``get(key,
+        ignore_expiration=True)`` still finds it). 0 for namespaces without
+        TTL, and for those in the keyv format, whose entries expire at the
+        TTL as keyv's own do."""
+        ttl = self.ttl(namespace)
+        member = self.namespace(namespace)
+        if ttl is None or self.format(member) == "keyv":
+            return 0.0
+        graces = dict(self.grace_overrides)
+        if member in graces:
+            return graces[member] or 0.0
+        return min(max(ttl / 10.0, 1.0), 60.0)
+
+    def policy(self, namespace: CacheKeys | str) -> Policy:
+        """What a call in ``namespace`` does when its creator is slow or
+        fails, and how long its values live past the TTL
+        (:class:`~librecache.engine.policy.Policy`): the grace, and
+        LIBRECACHE_FAIL_SAFE, _FAIL_SAFE_THROTTLE, _SOFT_TIMEOUT,
+        _HARD_TIMEOUT, _EAGER_REFRESH and _TTL_JITTER."""
+        member = self.namespace(namespace)
+        return Policy(
+            grace=self.grace(member),
+            fail_safe=dict(self.fail_safe).get(member, 0.0),
+            fail_safe_throttle=dict(self.fail_safe_throttle).get(member, DEFAULT_THROTTLE),
+            soft_timeout=dict(self.soft_timeout).get(member),
+            hard_timeout=dict(self.hard_timeout).get(member),
+            eager_refresh=dict(self.eager_refresh).get(member),
+            ttl_jitter=dict(self.ttl_jitter).get(member, 0.0),
+        )
+
     def storage_expiry(self, namespace: CacheKeys | str) -> float | None:
-        """When a stored entry of ``namespace`` is dropped, in seconds.
-
-        The TTL plus a grace, LIBRECACHE_NAMESPACE_GRACE's or by default a
-        tenth of the TTL (at least 1 s, at most 60 s): dogpile regards the
-        value as expired at the TTL, and during the grace one caller
-        regenerates it while the others are still served the old value
-        instead of all waiting (and ``get(key, ignore_expiration=True)``
-        still finds it). ``None`` for namespaces without TTL.
-
-        Namespaces in the keyv format have no grace: their entries expire
-        at the TTL, as keyv's own (``PX`` = the TTL).
-        """
+        """When a stored entry of ``namespace`` is dropped, in seconds: the
+        TTL plus the larger of the grace and the fail-safe
+        (:attr:`Policy.kept <librecache.engine.policy.Policy.kept>`), plus
+        LIBRECACHE_TTL_JITTER (room for the longest jitter an entry's TTL
+        can draw). ``None`` for namespaces without TTL."""
         ttl = self.ttl(namespace)
         if ttl is None:
             return None
-        member = self.namespace(namespace)
-        if self.format(member) == "keyv":
-            return ttl
-        graces = dict(self.grace_overrides)
-        if member in graces:
-            return ttl + (graces[member] or 0.0)
-        return ttl + min(max(ttl / 10.0, 1.0), 60.0)
+        policy = self.policy(namespace)
+        return ttl + policy.kept + policy.ttl_jitter
 
     def redis_expiry(self, namespace: CacheKeys | str) -> float | None:
         """The server-side expiry of ``namespace``'s Redis keys, in seconds:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "CreationTimeout",
     "LibrecacheError",
     "SerializationError",
     "UnknownNamespaceError",
@@ -50,6 +51,24 @@ class UnknownNamespaceError(LibrecacheError, KeyError):
 
 class SerializationError(LibrecacheError, TypeError):
     """A value could not be pickled for the cache; nothing was stored."""
+
+
+class CreationTimeout(LibrecacheError, TimeoutError):
+    """A caller waited for a creator (its own, or another process's) until
+    the hard time-out (LIBRECACHE_HARD_TIMEOUT, or ``hard_timeout=``). The
+    creator goes on in the background and stores its value when it ends.
+
+    :ivar namespace: the namespace's name.
+    :ivar key: the key, as given to the call.
+    :ivar seconds: the hard time-out.
+    """
+
+    def __init__(self, namespace: str, key: object, seconds: float | None) -> None:
+        super().__init__(f"namespace {namespace}: no value for the key {key!r} within the hard time-out of "
+                         f"{(seconds or 0) * 1000:g} ms; its creator goes on and stores it when it ends")
+        self.namespace = namespace
+        self.key = key
+        self.seconds = seconds
 
 
 class UnknownVariableWarning(UserWarning):

@@ -30,9 +30,11 @@ from .engine import flows
 from .engine.doors import count, count_multi, run
 from .engine.flows import Call, Found
 from .engine.judge import expiration_of, judged_multi, reads_bytes
+from .engine.policy import PLAIN, Policy
+from .engine.ports import near_expiry
 
 __all__ = ["companions", "get_multi", "get_or_create", "get_or_create_multi", "key_function", "mangled_many",
-           "memoize"]
+           "memoize", "policies", "policy_of"]
 
 _SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 #: Arguments -> key pairs remembered per memoised function, at most.
@@ -73,16 +75,42 @@ def binder(user_func: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str
     return fast
 
 
+def policy_of(region: Any, settings: dict[str, Any] | None) -> Policy:
+    """The policy of a call in ``region`` with ``settings`` (its keyword
+    arguments: ``fail_safe=``, ``soft_timeout=``...): the namespace's, with
+    them applied."""
+    return region.policy if not settings else region.policy.for_call(**settings)  # type: ignore[no-any-return]
+
+
+def policies(region: Any, settings: dict[str, Any] | None) -> Callable[[], Policy]:
+    """:func:`policy_of` for every call of one memoised function: checked
+    now (a bad setting raises at decoration), remembered per namespace
+    policy (a ``configure()`` may change it)."""
+    PLAIN.for_call(**(settings or {}))
+    memo: list[Any] = [None, PLAIN]
+
+    def policy() -> Policy:
+        base = region.policy
+        if memo[0] is not base:
+            memo[0], memo[1] = base, policy_of(region, settings)
+        return memo[1]  # type: ignore[no-any-return]
+
+    return policy
+
+
 def memoize(
     region: Any,
     key_generator: Callable[..., str],
     user_func: Callable[..., Any],
     expiration_time: Any,
     should_cache_fn: Any,
+    settings: dict[str, Any] | None = None,
 ) -> Callable[..., Any]:
     """The wrapper ``cache_on_arguments`` returns, with dogpile's attributes
-    (``set``, ``get``, ``invalidate``, ``refresh``, ``original``)."""
+    (``set``, ``get``, ``invalidate``, ``refresh``, ``original``);
+    ``settings``: the call settings it was given (:func:`policy_of`)."""
     expiration_is_callable = callable(expiration_time)
+    policy_now = policies(region, settings)
     count = _positional_count(user_func)
     key_of = key_function(key_generator, user_func)
 
@@ -108,8 +136,10 @@ def memoize(
     @functools.wraps(user_func)  # name, docstring, __wrapped__ (inspect.signature follows it)
     def cached(*args: Any, **kwargs: Any) -> Any:
         timeout = expiration_time() if expiration_is_callable else expiration_time
+        policy = policy_now()
         if kwargs or len(args) != count:
-            return get_or_create(region, key_of(args, kwargs), user_func, timeout, should_cache_fn, (args, kwargs))
+            return get_or_create(region, key_of(args, kwargs), user_func, timeout, should_cache_fn, (args, kwargs),
+                                 policy)
         text = type(args[0]) is str if single else all(type(arg) is str for arg in args)
         keys = memo.get(args) if text and region.key_mangler is memo_of[0] else None
         if keys is None:
@@ -117,14 +147,15 @@ def memoize(
         near = region.near_cache
         found = NO_VALUE
         if near is not None and near.enabled:  # where the port's hit looks first, a call sooner
-            found = near.fetch(keys[1], region.expiration_time if timeout is None else timeout)
+            expires = region.expiration_time if timeout is None else timeout
+            found = near.fetch(keys[1], expires if policy is PLAIN else near_expiry(expires, policy))
         if found is NO_VALUE:
             ports = region.ports  # sync_port(region), without the call when it is current
             port = ports[1] if ports is not None and ports[0] is region.backend else sync_port(region)
-            found = port.hit(keys[1], timeout)
+            found = port.hit(keys[1], timeout, policy)
             if type(found) is Found:
                 return created(region, port, keys[1], keys[0], user_func, args, kwargs, timeout, should_cache_fn,
-                               found)
+                               found, policy)
         stats = region.counters
         if stats is not None:
             stats.hits += 1
@@ -149,30 +180,36 @@ def memoize(
 
 def get_or_create(region: Any, key: Any, creator: Callable[..., Any], expiration_time: float | None = None,
                   should_cache_fn: Callable[[Any], bool] | None = None,
-                  creator_args: tuple[Sequence[Any], Mapping[str, Any]] | None = None) -> Any:
+                  creator_args: tuple[Sequence[Any], Mapping[str, Any]] | None = None,
+                  policy: Policy | None = None) -> Any:
     """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create` of
-    ``region``, by the engine (:func:`librecache.engine.flows.get_or_create`)."""
+    ``region``, by the engine (:func:`librecache.engine.flows.get_or_create`);
+    ``policy``: the call's (:func:`policy_of`), the namespace's if ``None``."""
     mangler = region.key_mangler
     mangled = mangler(key) if mangler is not None else key
     port = sync_port(region)
-    found = port.hit(mangled, expiration_time)
+    if policy is None:
+        policy = region.policy
+    found = port.hit(mangled, expiration_time, policy)
     if type(found) is not Found:
         stats = region.counters
         if stats is not None:
             stats.hits += 1
         return found
     args, kwargs = creator_args if creator_args else ((), {})
-    return created(region, port, mangled, key, creator, args, dict(kwargs), expiration_time, should_cache_fn, found)
+    return created(region, port, mangled, key, creator, args, dict(kwargs), expiration_time, should_cache_fn, found,
+                   policy)
 
 
 def created(region: Any, port: Any, mangled: str, key: Any, creator: Callable[..., Any], args: Sequence[Any],
-            kwargs: dict[str, Any], expiration_time: float | None, should_cache_fn: Any, found: Found) -> Any:
+            kwargs: dict[str, Any], expiration_time: float | None, should_cache_fn: Any, found: Found,
+            policy: Policy) -> Any:
     """The rest of a get-or-create call whose direct path found no fresh
     value: the engine's flow, from what was read (``found``), counted."""
     budget = port.budget
     call = Call(region, mangled, key, creator, args, kwargs, expiration_of(region, expiration_time),
                 should_cache_fn, None if budget is None else time.monotonic() + budget,
-                region.async_creation_runner)
+                region.async_creation_runner, policy)
     outcome = run(flows.get_or_create(call, found), port)
     count(region.counters, outcome)
     return outcome.value

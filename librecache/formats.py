@@ -161,6 +161,8 @@ class JsonFormat:
             envelope["expires"] = round((created + self.ttl) * 1000)
         envelope["ct"] = created
         envelope["v"] = metadata.get("v", value_version)
+        if "fs" in metadata:  # served by the fail-safe: fresh until then (librecache.engine.judge.throttled)
+            envelope["fs"] = float(metadata["fs"])
         text = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         try:
             return text.encode("utf-8")
@@ -211,7 +213,10 @@ class JsonFormat:
         value = envelope["value"]
         if self.keyv and _COLON_STRING.search(data if isinstance(data, bytes) else data.encode("utf-8")):
             value = self._in(value)
-        return CachedValue(value, {"ct": created, "v": version})  # type: ignore[call-arg]
+        metadata = {"ct": created, "v": version}
+        if _is_number(envelope.get("fs")):
+            metadata["fs"] = float(envelope["fs"])
+        return CachedValue(value, metadata)  # type: ignore[call-arg]
 
     def normalize(self, payload: Any) -> Any:
         """What a reader gets back for ``payload`` (tuples as lists, ...).

@@ -206,6 +206,49 @@ def parse_ttls(raw: str | None, declared: Declared = ()) -> tuple[tuple[AnyNames
     return tuple(sorted(pairs.items()))
 
 
+def _numbers(raw: str, declared: Declared, unit: str, check: Callable[[float], bool], wanted: str,
+             scale: float = 1.0) -> tuple[tuple[AnyNamespace, float], ...]:
+    """``NAMESPACE=number`` pairs, each number passing ``check`` (``wanted``
+    says what passes), multiplied by ``scale``."""
+    pairs: dict[AnyNamespace, float] = {}
+    for item, name, value in _pairs(raw, f"NAMESPACE={unit}"):
+        namespace = _namespace_in(name, declared)
+        try:
+            number = parse_number(value)
+        except environs.EnvError:
+            raise environs.EnvError(f"{{variable}}: {item!r}: {value!r} is not {wanted}") from None
+        if number is None or not check(number):
+            raise environs.EnvError(f"{{variable}}: {item!r}: {value!r} is not {wanted}")
+        pairs[namespace] = number * scale
+    return tuple(sorted(pairs.items()))
+
+
+def parse_lifetimes(raw: str | None, declared: Declared = ()) -> tuple[tuple[AnyNamespace, float], ...]:
+    """``NAMESPACE=seconds`` pairs separated by commas, each 0 or more (0:
+    off). Example: ``ROLES=86400,APP_CONFIG=3600``."""
+    if raw is None:
+        return ()
+    return _numbers(raw, declared, "seconds", lambda number: number >= 0, "a number of seconds, 0 or more")
+
+
+def parse_timeouts(raw: str | None, declared: Declared = ()) -> tuple[tuple[AnyNamespace, float], ...]:
+    """``NAMESPACE=milliseconds`` pairs separated by commas, each more than
+    0; returned in seconds. Example: ``ROLES=200,TOOLS=50``."""
+    if raw is None:
+        return ()
+    return _numbers(raw, declared, "milliseconds", lambda number: number > 0,
+                    "a number of milliseconds greater than 0", 0.001)
+
+
+def parse_fractions(raw: str | None, declared: Declared = ()) -> tuple[tuple[AnyNamespace, float], ...]:
+    """``NAMESPACE=fraction`` pairs separated by commas, each between 0 and
+    1 (both excluded). Example: ``ROLES=0.8``."""
+    if raw is None:
+        return ()
+    return _numbers(raw, declared, "fraction", lambda number: 0 < number < 1,
+                    "a fraction between 0 and 1 (both excluded)")
+
+
 def parse_formats(raw: str | None, declared: Declared = ()) -> tuple[tuple[AnyNamespace, str], ...]:
     """``NAMESPACE=format`` pairs separated by commas, the format one of
     ``pickle`` (the default), ``json`` or ``keyv``. Example:
@@ -288,6 +331,9 @@ PARSERS: dict[str, Callable[..., Any]] = {
     "ttls": parse_ttls,
     "graces": parse_ttls,
     "formats": parse_formats,
+    "lifetimes": parse_lifetimes,
+    "timeouts": parse_timeouts,
+    "fractions": parse_fractions,
     "cafile": parse_cafile,
     "prefix": parse_prefix,
     "varname": parse_variable_name,
@@ -307,6 +353,9 @@ KIND_DESCRIPTIONS: dict[str, str] = {
     "ttls": "NAMESPACE=seconds pairs, comma-separated; none = no expiry",
     "graces": "NAMESPACE=seconds pairs, comma-separated; none = dropped at the TTL",
     "formats": "NAMESPACE=format pairs, comma-separated; formats: pickle, json, keyv",
+    "lifetimes": "NAMESPACE=seconds pairs, comma-separated; 0 = off",
+    "timeouts": "NAMESPACE=milliseconds pairs, comma-separated; each greater than 0",
+    "fractions": "NAMESPACE=fraction pairs, comma-separated; each between 0 and 1, both excluded",
     "cafile": "path of a PEM file",
     "prefix": "text without blanks, braces or '::', not ending in ':', at most 128 characters",
     "varname": "name of an environment variable",
@@ -327,10 +376,13 @@ KIND_BAD_EXAMPLES: dict[str, str | None] = {
     "ttls": "ROLES",
     "graces": "ROLES",
     "formats": "ROLES=yaml",
+    "lifetimes": "ROLES=-1",
+    "timeouts": "ROLES=0",
+    "fractions": "ROLES=1.5",
     "cafile": "/missing/ca.pem",
     "prefix": "has space",
     "varname": "1ST",
 }
 
 #: The kinds whose parser also takes the declared namespaces.
-NAMESPACE_KINDS = frozenset({"namespaces", "ttls", "graces", "formats"})
+NAMESPACE_KINDS = frozenset({"namespaces", "ttls", "graces", "formats", "lifetimes", "timeouts", "fractions"})

@@ -35,10 +35,12 @@ from ._compat import DOGPILE_METADATA_DELIMITER, RegionHooks
 from .backends.aio_redis import aclose_clients, close_clients
 from .backends.routing import sync_port
 from .config import CacheConfig
+from .engine.background import Background
 from .engine.judge import parse_metadata
 from .engine.locks import LeasedKey
+from .engine.policy import PLAIN, Policy
 from .errors import ConfigurationError
-from .fastpath import get_multi, get_or_create, get_or_create_multi, memoize
+from .fastpath import get_multi, get_or_create, get_or_create_multi, memoize, policy_of
 from .formats import JsonFormat, format_for
 from .guard import CLOSE_TIMEOUT, RedisConnection
 from .health import HealthReport
@@ -98,6 +100,10 @@ def wrappers_of(
     return build
 
 
+#: The background of a region no registry configured yet (its work runs as any other's).
+_UNOWNED = Background()
+
+
 class LibreRegion(RegionHooks):
     # dogpile's internals are reached through librecache._compat.RegionHooks,
     # whose public methods are overridden here (DOGPILE_REGION_PRIVATES lists
@@ -125,6 +131,11 @@ class LibreRegion(RegionHooks):
         self.counters: NamespaceStats | None = None
         #: [backend, sync port, async port] of the current backend (librecache.backends.routing).
         self.ports: list[Any] | None = None
+        #: The namespace's fail-safe, time-outs, eager refresh and jitter
+        #: (:class:`~librecache.engine.policy.Policy`); a call's keyword arguments apply over it.
+        self.policy: Policy = PLAIN
+        #: The registry's background work (:class:`~librecache.engine.background.Background`).
+        self.background: Background = _UNOWNED
         super().__init__(
             name=namespace.value, key_mangler=self._mangle_on_first_use,
             function_key_generator=keygen.function_key_generator,
@@ -288,14 +299,22 @@ class LibreRegion(RegionHooks):
 
     def get_or_create(self, key: Any, creator: Callable[..., Any], expiration_time: float | None = None,
                       should_cache_fn: Callable[[Any], bool] | None = None,
-                      creator_args: tuple[Any, Mapping[str, Any]] | None = None) -> Any:
+                      creator_args: tuple[Any, Mapping[str, Any]] | None = None, **settings: float | None) -> Any:
         """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create`,
         by the engine (:mod:`librecache.engine`), counted once: a hit, or a
         miss whose creator run is a creation (a call that waited for the
         creation lock and got another creator's value is a hit and a lock
         wait). A value created by a call that began before an invalidation
-        or a write of its key is returned, not stored (``docs/design.rst``)."""
-        return get_or_create(self, key, creator, expiration_time, should_cache_fn, creator_args)
+        or a write of its key is returned, not stored (``docs/design.rst``).
+
+        :param settings: this call's ``fail_safe``, ``fail_safe_throttle``,
+            ``soft_timeout``, ``hard_timeout`` (seconds), ``eager_refresh``
+            (a fraction of the TTL) and ``ttl_jitter`` (seconds), over the
+            namespace's (``docs/failsafe.rst``).
+        :raises CreationTimeout: the hard time-out passed.
+        """
+        return get_or_create(self, key, creator, expiration_time, should_cache_fn, creator_args,
+                             policy_of(self, settings))
 
     def get_or_create_multi(self, keys: Any, creator: Callable[..., Any], expiration_time: float | None = None,
                             should_cache_fn: Callable[[Any], bool] | None = None) -> Any:
@@ -311,12 +330,18 @@ class LibreRegion(RegionHooks):
         should_cache_fn: Callable[[Any], bool] | None = None,
         to_str: Callable[[Any], str] = str,
         function_key_generator: Callable[..., Any] | None = None,
+        **settings: float | None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """dogpile's :meth:`~dogpile.cache.region.CacheRegion.cache_on_arguments`,
         with the same keys and attributes (``set``, ``get``, ``invalidate``,
         ``refresh``, ``original``), but without binding the signature with
-        :mod:`inspect` on every call (see :mod:`librecache.fastpath`)."""
+        :mod:`inspect` on every call (see :mod:`librecache.fastpath`).
+
+        :param settings: the function's ``fail_safe``, ``soft_timeout``...
+            as :meth:`get_or_create`'s; checked here.
+        """
         make_keys = function_key_generator or self.function_key_generator
+        PLAIN.for_call(**settings)
 
         def decorator(user_func: Callable[..., Any]) -> Callable[..., Any]:
             if to_str is str:
@@ -324,8 +349,8 @@ class LibreRegion(RegionHooks):
             else:
                 key_generator = make_keys(namespace, user_func, to_str)
             if inspect.iscoroutinefunction(user_func):  # an async def: awaitable, same keys (librecache.aio)
-                return aio.memoize_async(self, key_generator, user_func, expiration_time, should_cache_fn)
-            return memoize(self, key_generator, user_func, expiration_time, should_cache_fn)
+                return aio.memoize_async(self, key_generator, user_func, expiration_time, should_cache_fn, settings)
+            return memoize(self, key_generator, user_func, expiration_time, should_cache_fn, settings)
 
         return decorator
 
@@ -382,9 +407,12 @@ class LibreRegion(RegionHooks):
 
     async def aget_or_create(self, key: Any, creator: Callable[..., Any], expiration_time: float | None = None,
                              should_cache_fn: Callable[[Any], bool] | None = None,
-                             creator_args: tuple[Any, Mapping[str, Any]] | None = None) -> Any:
-        """:meth:`get_or_create`, awaitable; ``creator`` may be sync or async."""
-        return await aio.aget_or_create(self, key, creator, expiration_time, should_cache_fn, creator_args)
+                             creator_args: tuple[Any, Mapping[str, Any]] | None = None,
+                             **settings: float | None) -> Any:
+        """:meth:`get_or_create`, awaitable; ``creator`` may be sync or async
+        (a sync creator runs on the loop, and is not timed)."""
+        return await aio.aget_or_create(self, key, creator, expiration_time, should_cache_fn, creator_args,
+                                        policy_of(self, settings))
 
     async def aget_or_create_multi(self, keys: Any, creator: Callable[..., Any],
                                    expiration_time: float | None = None,
@@ -439,6 +467,8 @@ class Caches:
         keys = self.config.signing_keys
         self._signer = Signer(keys) if keys else None
         self._envelope_signer = EnvelopeSigner(keys) if keys else None
+        #: Creators that outlast their callers, eager refreshes (librecache.engine.background).
+        self._background = Background()
         namespaces = self.config.namespaces
         if _regions is None:
             self._regions: dict[AnyNamespace, LibreRegion] = {ns: LibreRegion(ns) for ns in namespaces}
@@ -517,6 +547,8 @@ class Caches:
         near = arguments["near"][0] if "near" in arguments else None
         region.near_cache = near
         region.value_format = arguments.get("format") if not redis else self.format(namespace)
+        region.policy = config.policy(namespace)
+        region.background = self._background
         stats = self._stats[namespace.value]
         stats.near = near if config.metrics else None
         region.counters = stats if config.metrics else None
@@ -634,6 +666,7 @@ class Caches:
         def left() -> float:
             return max(0.0, deadline - time.monotonic())
 
+        self._background.close(left() / 2)  # work that stores goes first, while Redis is there
         if self._bus is not None:
             self._bus.stop()
         if self._connection is not None:
@@ -650,6 +683,7 @@ class Caches:
         the loop)."""
         if self.closed:
             return
+        await self._background.aclose()
         if self._connection is not None:
             await aclose_clients(self._connection)
         await asyncio.to_thread(self.close)

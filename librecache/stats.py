@@ -36,6 +36,19 @@ inside it):
     became a miss, a write dropped, a creation lock taken in this process
     only). One call can count several: a memoised call during an outage
     counts its read, its lock and its write.
+``stale_served``
+    calls served a stale value by the fail-safe (its creator failed, or
+    outlasted the soft time-out), also hits;
+``soft_timeouts``, ``hard_timeouts``
+    calls whose wait for a creator reached the soft time-out (then served
+    the fail-safe's value) or the hard one (then raised
+    :class:`~librecache.CreationTimeout`);
+``eager_refreshes``
+    refreshes started in the background by a hit past the eager-refresh
+    point;
+``background_failures``
+    background work that failed (a creator that outlasted its caller, an
+    eager refresh), logged and never raised.
 
 A stampede of 8 threads on one cold key counts 1 miss, 1 creation, 7 hits
 and (when the 7 found the key empty and queued on its lock) 7 lock waits.
@@ -52,7 +65,8 @@ from . import forks
 __all__ = ["BUCKETS", "COUNTERS", "NamespaceStats", "snapshot"]
 
 #: The counters of a namespace, in the order they are reported.
-COUNTERS = ("hits", "misses", "creations", "lock_waits", "near_hits", "errors", "fallthroughs")
+COUNTERS = ("hits", "misses", "creations", "lock_waits", "near_hits", "errors", "fallthroughs", "stale_served",
+            "soft_timeouts", "hard_timeouts", "eager_refreshes", "background_failures")
 
 #: Upper bounds (seconds) of the ``creation_seconds`` histogram buckets (Prometheus' defaults).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -62,16 +76,21 @@ class NamespaceStats:
 
     __slots__ = (
         "__weakref__",
+        "background_failures",
         "buckets",
         "creation_sum",
         "creations",
+        "eager_refreshes",
         "errors",
         "fallthroughs",
+        "hard_timeouts",
         "hits",
         "lock_waits",
         "misses",
         "namespace",
         "near",
+        "soft_timeouts",
+        "stale_served",
     )
 
     def __init__(self, namespace: str) -> None:
@@ -88,6 +107,11 @@ class NamespaceStats:
         self.lock_waits = 0
         self.errors = 0
         self.fallthroughs = 0
+        self.stale_served = 0
+        self.soft_timeouts = 0
+        self.hard_timeouts = 0
+        self.eager_refreshes = 0
+        self.background_failures = 0
         #: Seconds spent in creators, and creations per bucket (the last: above every bound).
         self.creation_sum = 0.0
         self.buckets = [0] * (len(BUCKETS) + 1)

@@ -176,6 +176,35 @@ VARIABLES: tuple[Variable, ...] = (
              "in Redis), so that a caller whose creator fails can still serve the stale value with "
              "get(key, ignore_expiration=True); none = dropped at the TTL. Default: a tenth of the "
              "TTL, between 1 and 60 seconds.", "ROLES=3600,MESSAGES=none"),
+    Variable("LIBRECACHE_FAIL_SAFE", "fail_safe", "lifetimes", None,
+             "Per-namespace fail-safe in seconds: how long a value is kept past its TTL to be served "
+             "when its creator fails (raises, or outlasts LIBRECACHE_SOFT_TIMEOUT). Entries are kept "
+             "in memory and in Redis for the TTL plus the larger of the grace and the fail-safe. "
+             "Only for namespaces with a TTL and not in the keyv format; 0 = off (the default).",
+             "TOKEN_CONFIG=86400,FLOWS=3600", rejects=("MESSAGES=none", "BANS=-5", "ROLES=60")),
+    Variable("LIBRECACHE_FAIL_SAFE_THROTTLE", "fail_safe_throttle", "lifetimes", None,
+             "Per-namespace seconds that a value served by the fail-safe is kept as fresh, in every "
+             "process, before its creator is called again. Only for namespaces with a fail-safe. "
+             "Default: 30.", "TOKEN_CONFIG=30", rejects=("MESSAGES=0",)),
+    Variable("LIBRECACHE_SOFT_TIMEOUT", "soft_timeout", "timeouts", None,
+             "Per-namespace milliseconds after which callers of a creator that is still running get "
+             "the stale value, when there is one (within the grace or the fail-safe); the creator "
+             "goes on in the background and stores its value when it ends.", "ROLES=200",
+             rejects=("ROLES=soon",)),
+    Variable("LIBRECACHE_HARD_TIMEOUT", "hard_timeout", "timeouts", None,
+             "Per-namespace milliseconds after which callers waiting for a creator (their own or "
+             "another process's) give up with librecache.CreationTimeout; the creator still "
+             "finishes and stores its value in the background. Longer than the soft timeout.",
+             "ROLES=2000"),
+    Variable("LIBRECACHE_EAGER_REFRESH", "eager_refresh", "fractions", None,
+             "Per-namespace fraction of the TTL after which a hit returns the value at once and "
+             "starts one refresh in the background (one across all processes: it holds the "
+             "creation lock). No timer runs: keys nobody reads still expire. Only for namespaces "
+             "with a TTL.", "TOKEN_CONFIG=0.8", rejects=("ROLES=0.8", "FLOWS=1")),
+    Variable("LIBRECACHE_TTL_JITTER", "ttl_jitter", "lifetimes", None,
+             "Per-namespace seconds: each value's TTL is lengthened by 0 to this many seconds, "
+             "drawn when it is stored, so that values written together do not expire together. Only "
+             "for namespaces with a TTL.", "TOKEN_CONFIG=30", rejects=("ROLES=30",)),
     Variable("LIBRECACHE_MEMORY_MAX_ENTRIES", "memory_max_entries", "count", "10000",
              "Most entries one in-memory namespace holds; the least recently used go first.",
              "50000"),

@@ -35,10 +35,12 @@ from redis.exceptions import ReadOnlyError
 
 from ..clients import async_client
 from ..config import CacheConfig
+from ..engine.background import AsyncJobs
 from ..engine.flows import ANY, CHANGED, Found, LockReply
 from ..engine.judge import reads_bytes
 from ..engine.locks import AsyncKeyedLocks
-from ..engine.ports import created, found_of, hit_judgement, judged, stored_hit
+from ..engine.policy import PLAIN, Policy
+from ..engine.ports import created, found_of, hit_judgement, judged, near_expiry, stored_hit
 from ..guard import RedisConnection, demoted, limited
 from ..health import OUTAGE, classify
 from .redis import (
@@ -291,7 +293,7 @@ def _settle(flights: list[list[Any]], exc: BaseException) -> None:
 # --------------------------------------------------------------------------
 
 
-class AsyncRedisStore:
+class AsyncRedisStore(AsyncJobs):
     """The async door's port of a Redis namespace (see
     :mod:`librecache.engine.ports`): the same keys, bytes, scripts, locks
     and leases as the sync door's :class:`~librecache.engine.ports.RedisPort`,
@@ -349,21 +351,22 @@ class AsyncRedisStore:
         return await aguard(self.connection, "get", lambda c: self._shared_get(c, key), _nothing,  # type: ignore[no-any-return]
                             stats=self.stats, clients=self.clients)
 
-    async def hit(self, key: str, timeout: float | None) -> Any:
+    async def hit(self, key: str, timeout: float | None, policy: Policy = PLAIN) -> Any:
         """:meth:`RedisPort.hit <librecache.engine.ports.RedisPort.hit>`, awaited."""
         if self.marks_due():
             await self.marks()
         near = self.near
         if near is not None and near.enabled:
-            payload = near.fetch(key, self.region.expiration_time if timeout is None else timeout)
+            expires = self.region.expiration_time if timeout is None else timeout
+            payload = near.fetch(key, expires if policy is PLAIN else near_expiry(expires, policy))
             if payload is not NO_VALUE:
                 return payload
             generation = near.generation
             found = await self.read(key)
             if isinstance(found.value, CachedValue):
                 near.store(key, found.value, generation)
-            return judged(self.region, found, timeout)
-        return stored_hit(self, key, await self._stored(key), timeout)
+            return judged(self.region, found, timeout, policy, key)
+        return stored_hit(self, key, await self._stored(key), timeout, policy)
 
     async def read(self, key: str) -> Found:
         if self.connection.is_pending(key):

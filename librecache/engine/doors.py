@@ -13,16 +13,18 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any, TypeVar
 
-from .flows import CREATED, OPS, WAITED, MultiOutcome, Outcome
+from .background import failed
+from .flows import CREATED, OPS, WAITED, Detach, MultiOutcome, Outcome, Wait
 
-__all__ = ["arun", "count", "count_multi", "run"]
+__all__ = ["aresume", "arun", "count", "count_multi", "resume", "run"]
 
 T = TypeVar("T")
 
 
 def run(flow: Generator[Any, Any, T], port: Any) -> T:
     """Run ``flow`` to its outcome, performing each request with ``port``'s
-    method of the request's name, in this thread."""
+    method of the request's name, in this thread; at a :class:`Detach`,
+    the rest of the flow goes to the background (:func:`resume`)."""
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -30,6 +32,9 @@ def run(flow: Generator[Any, Any, T], port: Any) -> T:
             request = flow.send(value) if error is None else flow.throw(error)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        if type(request) is Detach:
+            port.region.background.submit(resume, flow, port)
+            return _given(request.outcome)  # type: ignore[no-any-return]
         try:
             value = getattr(port, OPS[type(request)])(*request)
             error = None
@@ -46,6 +51,63 @@ async def arun(flow: Generator[Any, Any, T], port: Any) -> T:
             request = flow.send(value) if error is None else flow.throw(error)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        if type(request) is Detach:
+            port.region.background.spawn(aresume(flow, port))
+            return _given(request.outcome)  # type: ignore[no-any-return]
+        try:
+            value = await getattr(port, OPS[type(request)])(*request)
+            error = None
+        except BaseException as exc:  # cancellation included: the flow releases, then re-raises
+            value, error = None, exc
+
+
+def _given(outcome: Any) -> Any:
+    """A detached flow's ``outcome`` for its caller (raised, when it is an exception)."""
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def resume(flow: Generator[Any, Any, Any], port: Any, value: Any = None, error: BaseException | None = None) -> None:
+    """Run the rest of a detached ``flow`` in the background (sync door): a
+    :class:`Wait` for a job still running does not hold the thread, the
+    job's end resumes the flow. A failure is logged and counted
+    (:func:`~librecache.engine.background.failed`), never raised."""
+    while True:
+        try:
+            request = flow.send(value) if error is None else flow.throw(error)
+        except StopIteration:
+            return
+        except Exception as exc:
+            failed(port.region, exc)
+            return
+        if type(request) is Wait and not request.job.done():
+            request.job.add_done_callback(lambda job: _resumed(flow, port, job))
+            return
+        try:
+            value = getattr(port, OPS[type(request)])(*request)
+            error = None
+        except BaseException as exc:
+            value, error = None, exc
+
+
+def _resumed(flow: Generator[Any, Any, Any], port: Any, job: Any) -> None:
+    error = job.exception()
+    resume(flow, port, None if error is not None else (True, job.result()), error)
+
+
+async def aresume(flow: Generator[Any, Any, Any], port: Any) -> None:
+    """:func:`resume` for the async door: a task of the caller's loop."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            request = flow.send(value) if error is None else flow.throw(error)
+        except StopIteration:
+            return
+        except Exception as exc:
+            failed(port.region, exc)
+            return
         try:
             value = await getattr(port, OPS[type(request)])(*request)
             error = None

@@ -32,9 +32,11 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, NamedTuple
 
-from dogpile.cache.api import CachedValue
+from dogpile.cache.api import NO_VALUE, CachedValue
 
-from .judge import ABSENT, FRESH, made, soft_without_ttl, verdict
+from ..errors import CreationTimeout
+from .judge import ABSENT, FRESH, made, refresh_due, soft_without_ttl, spare, throttled, verdict
+from .policy import PLAIN, Policy
 
 __all__ = [
     "ACQUIRED",
@@ -44,6 +46,7 @@ __all__ = [
     "HELD",
     "HIT",
     "OPS",
+    "SPARED",
     "STALE",
     "WAITED",
     "Call",
@@ -54,6 +57,7 @@ __all__ = [
     "acquire",
     "get_or_create",
     "get_or_create_multi",
+    "refresh",
 ]
 
 #: How often a caller waiting for another process's creation lock asks again.
@@ -211,11 +215,44 @@ class HandOff(NamedTuple):
     lease: Any
 
 
-#: The port method that performs each request.
+class Start(NamedTuple):
+    """Start ``creator(*args, **kwargs)`` beside the caller (a thread of the
+    registry's pool, or a task: :mod:`librecache.engine.background`) -> a
+    job for :class:`Wait`. Only for a call with a time-out."""
+
+    creator: Callable[..., Any]
+    args: Sequence[Any]
+    kwargs: dict[str, Any]
+
+
+class Wait(NamedTuple):
+    """Wait for ``job`` at most ``seconds`` (``None``: until it ends) ->
+    ``(True, its value)``, or ``(False, None)`` while it runs on; the
+    creator's exception is raised."""
+
+    job: Any
+    seconds: float | None
+
+
+class Detach(NamedTuple):
+    """Give ``outcome`` to the caller now (raise it, when it is an
+    exception); the door runs the rest of the flow in the background, where
+    a failure is logged and counted, never raised."""
+
+    outcome: Any
+
+
+class Note(NamedTuple):
+    """Count ``event``, one of the region's counters (:mod:`librecache.stats`)."""
+
+    event: str
+
+
+#: The port method that performs each request (:class:`Detach` is the door's own).
 OPS: dict[type, str] = {
     Read: "read", ReadMany: "read_many", Queue: "queue", Dequeue: "dequeue", TryLock: "try_lock",
     BreakLock: "break_lock", Sleep: "sleep", Create: "create", Store: "store", StoreMany: "store_many",
-    Release: "release", HandOff: "hand_off",
+    Release: "release", HandOff: "hand_off", Start: "start", Wait: "wait", Note: "note",
 }
 
 
@@ -225,8 +262,9 @@ OPS: dict[type, str] = {
 
 #: :class:`Outcome` kinds: a fresh value; another creator's value after
 #: waiting for its lock; a stale value while another recreates it; a
-#: value this call created.
-HIT, WAITED, STALE, CREATED = "hit", "waited", "stale", "created"
+#: value this call created; a stale value the fail-safe served (its
+#: creator failed, or outlasted the soft time-out).
+HIT, WAITED, STALE, CREATED, SPARED = "hit", "waited", "stale", "created", "spared"
 
 
 class Outcome(NamedTuple):
@@ -260,14 +298,16 @@ class Call:
     :param deadline: when waiting for another creator ends
         (:func:`time.monotonic`), or ``None``: never.
     :param runner: dogpile's ``async_creation_runner`` (sync door only).
+    :param policy: the call's fail-safe, time-outs, eager refresh and
+        jitter (:class:`~librecache.engine.policy.Policy`).
     """
 
-    __slots__ = ("args", "creator", "deadline", "expiration", "key", "kwargs", "orig_key", "region", "runner",
-                 "should_cache")
+    __slots__ = ("args", "creator", "deadline", "expiration", "key", "kwargs", "orig_key", "policy", "region",
+                 "runner", "should_cache", "started")
 
     def __init__(self, region: Any, key: str, orig_key: Any, creator: Callable[..., Any], args: Sequence[Any],
                  kwargs: dict[str, Any], expiration: float | None, should_cache: Callable[[Any], bool] | None,
-                 deadline: float | None, runner: Any = None) -> None:
+                 deadline: float | None, runner: Any = None, policy: Policy = PLAIN) -> None:
         self.region = region
         self.key = key
         self.orig_key = orig_key
@@ -278,6 +318,9 @@ class Call:
         self.should_cache = should_cache
         self.deadline = deadline
         self.runner = runner
+        self.policy = policy
+        #: When the call began (:func:`time.monotonic`): its time-outs count from here.
+        self.started = time.monotonic()
 
 
 Flow = Generator[Any, Any, Any]
@@ -316,46 +359,60 @@ def get_or_create(call: Call, found: Found | None = None) -> Generator[Any, Any,
     stale value. Waiting ends at the call's deadline: the caller then
     creates the value itself and does not store it.
 
+    The call's policy (:mod:`librecache.engine.policy`) adds: a fresh value
+    past its eager-refresh point is returned and refreshed in the
+    background (:func:`refresh`); a value the fail-safe keeps is served
+    when the creator fails or outlasts the soft time-out; a caller gives up
+    at the hard time-out (:class:`~librecache.CreationTimeout`).
+
     :param found: what the caller already read of the key (the doors' hit
         path hands its read on), or ``None``: read it first.
     """
-    region = call.region
+    region, policy = call.region, call.policy
     if found is None:
         found = yield Read(call.key)
-    kind, payload = verdict(region, found.value, call.expiration)
+    kind, payload = verdict(region, found.value, call.expiration, policy, call.key)
     if kind is FRESH:
+        if policy.eager_refresh is not None and refresh_due(found.value, call.expiration, policy, call.key):
+            return (yield from refresh(call, found, payload))
         return Outcome(HIT, payload)
+    spared = spare(region, found.value, call.expiration, policy, call.key)
     wait = kind is ABSENT
-    handle = yield Queue(call.key, wait, call.deadline)
+    deadline, why = _deadline(call, spared)
+    handle = yield Queue(call.key, wait, deadline)
     if handle is None:
         if not wait:  # another caller of this process recreates it
             return Outcome(STALE, payload)
-        return (yield from _create(call, None))  # waited the whole budget: created, not stored
+        return (yield from _gave_up(call, why, spared))
     lease = None
     try:
         seen = found.seen
         reply = LockReply(HELD)
         for _ in range(MAX_CHANGES):
-            reply = yield from acquire(call.key, seen, wait, call.deadline)
+            reply = yield from acquire(call.key, seen, wait, deadline)
             if reply.state is ACQUIRED:
                 lease = reply.lease
             if reply.current is not None:  # created meanwhile by the caller we waited for?
-                now, current = verdict(region, reply.current.value, call.expiration)
+                now, current = verdict(region, reply.current.value, call.expiration, policy, call.key)
                 if now is FRESH:
                     return Outcome(WAITED if wait else HIT, current)
                 seen = reply.current.seen
                 payload = current  # the newer stale value is the one to serve meanwhile,
                 wait = wait or now is ABSENT  # and a value deleted meanwhile is not served at all
+                spared = spare(region, reply.current.value, call.expiration, policy, call.key)
+                deadline, why = _deadline(call, spared)
             if reply.state is not CHANGED:
                 break
         if reply.state is HELD and not wait:  # another process recreates it
             return Outcome(STALE, payload)
+        if reply.state is HELD and why is not None:  # a time-out passed while another process creates it
+            return (yield from _gave_up(call, why, spared))
         if reply.state is ACQUIRED and not wait and call.runner is not None:
             yield HandOff(call, handle, lease)  # the runner releases both
             handle = lease = None
             return Outcome(STALE, payload)
         lease, given = None, lease
-        return (yield from _create(call, given))
+        return (yield from _create(call, given, spared))
     finally:
         if lease is not None:
             yield Release(call.key, lease)
@@ -363,13 +420,83 @@ def get_or_create(call: Call, found: Found | None = None) -> Generator[Any, Any,
             yield Dequeue(call.key, handle)
 
 
-def _create(call: Call, lease: Any) -> Generator[Any, Any, Outcome]:
+def _deadline(call: Call, spared: Any) -> tuple[float | None, str | None]:
+    """When a caller stops waiting for a creator, and why: the soft
+    time-out when the fail-safe has a value to serve, the hard time-out,
+    or (``None``) the call's budget, whichever comes first."""
+    policy = call.policy
+    deadline, why = call.deadline, None
+    for seconds, reason in ((policy.soft_timeout if spared is not NO_VALUE else None, SOFT),
+                            (policy.hard_timeout, HARD)):
+        if seconds is not None and (deadline is None or call.started + seconds < deadline):
+            deadline, why = call.started + seconds, reason
+    return deadline, why
+
+
+#: Why a caller stopped waiting (:func:`_deadline`).
+SOFT, HARD = "soft_timeouts", "hard_timeouts"
+
+
+def _gave_up(call: Call, why: str | None, spared: Any) -> Generator[Any, Any, Outcome]:
+    """A caller that waited for another creator until its deadline: at the
+    soft time-out it is served the fail-safe's value, at the hard one it
+    raises :class:`~librecache.CreationTimeout`, at the call's budget it
+    creates the value itself and does not store it (as dogpile's lock
+    time-out)."""
+    if why is None:
+        return (yield from _create(call, None))
+    yield Note(why)
+    if why is SOFT:
+        yield Note("stale_served")
+        return Outcome(SPARED, spared.payload)
+    raise CreationTimeout(call.region.name, call.orig_key, call.policy.hard_timeout)
+
+
+def _create(call: Call, lease: Any, spared: Any = NO_VALUE, timed: bool = True) -> Generator[Any, Any, Outcome]:
     """Run the creator and store its value with ``lease`` (consumed:
-    stored, or released); ``None``: not stored."""
+    stored, or released); ``None``: not stored.
+
+    With a time-out (and ``timed``), the creator runs beside the caller: at
+    the soft time-out (with a value to spare) the caller is served that
+    value, at the hard time-out it raises
+    :class:`~librecache.CreationTimeout`; either way the creator goes on in
+    the background and stores its value when it ends. A creator that fails
+    while the fail-safe has a value to spare (``spared``, a
+    :class:`CachedValue`) serves it instead, and stores it again as fresh
+    for the throttle (:func:`~librecache.engine.judge.throttled`)."""
+    policy = call.policy
+    detached = False
     try:
         started = time.time()  # the value's creation time: see judge.made
         clock = time.perf_counter()
-        created = yield Create(call.creator, call.args, call.kwargs)
+        try:
+            if timed and policy.timed:
+                job = yield Start(call.creator, call.args, call.kwargs)
+                deadline, why = _deadline(call, spared)
+                done, created = yield Wait(job, None if deadline is None else max(0.0, deadline - time.monotonic()))
+                if not done:
+                    yield Note(why or HARD)
+                    detached = True
+                    if why is SOFT:
+                        yield Note("stale_served")
+                        yield Detach(Outcome(SPARED, spared.payload))
+                    else:
+                        yield Detach(CreationTimeout(call.region.name, call.orig_key, policy.hard_timeout))
+                    done, created = yield Wait(job, None)
+            else:
+                created = yield Create(call.creator, call.args, call.kwargs)
+        except Exception:
+            if spared is NO_VALUE:
+                raise
+            if detached:  # the caller was served already: a failure in the background
+                yield Note("background_failures")
+            else:
+                yield Note("stale_served")
+            if lease is not None:  # no other creator of the deployment runs it again meanwhile
+                lease, given = None, lease
+                yield Store(call.key, throttled(spared.payload, spared.metadata["ct"],
+                                                time.time() + policy.fail_safe_throttle), given)
+            return Outcome(SPARED, spared.payload)
         seconds = time.perf_counter() - clock
         soft_without_ttl(call.region, call.expiration)
         if lease is not None and (call.should_cache is None or call.should_cache(created)):
@@ -379,6 +506,32 @@ def _create(call: Call, lease: Any) -> Generator[Any, Any, Outcome]:
     finally:
         if lease is not None:
             yield Release(call.key, lease)
+
+
+def refresh(call: Call, found: Found, payload: Any) -> Generator[Any, Any, Outcome]:
+    """Eager refresh: ``payload`` (fresh, past its refresh point) is the
+    outcome at once; when no caller of this process refreshes the key and
+    its creation lock is free (so one caller of the deployment refreshes
+    it), the creator runs in the background and stores its value under
+    the lock's lease, as any creation."""
+    handle = yield Queue(call.key, False, None)
+    if handle is None:
+        return Outcome(HIT, payload)
+    lease = None
+    try:
+        reply = yield from acquire(call.key, found.seen, False, None)
+        if reply.state is not ACQUIRED:  # another refreshes it, or has
+            return Outcome(HIT, payload)
+        lease = reply.lease
+        yield Note("eager_refreshes")
+        yield Detach(Outcome(HIT, payload))
+        lease, given = None, lease
+        yield from _create(call, given, timed=False)
+        return Outcome(HIT, payload)
+    finally:
+        if lease is not None:
+            yield Release(call.key, lease)
+        yield Dequeue(call.key, handle)
 
 
 def get_or_create_multi(call: Call, keys: Sequence[Any], mangled: dict[Any, str]) -> Generator[Any, Any, MultiOutcome]:

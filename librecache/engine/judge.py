@@ -36,6 +36,7 @@ from dogpile.cache.exception import DogpileCacheException
 from dogpile.cache.region import value_version
 
 from .._compat import DOGPILE_METADATA_DELIMITER
+from .policy import PLAIN, Policy, jitter
 
 __all__ = [
     "ABSENT",
@@ -49,6 +50,9 @@ __all__ = [
     "made",
     "parse_metadata",
     "reads_bytes",
+    "refresh_due",
+    "spare",
+    "throttled",
     "usual_time",
     "verdict",
 ]
@@ -68,10 +72,20 @@ def expiration_of(region: Any, expiration_time: float | None) -> float | None:
     return None if expiration_time == -1 else expiration_time
 
 
-def verdict(region: Any, value: Any, expiration_time: float | None) -> tuple[str, Any]:
+def verdict(region: Any, value: Any, expiration_time: float | None, policy: Policy = PLAIN,
+            key: str = "") -> tuple[str, Any]:
     """``(FRESH | STALE | ABSENT, payload)`` of ``value`` (a
-    :class:`CachedValue` or ``NO_VALUE``) for a call whose expiration time
-    is ``expiration_time`` (as :func:`expiration_of` reads it).
+    :class:`CachedValue` or ``NO_VALUE``) stored under ``key`` for a call
+    whose expiration time is ``expiration_time`` (as :func:`expiration_of`
+    reads it) and whose settings are ``policy``:
+
+    - the value's TTL is ``expiration_time`` plus its jitter
+      (:func:`~librecache.engine.policy.jitter`);
+    - a value the fail-safe served is fresh until its throttle ends
+      (its ``fs`` metadata), unless hard-invalidated or deleted;
+    - with a fail-safe longer than the grace, a value expired for longer
+      than the grace is absent (callers wait for its creator), though kept
+      for the fail-safe (:func:`spare`).
 
     :raises DogpileCacheException: a soft-invalidated value and no
         expiration time (dogpile's rule).
@@ -83,13 +97,56 @@ def verdict(region: Any, value: Any, expiration_time: float | None) -> tuple[str
     invalidator = region.region_invalidator
     if metadata["v"] != value_version or invalidator.is_hard_invalidated(created):
         return ABSENT, None
-    if invalidator.is_soft_invalidated(created):
-        if expiration_time is None:
-            raise DogpileCacheException(SOFT_WITHOUT_TTL)
-        return STALE, value.payload
-    if expiration_time is not None and time.time() - created > expiration_time:
-        return STALE, value.payload
-    return FRESH, value.payload
+    soft = invalidator.is_soft_invalidated(created)
+    if soft and expiration_time is None:
+        raise DogpileCacheException(SOFT_WITHOUT_TTL)
+    if expiration_time is None:
+        return FRESH, value.payload
+    now = time.time()
+    expires = expiration_time + jitter(key, created, policy.ttl_jitter) if policy.ttl_jitter else expiration_time
+    age = now - created
+    if not soft and age <= expires:
+        return FRESH, value.payload
+    if metadata.get("fs", 0.0) > now:  # served by the fail-safe: fresh for its throttle
+        return FRESH, value.payload
+    if policy.fail_safe > policy.grace and age > expires + policy.grace:
+        return ABSENT, None
+    return STALE, value.payload
+
+
+def spare(region: Any, value: Any, expiration_time: float | None, policy: Policy, key: str = "") -> Any:
+    """``value`` (a :class:`CachedValue`) when the fail-safe may serve it
+    as its creator fails, else ``NO_VALUE``: a value of this version, not hard-invalidated
+    (nor deleted: then nothing is read), expired for at most the fail-safe.
+    A soft-invalidated value may be served, as soft invalidation allows."""
+    if value is NO_VALUE or not policy.fail_safe or expiration_time is None:
+        return NO_VALUE
+    metadata = value.metadata
+    created = metadata["ct"]
+    if metadata["v"] != value_version or region.region_invalidator.is_hard_invalidated(created):
+        return NO_VALUE
+    expires = expiration_time + jitter(key, created, policy.ttl_jitter) if policy.ttl_jitter else expiration_time
+    if time.time() - created > expires + policy.fail_safe:
+        return NO_VALUE
+    return value
+
+
+def throttled(payload: Any, created: float, until: float) -> CachedValue:
+    """A value the fail-safe served, to store again: its own creation time
+    (so an invalidation after it still covers it, and the fail-safe's limit
+    still counts from its expiry) and ``fs``, the end of its throttle."""
+    return CachedValue(payload, {"ct": created, "v": value_version, "fs": until})  # type: ignore[call-arg]
+
+
+def refresh_due(value: Any, expiration_time: float | None, policy: Policy, key: str = "") -> bool:
+    """Whether a fresh ``value`` is past its eager-refresh point: the
+    policy's fraction of its TTL (jitter included)."""
+    eager = policy.eager_refresh
+    if eager is None or expiration_time is None or value is NO_VALUE:
+        return False
+    created = value.metadata["ct"]
+    expires = expiration_time + jitter(key, created, policy.ttl_jitter) if policy.ttl_jitter else expiration_time
+    return bool(time.time() - created > expires * eager)
 
 
 def made(payload: Any, started: float) -> CachedValue:

@@ -33,18 +33,34 @@ from dogpile.cache.api import NO_VALUE, CachedValue, CacheMutex
 
 from .._compat import DOGPILE_METADATA_DELIMITER
 from ..invalidation import SharedInvalidation
+from .background import AsyncJobs, SyncJobs
 from .flows import ACQUIRED, ANY, CHANGED, Call, Found, LockReply
-from .judge import CREATION_TIMES, FRESH, expiration_of, usual_time, verdict
+from .judge import CREATION_TIMES, FRESH, expiration_of, refresh_due, usual_time, verdict
 from .locks import AsyncKeyedLocks, LeasedKey
+from .policy import PLAIN, Policy, jitter
 
 __all__ = ["AsyncLocalPort", "MemoryPort", "ProxiedPort", "RedisPort"]
 
 
-def judged(region: Any, found: Found, timeout: float | None) -> Any:
+def judged(region: Any, found: Found, timeout: float | None, policy: Policy = PLAIN, key: str = "") -> Any:
     """``found``'s payload if it is fresh for a call with ``timeout`` (its
-    ``expiration_time`` argument), else ``found``, for a flow to go on from."""
-    kind, payload = verdict(region, found.value, expiration_of(region, timeout))
-    return payload if kind is FRESH else found
+    ``expiration_time`` argument) and ``policy``, and not due for an eager
+    refresh, else ``found``, for a flow to go on from."""
+    expiration = expiration_of(region, timeout)
+    kind, payload = verdict(region, found.value, expiration, policy, key)
+    if kind is not FRESH or (policy.eager_refresh is not None
+                             and refresh_due(found.value, expiration, policy, key)):
+        return found
+    return payload
+
+
+def near_expiry(expires: float | None, policy: Policy) -> float | None:
+    """The expiration time a near copy is judged by: a call's, or its
+    eager-refresh point (a copy past it goes to the flow, which refreshes
+    it). A near copy's TTL has no jitter: it may only end sooner."""
+    if policy.eager_refresh is None or expires is None or expires == -1:
+        return expires
+    return expires * policy.eager_refresh
 
 
 def found_of(port: Any, key: str, stored: bytes | None) -> Found:
@@ -69,7 +85,7 @@ def hit_judgement(region: Any) -> tuple[Any, bool]:
     return invalidation, pickled
 
 
-def stored_hit(port: Any, key: str, stored: bytes | None, timeout: float | None) -> Any:
+def stored_hit(port: Any, key: str, stored: bytes | None, timeout: float | None, policy: Policy = PLAIN) -> Any:
     """A Redis port's hit path after its read of ``stored``: the payload,
     when fresh for a call with ``timeout`` (its ``expiration_time``
     argument), else the :class:`Found` a flow goes on from. Both doors.
@@ -95,13 +111,18 @@ def stored_hit(port: Any, key: str, stored: bytes | None, timeout: float | None)
             created = usual_time(header)
         if created is not None:  # else another form, which JSON may read or refuse: parsed below
             expires = region.expiration_time if timeout is None else timeout
+            if policy is not PLAIN and expires is not None and expires != -1:
+                if policy.ttl_jitter:
+                    expires += jitter(key, created, policy.ttl_jitter)
+                if policy.eager_refresh is not None:
+                    expires *= policy.eager_refresh
             if (expires is None or expires == -1 or time.time() - created <= expires) \
                     and created >= port.invalidation.valid_from:
                 try:
                     return region.deserializer(pickled)
                 except Exception:  # not unpickled: parsed below, as the region reads it (logged)
                     pass
-    return judged(region, Found(region.parse_stored(raw), stored), timeout)
+    return judged(region, Found(region.parse_stored(raw), stored), timeout, policy, key)
 
 
 class _Handed(CacheMutex):
@@ -128,9 +149,9 @@ class _Handed(CacheMutex):
         return self._handle is not None
 
 
-class _SyncPort:
+class _SyncPort(SyncJobs):
     """What every sync port does alike: this process's queue (the backend's
-    thread locks), pauses, the creator, dogpile's runner."""
+    thread locks), pauses, the creator and its jobs, dogpile's runner."""
 
     region: Any
     backend: Any
@@ -194,18 +215,19 @@ class RedisPort(_SyncPort):
         self.read_stored = backend.read_stored
         self.invalidation, self.pickled = hit_judgement(region)
 
-    def hit(self, key: str, timeout: float | None) -> Any:
+    def hit(self, key: str, timeout: float | None, policy: Policy = PLAIN) -> Any:
         near = self.near
         if near is not None and near.enabled:
-            payload = near.fetch(key, self.region.expiration_time if timeout is None else timeout)
+            expires = self.region.expiration_time if timeout is None else timeout
+            payload = near.fetch(key, expires if policy is PLAIN else near_expiry(expires, policy))
             if payload is not NO_VALUE:
                 return payload
             generation = near.generation
             found = self.read(key)
             if isinstance(found.value, CachedValue):
                 near.store(key, found.value, generation)
-            return judged(self.region, found, timeout)
-        return stored_hit(self, key, self.read_stored(key), timeout)
+            return judged(self.region, found, timeout, policy, key)
+        return stored_hit(self, key, self.read_stored(key), timeout, policy)
 
     def read(self, key: str) -> Found:
         if self.connection.is_pending(key):
@@ -254,8 +276,8 @@ class MemoryPort(_SyncPort):
         self.region = region
         self.backend = backend
 
-    def hit(self, key: str, timeout: float | None) -> Any:
-        return judged(self.region, self.read(key), timeout)
+    def hit(self, key: str, timeout: float | None, policy: Policy = PLAIN) -> Any:
+        return judged(self.region, self.read(key), timeout, policy, key)
 
     def read(self, key: str) -> Found:
         value = self.backend.get(key)
@@ -288,8 +310,8 @@ class ProxiedPort(_SyncPort):
         self.backend = inner.backend if inner is not None else region.backend
         self.budget = inner.budget if inner is not None else None
 
-    def hit(self, key: str, timeout: float | None) -> Any:
-        return judged(self.region, self.read(key), timeout)
+    def hit(self, key: str, timeout: float | None, policy: Policy = PLAIN) -> Any:
+        return judged(self.region, self.read(key), timeout, policy, key)
 
     def read(self, key: str) -> Found:
         return Found(self.region.read_cached(key), ANY)
@@ -318,7 +340,7 @@ class ProxiedPort(_SyncPort):
         self.inner.release(key, lease)
 
 
-class AsyncLocalPort:
+class AsyncLocalPort(AsyncJobs):
     """The async door of a memory namespace (or one behind proxies whose
     backend is memory): the sync port's calls, which never wait on I/O,
     behind an asyncio queue per key; also the awaitable region calls'
@@ -332,8 +354,8 @@ class AsyncLocalPort:
 
     # -- the flows' requests
 
-    async def hit(self, key: str, timeout: float | None) -> Any:
-        return self.sync.hit(key, timeout)
+    async def hit(self, key: str, timeout: float | None, policy: Policy = PLAIN) -> Any:
+        return self.sync.hit(key, timeout, policy)
 
     async def read(self, key: str) -> Found:
         return self.sync.read(key)  # type: ignore[no-any-return]

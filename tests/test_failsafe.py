@@ -1,0 +1,356 @@
+"""When the database is sick too: the fail-safe, the soft and hard
+creation time-outs, eager refresh and TTL jitter, on memory, a single
+Redis and the cluster, through both doors.
+
+Time passes for real here (a value must expire): each test gives its call
+a short expiration time, and waits for the condition it needs (the value
+expired, the background creation stored) with a deadline, never a fixed
+sleep. The creators count their runs, so "not called again" is a count."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from dogpile.cache.api import NO_VALUE
+
+import librecache
+from librecache import CreationTimeout
+from librecache.engine.policy import Policy, jitter
+from tests.load import wait_until
+
+Make = Callable[..., librecache.Caches]
+
+#: The namespace under test: a TTL of 3 minutes; each call gives its own
+#: shorter expiration time (EXPIRES), the grace is GRACE.
+NS = "FLOWS"
+EXPIRES = 0.3
+GRACE = 0.1
+DOORS = ("sync", "async")
+
+
+@pytest.fixture(params=["memory", "single", "cluster"])
+def where(request: pytest.FixtureRequest, prefix: str) -> dict[str, str]:
+    """The variables of a deployment of each kind (its Redis, if any)."""
+    if request.param == "memory":
+        return {}
+    if request.param == "single":
+        return dict(request.getfixturevalue("redis_env"))
+    return dict(request.getfixturevalue("cluster_env"))
+
+
+def region_of(make: Make, env: dict[str, str], **variables: str) -> Any:
+    caches = make({**env, "LIBRECACHE_NAMESPACE_GRACE": f"{NS}={GRACE}", **variables})
+    return caches.region(NS)
+
+
+class Creator:
+    """A creator that counts its runs, and answers what it is told to."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.value: Any = "v1"
+        self.error: Exception | None = None
+        self.seconds = 0.0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self.lock:
+            self.runs += 1
+        if self.seconds:
+            time.sleep(self.seconds)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    async def acall(self) -> Any:
+        with self.lock:
+            self.runs += 1
+        if self.seconds:
+            await asyncio.sleep(self.seconds)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def call(door: str, region: Any, key: str, creator: Creator, **settings: Any) -> Any:
+    """``get_or_create`` through ``door`` with EXPIRES and ``settings``."""
+    if door == "sync":
+        return region.get_or_create(key, creator, EXPIRES, **settings)
+    return asyncio.run(region.aget_or_create(key, creator.acall, EXPIRES, **settings))
+
+
+def expired(region: Any, key: str, beyond: float = 0.0) -> Callable[[], bool]:
+    """Whether the value under ``key`` is older than EXPIRES + ``beyond``."""
+    def check() -> bool:
+        value = region.get(key, expiration_time=EXPIRES + beyond)
+        return value is NO_VALUE
+    return check
+
+
+def stats(region: Any) -> dict[str, Any]:
+    return region.counters.as_dict()  # type: ignore[no-any-return]
+
+
+# -- the fail-safe ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_a_creator_that_fails_after_expiry_gets_the_stale_value_served(
+        make_caches: Make, where: dict[str, str], door: str) -> None:
+    region = region_of(make_caches, where)
+    creator = Creator()
+    assert call(door, region, "k", creator, fail_safe=60) == "v1"
+    wait_until(expired(region, "k", GRACE), 5)  # past the grace too: callers wait for the creator
+    creator.error = RuntimeError("the database is down")
+    assert call(door, region, "k", creator, fail_safe=60) == "v1"
+    assert creator.runs == 2 and stats(region)["stale_served"] == 1
+    # throttled: fresh for 30 s, in every process, so the creator is not called again
+    for _ in range(3):
+        assert call(door, region, "k", creator, fail_safe=60) == "v1"
+    assert creator.runs == 2
+
+
+def test_the_throttle_holds_in_every_process(make_caches: Make, where: dict[str, str]) -> None:
+    if not where:
+        pytest.skip("memory regions are one process's")
+    one, other = region_of(make_caches, where), region_of(make_caches, where)
+    creator = Creator()
+    one.get_or_create("k", creator, EXPIRES, fail_safe=60)
+    wait_until(expired(one, "k", GRACE), 5)
+    creator.error = RuntimeError("down")
+    assert one.get_or_create("k", creator, EXPIRES, fail_safe=60) == "v1"
+    assert other.get_or_create("k", creator, EXPIRES, fail_safe=60) == "v1"
+    assert creator.runs == 2
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_without_a_fail_safe_the_error_reaches_the_caller(make_caches: Make, where: dict[str, str],
+                                                          door: str) -> None:
+    region = region_of(make_caches, where)
+    creator = Creator()
+    call(door, region, "k", creator)
+    wait_until(expired(region, "k", GRACE), 5)
+    creator.error = RuntimeError("the database is down")
+    with pytest.raises(RuntimeError, match="the database is down"):
+        call(door, region, "k", creator)
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_past_the_fail_safe_the_error_reaches_the_caller(make_caches: Make, where: dict[str, str],
+                                                         door: str) -> None:
+    region = region_of(make_caches, where)
+    creator = Creator()
+    call(door, region, "k", creator, fail_safe=0.3)
+    wait_until(expired(region, "k", 0.3), 5)
+    creator.error = RuntimeError("the database is down")
+    with pytest.raises(RuntimeError):
+        call(door, region, "k", creator, fail_safe=0.3)
+
+
+@pytest.mark.parametrize("invalidate", ["hard", "delete"])
+@pytest.mark.parametrize("door", DOORS)
+def test_a_deleted_or_hard_invalidated_value_is_never_served_by_the_fail_safe(
+        make_caches: Make, where: dict[str, str], door: str, invalidate: str) -> None:
+    region = region_of(make_caches, where)
+    creator = Creator()
+    call(door, region, "k", creator, fail_safe=60)
+    wait_until(expired(region, "k"), 5)
+    if invalidate == "hard":
+        region.invalidate(hard=True)
+    else:
+        region.delete("k")
+    creator.error = RuntimeError("the database is down")
+    with pytest.raises(RuntimeError):
+        call(door, region, "k", creator, fail_safe=60)
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_a_soft_invalidated_value_may_be_served_by_the_fail_safe(make_caches: Make, where: dict[str, str],
+                                                                door: str) -> None:
+    region = region_of(make_caches, where)
+    creator = Creator()
+    call(door, region, "k", creator, fail_safe=60)
+    region.invalidate(hard=False)
+    creator.error = RuntimeError("the database is down")
+    assert call(door, region, "k", creator, fail_safe=60) == "v1"
+
+
+def test_the_variables_give_a_namespace_its_fail_safe(make_caches: Make, where: dict[str, str]) -> None:
+    region = region_of(make_caches, where, LIBRECACHE_FAIL_SAFE=f"{NS}=60",
+                       LIBRECACHE_FAIL_SAFE_THROTTLE=f"{NS}=5")
+    assert region.policy == Policy(grace=GRACE, fail_safe=60.0, fail_safe_throttle=5.0)
+    creator = Creator()
+    region.get_or_create("k", creator, EXPIRES)
+    wait_until(expired(region, "k", GRACE), 5)
+    creator.error = RuntimeError("down")
+    assert region.get_or_create("k", creator, EXPIRES) == "v1"
+
+
+# -- soft and hard time-outs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_a_slow_creator_past_the_soft_timeout_serves_the_stale_value_and_stores_later(
+        make_caches: Make, where: dict[str, str], door: str) -> None:
+    region = region_of(make_caches, where)
+    creator = Creator()
+    call(door, region, "k", creator, fail_safe=60)
+    wait_until(expired(region, "k", GRACE), 5)
+    creator.value, creator.seconds = "v2", 0.5
+    assert call(door, region, "k", creator, fail_safe=60, soft_timeout=0.05) == "v1"
+    assert stats(region)["soft_timeouts"] == 1
+    if door == "sync":  # the async door's task ended with its loop (asyncio.run): see the next test
+        wait_until(lambda: region.get("k", expiration_time=60) == "v2", 5)
+
+
+def test_an_async_creator_past_the_soft_timeout_stores_on_its_loop(make_caches: Make,
+                                                                   where: dict[str, str]) -> None:
+    region = region_of(make_caches, where)
+    creator = Creator()
+
+    async def scenario() -> None:
+        await region.aget_or_create("k", creator.acall, EXPIRES, fail_safe=60)
+        while await region.aget("k", expiration_time=EXPIRES + GRACE) is not NO_VALUE:
+            await asyncio.sleep(0.01)
+        creator.value, creator.seconds = "v2", 0.3
+        assert await region.aget_or_create("k", creator.acall, EXPIRES, fail_safe=60, soft_timeout=0.05) == "v1"
+        deadline = time.monotonic() + 5
+        while await region.aget("k", expiration_time=60) != "v2":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_the_hard_timeout_raises_and_the_value_is_stored_later(make_caches: Make, where: dict[str, str],
+                                                               door: str) -> None:
+    region = region_of(make_caches, where)
+    creator = Creator()
+    creator.seconds = 0.4
+    with pytest.raises(CreationTimeout) as raised:
+        call(door, region, "k", creator, hard_timeout=0.05)
+    assert isinstance(raised.value, TimeoutError) and isinstance(raised.value, librecache.LibrecacheError)
+    assert stats(region)["hard_timeouts"] == 1
+    if door == "sync":
+        wait_until(lambda: region.get("k", expiration_time=60) == "v1", 5)
+
+
+def test_a_caller_waiting_for_another_process_gives_up_at_the_hard_timeout(make_caches: Make,
+                                                                          where: dict[str, str]) -> None:
+    if not where:
+        pytest.skip("one process: the queue is this process's own")
+    one, other = region_of(make_caches, where), region_of(make_caches, where)
+    creator = Creator()
+    creator.seconds = 0.6
+    started = threading.Thread(target=lambda: one.get_or_create("k", creator, EXPIRES))
+    started.start()
+    wait_until(lambda: creator.runs == 1, 5)
+    with pytest.raises(CreationTimeout):
+        other.get_or_create("k", Creator(), EXPIRES, hard_timeout=0.05)
+    started.join()
+    assert other.get_or_create("k", Creator(), 60) == "v1"  # the first creator's value
+
+
+@pytest.mark.parametrize("invalidate", ["delete", "hard"])
+def test_a_background_creation_that_started_before_an_invalidation_is_never_served(
+        make_caches: Make, where: dict[str, str], invalidate: str) -> None:
+    """A key's delete revokes the creation's lease (nothing is stored); a
+    namespace's invalidation covers the value, created before it."""
+    region = region_of(make_caches, where)
+    creator = Creator()
+    creator.seconds, creator.value = 0.3, "before"
+    with pytest.raises(CreationTimeout):
+        region.get_or_create("k", creator, EXPIRES, hard_timeout=0.05)
+    if invalidate == "delete":
+        region.delete("k")  # while the creator still runs
+    else:
+        region.invalidate(hard=True)
+    background = region.background
+    wait_until(lambda: background.pending == 0, 5)
+    if invalidate == "delete":
+        assert region.get("k", ignore_expiration=True) is NO_VALUE
+    assert region.get_or_create("k", lambda: "after", 60) == "after"
+
+
+# -- eager refresh ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_eager_refresh_serves_at_once_and_refreshes_once_in_the_background(
+        make_caches: Make, where: dict[str, str], door: str) -> None:
+    region = region_of(make_caches, where)
+    creator = Creator()
+    creator.value = "v1"
+    call(door, region, "k", creator, eager_refresh=0.5)
+    wait_until(lambda: region.get("k", expiration_time=EXPIRES * 0.5) is NO_VALUE, 5)  # past the point
+    creator.value, creator.seconds = "v2", 0.2
+    started = time.monotonic()
+    assert call(door, region, "k", creator, eager_refresh=0.5) == "v1"
+    assert time.monotonic() - started < 0.2  # not waiting for the creator (it sleeps 0.2 s)
+    if door == "sync":
+        for _ in range(5):  # more hits meanwhile start no other refresh
+            assert region.get_or_create("k", creator, EXPIRES, eager_refresh=0.5) in ("v1", "v2")
+        wait_until(lambda: region.get("k", expiration_time=60) == "v2", 5)
+        assert creator.runs == 2 and stats(region)["eager_refreshes"] == 1
+
+
+# -- TTL jitter -------------------------------------------------------------------------------
+
+
+def test_jitter_spreads_the_ttls_of_values_written_together() -> None:
+    now = time.time()
+    drawn = [jitter(f"k{n}", now, 30.0) for n in range(1000)]
+    assert all(0 <= seconds <= 30 for seconds in drawn)
+    assert max(drawn) - min(drawn) > 25 and len(set(drawn)) == 1000
+    assert jitter("k1", now, 30.0) == drawn[1]  # every process computes the same
+
+
+def test_a_jittered_value_lives_longer_than_the_ttl(make_caches: Make, where: dict[str, str]) -> None:
+    region = region_of(make_caches, where)
+    creator = Creator()
+    for n in range(20):
+        region.get_or_create(f"k{n}", creator, EXPIRES, ttl_jitter=10)
+    wait_until(expired(region, "k0"), 5)  # past the TTL without jitter
+    assert [region.get_or_create(f"k{n}", creator, EXPIRES, ttl_jitter=10) for n in range(20)] == ["v1"] * 20
+    # each value's TTL is 0.3 s plus 0 to 10 s: about one in a hundred is already due
+    assert creator.runs <= 20 + 3
+
+
+# -- bad settings -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"fail_safe": -1}, "fail_safe=-1"),
+    ({"soft_timeout": 0}, "soft_timeout=0"),
+    ({"eager_refresh": 1.5}, "eager_refresh=1.5"),
+    ({"soft_timeout": 2, "hard_timeout": 1}, "shorter than"),
+])
+def test_bad_settings_are_refused_when_a_function_is_decorated(make_caches: Make, settings: dict[str, Any],
+                                                              message: str) -> None:
+    region = make_caches().region(NS)
+    with pytest.raises(ValueError, match=message):
+        region.cache_on_arguments(**settings)
+
+
+def test_an_unknown_setting_is_refused(make_caches: Make) -> None:
+    region = make_caches().region(NS)
+    with pytest.raises(TypeError, match="fail_sa"):
+        region.cache_on_arguments(fail_sa=1)
+
+
+def test_close_waits_for_background_work_within_its_bound(make_caches: Make) -> None:
+    caches = make_caches()
+    region = caches.region(NS)
+    creator = Creator()
+    creator.seconds = 0.2
+    with pytest.raises(CreationTimeout):
+        region.get_or_create("k", creator, EXPIRES, hard_timeout=0.05)
+    caches.close()
+    assert region.background.pending == 0 and region.get("k", expiration_time=60) == "v1"
+
