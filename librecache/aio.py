@@ -165,7 +165,8 @@ async def _created(region: Any, port: Any, mangled: str, key: Any, creator: Call
 
 async def aget_or_create_multi(region: Any, keys: Iterable[Any], creator: Callable[..., Any],
                                expiration_time: float | None = None,
-                               should_cache_fn: Callable[[Any], bool] | None = None) -> list[Any]:
+                               should_cache_fn: Callable[[Any], bool] | None = None,
+                               policy: Policy | None = None) -> list[Any]:
     """:meth:`~dogpile.cache.region.CacheRegion.get_or_create_multi`,
     awaitable: one read for every key, one creator call (sync or async)
     for the keys to create, one round trip to store what it returned."""
@@ -173,7 +174,7 @@ async def aget_or_create_multi(region: Any, keys: Iterable[Any], creator: Callab
     port = async_port(region)
     if port.marks_due():
         await port.marks()
-    call = multi_call(region, port, creator, expiration_time, should_cache_fn)
+    call = multi_call(region, port, creator, expiration_time, should_cache_fn, policy)
     outcome = await arun(flows.get_or_create_multi(call, keys, mangled_map(region, keys)), port)
     count_multi(region.counters, outcome, len(keys))
     return outcome.values
@@ -220,11 +221,13 @@ def memoize_async(region: Any, key_generator: Callable[..., str], user_func: Cal
 
 
 def memoize_multi_async(region: Any, key_generator: Callable[..., Sequence[str]], user_func: Callable[..., Any],
-                        expiration_time: Any, should_cache_fn: Any, asdict: bool) -> Callable[..., Any]:
+                        expiration_time: Any, should_cache_fn: Any, asdict: bool,
+                        settings: dict[str, Any] | None = None) -> Callable[..., Any]:
     """What ``cache_multi_on_arguments`` returns for an ``async def``:
     dogpile's behaviour (one argument per key; a list, or with ``asdict`` a
     mapping), awaitable, with awaitable companions."""
     expiration_is_callable = callable(expiration_time)
+    policy_now = policies(region, settings)
 
     @functools.wraps(user_func)
     async def cached(*args: Any, **kwargs: Any) -> Any:
@@ -236,7 +239,7 @@ def memoize_multi_async(region: Any, key_generator: Callable[..., Sequence[str]]
             async def create(*keys_to_create: str) -> Any:
                 return await user_func(*[lookup[key] for key in keys_to_create])
 
-            return await aget_or_create_multi(region, keys, create, timeout, should_cache_fn)
+            return await aget_or_create_multi(region, keys, create, timeout, should_cache_fn, policy_now())
 
         async def create_from_dict(*keys_to_create: str) -> list[Any]:
             values = await user_func(*[lookup[key] for key in keys_to_create])
@@ -245,7 +248,7 @@ def memoize_multi_async(region: Any, key_generator: Callable[..., Sequence[str]]
         def cache_if(value: Any) -> bool:
             return value is not NO_VALUE and (not should_cache_fn or bool(should_cache_fn(value)))
 
-        values = await aget_or_create_multi(region, keys, create_from_dict, timeout, cache_if)
+        values = await aget_or_create_multi(region, keys, create_from_dict, timeout, cache_if, policy_now())
         return {arg: value for arg, value in zip(args, values, strict=True) if value is not NO_VALUE}
 
     async def invalidate(*args: Any) -> None:

@@ -17,6 +17,7 @@ calls, run by the engine (:mod:`librecache.engine`).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import time
@@ -34,7 +35,7 @@ from .engine.policy import PLAIN, Policy
 from .engine.ports import near_expiry
 
 __all__ = ["companions", "get_multi", "get_or_create", "get_or_create_multi", "key_function", "mangled_many",
-           "memoize", "policies", "policy_of"]
+           "memoize", "policies", "policy_of", "with_settings"]
 
 _SIMPLE = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 #: Arguments -> key pairs remembered per memoised function, at most.
@@ -216,23 +217,47 @@ def created(region: Any, port: Any, mangled: str, key: Any, creator: Callable[..
 
 
 def get_or_create_multi(region: Any, keys: Any, creator: Callable[..., Any], expiration_time: float | None = None,
-                        should_cache_fn: Callable[[Any], bool] | None = None) -> list[Any]:
+                        should_cache_fn: Callable[[Any], bool] | None = None,
+                        policy: Policy | None = None) -> list[Any]:
     """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create_multi`
     of ``region``, by the engine (:func:`librecache.engine.flows.get_or_create_multi`)."""
     keys = list(keys)
     port = sync_port(region)
-    call = multi_call(region, port, creator, expiration_time, should_cache_fn)
+    call = multi_call(region, port, creator, expiration_time, should_cache_fn, policy)
     outcome = run(flows.get_or_create_multi(call, keys, mangled_map(region, keys)), port)
     count_multi(region.counters, outcome, len(keys))
     return outcome.values
 
 
 def multi_call(region: Any, port: Any, creator: Callable[..., Any], expiration_time: float | None,
-               should_cache_fn: Any) -> Call:
-    """The :class:`~librecache.engine.flows.Call` of a multi-key flow (both doors)."""
+               should_cache_fn: Any, policy: Policy | None = None) -> Call:
+    """The :class:`~librecache.engine.flows.Call` of a multi-key flow (both
+    doors); ``policy``: the call's, the namespace's if ``None``."""
     budget = port.budget
     return Call(region, "", None, creator, (), {}, expiration_of(region, expiration_time), should_cache_fn,
-                None if budget is None else time.monotonic() + budget)
+                None if budget is None else time.monotonic() + budget, None,
+                region.policy if policy is None else policy)
+
+
+#: The settings of the memoised multi-key function running in this context
+#: (dogpile's ``cache_multi_on_arguments`` calls ``get_or_create_multi``
+#: without them: :func:`with_settings` passes them through here).
+MULTI_SETTINGS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("multi_settings",
+                                                                                       default=None)
+
+
+def with_settings(decorated: Callable[..., Any], settings: dict[str, Any]) -> Callable[..., Any]:
+    """``decorated`` (dogpile's memoised multi-key function), whose calls
+    of ``get_or_create_multi`` get ``settings``; its companions kept."""
+    @functools.wraps(decorated)
+    def cached(*args: Any, **kwargs: Any) -> Any:
+        token = MULTI_SETTINGS.set(settings)
+        try:
+            return decorated(*args, **kwargs)
+        finally:
+            MULTI_SETTINGS.reset(token)
+
+    return cached
 
 
 def mangled_map(region: Any, keys: list[Any]) -> dict[Any, str]:

@@ -40,7 +40,7 @@ from .engine.judge import parse_metadata
 from .engine.locks import LeasedKey
 from .engine.policy import PLAIN, Policy
 from .errors import ConfigurationError
-from .fastpath import get_multi, get_or_create, get_or_create_multi, memoize, policy_of
+from .fastpath import MULTI_SETTINGS, get_multi, get_or_create, get_or_create_multi, memoize, policy_of, with_settings
 from .formats import JsonFormat, format_for
 from .guard import CLOSE_TIMEOUT, RedisConnection
 from .health import HealthReport
@@ -317,11 +317,13 @@ class LibreRegion(RegionHooks):
                              policy_of(self, settings))
 
     def get_or_create_multi(self, keys: Any, creator: Callable[..., Any], expiration_time: float | None = None,
-                            should_cache_fn: Callable[[Any], bool] | None = None) -> Any:
+                            should_cache_fn: Callable[[Any], bool] | None = None, **settings: float | None) -> Any:
         """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create_multi`,
         by the engine; each key counted as a hit or a miss, the creator run
-        as a creation."""
-        return get_or_create_multi(self, keys, creator, expiration_time, should_cache_fn)
+        as a creation. ``settings``: as :meth:`get_or_create`'s."""
+        if not settings:
+            settings = MULTI_SETTINGS.get() or {}
+        return get_or_create_multi(self, keys, creator, expiration_time, should_cache_fn, policy_of(self, settings))
 
     def cache_on_arguments(  # type: ignore[override]
         self,
@@ -362,19 +364,24 @@ class LibreRegion(RegionHooks):
         asdict: bool = False,
         to_str: Callable[[Any], str] = str,
         function_multi_key_generator: Callable[..., Any] | None = None,
+        **settings: float | None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """dogpile's :meth:`~dogpile.cache.region.CacheRegion.cache_multi_on_arguments`;
         on an ``async def``, an ``async def`` with awaitable companions
-        (:mod:`librecache.aio`)."""
+        (:mod:`librecache.aio`). ``settings``: as :meth:`get_or_create`'s,
+        checked here."""
+        PLAIN.for_call(**settings)
         sync = super().cache_multi_on_arguments(namespace, expiration_time, should_cache_fn, asdict, to_str,
                                                 function_multi_key_generator)
         make_keys = function_multi_key_generator or self.function_multi_key_generator
 
         def decorator(user_func: Callable[..., Any]) -> Callable[..., Any]:
             if not inspect.iscoroutinefunction(user_func):
-                return sync(user_func)  # type: ignore[no-any-return]
+                decorated = sync(user_func)
+                return with_settings(decorated, settings) if settings else decorated  # type: ignore[no-any-return]
             key_generator = make_keys(namespace, user_func, to_str=to_str)
-            return aio.memoize_multi_async(self, key_generator, user_func, expiration_time, should_cache_fn, asdict)
+            return aio.memoize_multi_async(self, key_generator, user_func, expiration_time, should_cache_fn, asdict,
+                                           settings)
 
         return decorator
 
@@ -416,9 +423,11 @@ class LibreRegion(RegionHooks):
 
     async def aget_or_create_multi(self, keys: Any, creator: Callable[..., Any],
                                    expiration_time: float | None = None,
-                                   should_cache_fn: Callable[[Any], bool] | None = None) -> list[Any]:
+                                   should_cache_fn: Callable[[Any], bool] | None = None,
+                                   **settings: float | None) -> list[Any]:
         """:meth:`get_or_create_multi`, awaitable; ``creator`` may be sync or async."""
-        return await aio.aget_or_create_multi(self, keys, creator, expiration_time, should_cache_fn)
+        return await aio.aget_or_create_multi(self, keys, creator, expiration_time, should_cache_fn,
+                                              policy_of(self, settings))
 
     def key_is_locked(self, key: Any) -> bool:
         """True while a creator holds ``key``'s creation lock, in this

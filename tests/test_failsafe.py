@@ -354,3 +354,103 @@ def test_close_waits_for_background_work_within_its_bound(make_caches: Make) -> 
     caches.close()
     assert region.background.pending == 0 and region.get("k", expiration_time=60) == "v1"
 
+
+
+# -- many keys at once ------------------------------------------------------------------------
+
+
+class ManyCreator(Creator):
+    """A creator of many keys: ``value`` + the key, for each."""
+
+    def many(self, *keys: str) -> list[Any]:
+        value = self()  # one run for the batch
+        return [f"{value}:{key}" for key in keys]
+
+    async def amany(self, *keys: str) -> list[Any]:
+        value = await self.acall()
+        return [f"{value}:{key}" for key in keys]
+
+
+def call_many(door: str, region: Any, keys: list[str], creator: ManyCreator, **settings: Any) -> Any:
+    if door == "sync":
+        return region.get_or_create_multi(keys, creator.many, EXPIRES, **settings)
+    return asyncio.run(region.aget_or_create_multi(keys, creator.amany, EXPIRES, **settings))
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_a_batch_whose_creator_fails_gets_its_stale_values_served(make_caches: Make, where: dict[str, str],
+                                                                  door: str) -> None:
+    region = region_of(make_caches, where)
+    creator = ManyCreator()
+    assert call_many(door, region, ["a", "b"], creator, fail_safe=60) == ["v1:a", "v1:b"]
+    wait_until(expired(region, "b", GRACE), 5)
+    creator.error = RuntimeError("down")
+    assert call_many(door, region, ["a", "b"], creator, fail_safe=60) == ["v1:a", "v1:b"]
+    assert call_many(door, region, ["a", "b"], creator, fail_safe=60) == ["v1:a", "v1:b"]  # throttled
+    assert creator.runs == 2
+    with pytest.raises(RuntimeError):  # "c" has no value to spare: the batch's error reaches the caller
+        call_many(door, region, ["a", "c"], creator, fail_safe=60, fail_safe_throttle=0.01)
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_a_batch_past_the_hard_timeout_raises_and_stores_later(make_caches: Make, where: dict[str, str],
+                                                               door: str) -> None:
+    region = region_of(make_caches, where)
+    creator = ManyCreator()
+    creator.seconds = 0.3
+    with pytest.raises(CreationTimeout):
+        call_many(door, region, ["a", "b"], creator, hard_timeout=0.05)
+    if door == "sync":
+        wait_until(lambda: region.get_multi(["a", "b"], expiration_time=60) == ["v1:a", "v1:b"], 5)
+
+
+def test_a_batch_past_the_soft_timeout_serves_its_stale_values(make_caches: Make, where: dict[str, str]) -> None:
+    region = region_of(make_caches, where)
+    creator = ManyCreator()
+    region.get_or_create_multi(["a", "b"], creator.many, EXPIRES, fail_safe=60)
+    wait_until(expired(region, "b", GRACE), 5)
+    creator.value, creator.seconds = "v2", 0.3
+    assert region.get_or_create_multi(["a", "b"], creator.many, EXPIRES, fail_safe=60,
+                                      soft_timeout=0.05) == ["v1:a", "v1:b"]
+    wait_until(lambda: region.get_multi(["a", "b"], expiration_time=60) == ["v2:a", "v2:b"], 5)
+
+
+def test_a_batch_past_its_eager_refresh_point_is_refreshed_in_the_background(make_caches: Make,
+                                                                             where: dict[str, str]) -> None:
+    region = region_of(make_caches, where)
+    creator = ManyCreator()
+    region.get_or_create_multi(["a", "b"], creator.many, EXPIRES, eager_refresh=0.5)
+    wait_until(lambda: region.get("a", expiration_time=EXPIRES * 0.5) is NO_VALUE, 5)
+    creator.value = "v2"
+    assert region.get_or_create_multi(["a", "b"], creator.many, EXPIRES, eager_refresh=0.5) == ["v1:a", "v1:b"]
+    wait_until(lambda: region.get_multi(["a", "b"], expiration_time=60) == ["v2:a", "v2:b"], 5)
+    assert creator.runs == 2
+
+
+def test_memoised_functions_take_the_settings(make_caches: Make, where: dict[str, str]) -> None:
+    region = region_of(make_caches, where)
+    creator = ManyCreator()
+
+    @region.cache_on_arguments(expiration_time=EXPIRES, fail_safe=60)
+    def one(key: str) -> str:
+        return f"{creator()}:{key}"
+
+    @region.cache_multi_on_arguments(expiration_time=EXPIRES, fail_safe=60)
+    def many(*keys: str) -> list[str]:
+        return creator.many(*keys)
+
+    @region.cache_on_arguments(expiration_time=EXPIRES, fail_safe=60)
+    async def aone(key: str) -> str:
+        return f"{await creator.acall()}:{key}"
+
+    @region.cache_multi_on_arguments(expiration_time=EXPIRES, fail_safe=60)
+    async def amany(*keys: str) -> list[str]:
+        return await creator.amany(*keys)
+
+    assert one("x") == "v1:x" and many("y", "z") == ["v1:y", "v1:z"]
+    assert asyncio.run(aone("ax")) == "v1:ax" and asyncio.run(amany("ay")) == ["v1:ay"]
+    wait_until(lambda: region.get_multi([region.function_key_generator(None, one)("x")],
+                                        expiration_time=EXPIRES + GRACE) == [NO_VALUE], 5)
+    creator.error = RuntimeError("down")
+    assert one("x") == "v1:x" and many("y", "z") == ["v1:y", "v1:z"]
+    assert asyncio.run(aone("ax")) == "v1:ax" and asyncio.run(amany("ay")) == ["v1:ay"]

@@ -541,43 +541,64 @@ def get_or_create_multi(call: Call, keys: Sequence[Any], mangled: dict[Any, str]
     creator run (``call.creator(*keys_to_create)``) for the keys to
     create, one round trip to store what it returned.
 
+    The call's policy applies as to :func:`get_or_create`, the batch
+    counting as one creation: the fail-safe serves the batch's stale values
+    when every key to create has one, the soft time-out likewise, and the
+    keys past their eager-refresh point are refreshed by one creator run in
+    the background.
+
     :param keys: the keys asked for (duplicates allowed), as given.
     :param mangled: each key as stored.
     """
-    region = call.region
+    region, policy = call.region, call.policy
     unique = sorted(set(keys))
     found: list[Found] = yield ReadMany([mangled[key] for key in unique])
     results: dict[Any, Any] = {}
     pending: list[tuple[Any, str, Any, Any]] = []
+    spares: dict[Any, Any] = {}
+    due: list[tuple[Any, Any]] = []
     for key, got in zip(unique, found, strict=True):
-        kind, payload = verdict(region, got.value, call.expiration)
+        name = mangled[key]
+        kind, payload = verdict(region, got.value, call.expiration, policy, name)
         if kind is FRESH:
             results[key] = payload
-        else:
-            pending.append((key, kind, payload, got.seen))
+            if policy.eager_refresh is not None and refresh_due(got.value, call.expiration, policy, name):
+                due.append((key, got.seen))
+            continue
+        spared = spare(region, got.value, call.expiration, policy, name)
+        if spared is not NO_VALUE:
+            spares[key] = spared
+        pending.append((key, kind, payload, got.seen))
     held: list[list[Any]] = []  # [key, queue handle, lease]
     to_create: list[Any] = []
     waited = 0
+
+    def outcome(created: int, seconds: float | None) -> MultiOutcome:
+        return MultiOutcome([results[key] for key in keys], created, waited, seconds)
+
     try:
         for key, kind, payload, seen in pending:
             name = mangled[key]
             wait = kind is ABSENT
-            handle = yield Queue(name, wait, call.deadline)
+            deadline, why = _deadline(call, spares.get(key, NO_VALUE))
+            handle = yield Queue(name, wait, deadline)
             if handle is None:
-                if wait:
+                if not wait:
+                    results[key] = payload
+                elif why is None:
                     to_create.append(key)  # waited the whole budget: created, not stored
                 else:
-                    results[key] = payload
+                    results[key] = (yield from _gave_up(call, why, spares.get(key, NO_VALUE))).value
                 continue
             entry = [key, handle, None]
             held.append(entry)
             reply = LockReply(HELD)
             for _ in range(MAX_CHANGES):
-                reply = yield from acquire(name, seen, wait, call.deadline)
+                reply = yield from acquire(name, seen, wait, deadline)
                 if reply.state is ACQUIRED:
                     entry[2] = reply.lease
                 if reply.current is not None:
-                    now, current = verdict(region, reply.current.value, call.expiration)
+                    now, current = verdict(region, reply.current.value, call.expiration, policy, name)
                     if now is FRESH:
                         results[key] = current
                         waited += wait
@@ -585,33 +606,128 @@ def get_or_create_multi(call: Call, keys: Sequence[Any], mangled: dict[Any, str]
                     seen = reply.current.seen
                     payload = current
                     wait = wait or now is ABSENT
+                    spares.pop(key, None)
+                    spared = spare(region, reply.current.value, call.expiration, policy, name)
+                    if spared is not NO_VALUE:
+                        spares[key] = spared
+                    deadline, why = _deadline(call, spares.get(key, NO_VALUE))
                 if reply.state is not CHANGED:
                     break
             if key in results:
                 continue
             if reply.state is HELD and not wait:
                 results[key] = payload
+            elif reply.state is HELD and why is not None:
+                results[key] = (yield from _gave_up(call, why, spares.get(key, NO_VALUE))).value
             else:
                 to_create.append(key)
-        seconds = None
-        if to_create:
-            started = time.time()
-            clock = time.perf_counter()
+        if not to_create:
+            if due:
+                return (yield from _refresh_many(call, due, mangled, outcome(0, None)))
+            return outcome(0, None)
+        leases = {entry[0]: entry for entry in held}
+        every = spares if all(key in spares for key in to_create) else {}
+        created, seconds = yield from _create_many(call, to_create, leases, every, mangled,
+                                                   lambda values: _with(results, to_create, values, outcome))
+        for key, value in zip(to_create, created, strict=True):
+            results[key] = value
+        return outcome(len(to_create) if seconds is not None else 0, seconds)
+    finally:
+        for key, handle, lease in reversed(held):
+            if lease is not None:
+                yield Release(mangled[key], lease)
+            yield Dequeue(mangled[key], handle)
+
+
+def _with(results: dict[Any, Any], keys: list[Any], values: list[Any],
+          outcome: Callable[[int, float | None], MultiOutcome]) -> MultiOutcome:
+    """The outcome of a batch whose ``keys`` got ``values`` (served stale)."""
+    results.update(zip(keys, values, strict=True))
+    return outcome(0, None)
+
+
+def _create_many(call: Call, to_create: list[Any], leases: dict[Any, list[Any]], spares: dict[Any, Any],
+                 mangled: dict[Any, str], served: Callable[[list[Any]], MultiOutcome],
+                 timed: bool = True) -> Generator[Any, Any, tuple[list[Any], float | None]]:
+    """:func:`_create` for a batch: one creator run for ``to_create``, its
+    values stored in one round trip with the leases held (``leases``:
+    ``[key, queue handle, lease]`` by key; each lease consumed). ``spares``:
+    every key's value to spare (or empty: the batch has none to serve);
+    ``served`` makes the caller's outcome from them. Returns the values and
+    the creator's seconds (``None``: the stale values were served)."""
+    policy, region = call.policy, call.region
+    detached = False
+    started = time.time()
+    clock = time.perf_counter()
+    try:
+        if timed and policy.timed:
+            job = yield Start(call.creator, tuple(to_create), {})
+            deadline, why = _deadline(call, next(iter(spares.values())) if spares else NO_VALUE)
+            done, created = yield Wait(job, None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if not done:
+                yield Note(why or HARD)
+                detached = True
+                if why is SOFT:
+                    yield Note("stale_served")
+                    yield Detach(served([spares[key].payload for key in to_create]))
+                else:
+                    yield Detach(CreationTimeout(region.name, tuple(to_create), policy.hard_timeout))
+                done, created = yield Wait(job, None)
+        else:
             created = yield Create(call.creator, tuple(to_create), {})
-            seconds = time.perf_counter() - clock
-            soft_without_ttl(region, call.expiration)
-            leases = {entry[0]: entry for entry in held}
-            stores = []
-            for key, value in zip(to_create, created, strict=True):
-                results[key] = value
-                holding = leases.get(key)
-                if holding is not None and holding[2] is not None \
-                        and (call.should_cache is None or call.should_cache(value)):
-                    stores.append((mangled[key], made(value, started), holding[2]))
-                    holding[2] = None
-            if stores:
-                yield StoreMany(stores)
-        return MultiOutcome([results[key] for key in keys], len(to_create), waited, seconds)
+    except Exception:
+        if not spares:
+            raise
+        yield Note("background_failures" if detached else "stale_served")
+        until = time.time() + policy.fail_safe_throttle
+        stores = []
+        for key in to_create:
+            holding = leases.get(key)
+            if holding is not None and holding[2] is not None:
+                spared = spares[key]
+                stores.append((mangled[key], throttled(spared.payload, spared.metadata["ct"], until), holding[2]))
+                holding[2] = None
+        if stores:
+            yield StoreMany(stores)
+        return [spares[key].payload for key in to_create], None
+    seconds = time.perf_counter() - clock
+    soft_without_ttl(region, call.expiration)
+    stores = []
+    for key, value in zip(to_create, created, strict=True):
+        holding = leases.get(key)
+        if holding is not None and holding[2] is not None and (call.should_cache is None or call.should_cache(value)):
+            stores.append((mangled[key], made(value, started), holding[2]))
+            holding[2] = None
+    if stores:
+        yield StoreMany(stores)
+    return list(created), seconds
+
+
+def _refresh_many(call: Call, due: list[tuple[Any, Any]], mangled: dict[Any, str],
+                  outcome: MultiOutcome) -> Generator[Any, Any, MultiOutcome]:
+    """:func:`refresh` for a batch: ``outcome`` at once; the keys ``due``
+    (``(key, what was seen)``) whose queue and lock are free here are
+    refreshed by one creator run in the background."""
+    held: list[list[Any]] = []
+    try:
+        for key, seen in due:
+            name = mangled[key]
+            handle = yield Queue(name, False, None)
+            if handle is None:
+                continue
+            entry = [key, handle, None]
+            held.append(entry)
+            reply = yield from acquire(name, seen, False, None)
+            if reply.state is ACQUIRED:
+                entry[2] = reply.lease
+        refreshed = [entry[0] for entry in held if entry[2] is not None]
+        if not refreshed:
+            return outcome
+        yield Note("eager_refreshes")
+        yield Detach(outcome)
+        yield from _create_many(call, refreshed, {entry[0]: entry for entry in held}, {}, mangled,
+                                lambda values: outcome, timed=False)
+        return outcome
     finally:
         for key, handle, lease in reversed(held):
             if lease is not None:
