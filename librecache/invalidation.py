@@ -209,7 +209,7 @@ class InvalidationBus:
 
     def _near_serving(self, enabled: bool) -> None:
         for near in self.near_caches.values():
-            near.clear(enabled)
+            near.clear(enabled, keep_spares=not enabled)  # a lost channel: kept for the fail-safe only
 
     def start(self) -> None:
         """Start the listener thread (once)."""

@@ -153,6 +153,10 @@ class NearCache:
         #: pickled?); read without the lock (a dict lookup is atomic), by
         #: :meth:`fetch` and the memoised call
         self.entries: dict[str, tuple[Any, Any, float, Copier | None, bool]] = {}
+        #: The entries held when the channel was lost: never served as hits,
+        #: only by the fail-safe when a creator fails while Redis is away
+        #: (:meth:`spare`); forgotten when the channel is back.
+        self.spares: dict[str, tuple[Any, Any, float, Copier | None, bool]] = {}
         self._lock = threading.Lock()
         #: Counts drops; a read stores its value only if none happened meanwhile.
         self.generation = 0
@@ -194,6 +198,22 @@ class NearCache:
             payload = pickle.loads(payload)
         return CachedValue(payload, metadata) if whole else payload  # type: ignore[call-arg]
 
+    def spare(self, key: str) -> Any:
+        """The copy under ``key``, served or kept since the channel was lost,
+        as a :class:`CachedValue` whatever its age (the fail-safe judges
+        it), or :data:`NO_VALUE`; never one created before :attr:`valid_from`."""
+        entry = self.entries.get(key) or self.spares.get(key)
+        if entry is None:
+            return NO_VALUE
+        payload, metadata, created, copy, pickled = entry
+        if created < self.valid_from:
+            return NO_VALUE
+        if copy is not None:
+            payload = copy(payload)
+        elif pickled:
+            payload = pickle.loads(payload)
+        return CachedValue(payload, metadata)  # type: ignore[call-arg]
+
     def lookup(self, key: str, expiration_time: float | None) -> Any:
         """As :meth:`fetch`, as a :class:`CachedValue` (dogpile's form) or :data:`NO_VALUE`."""
         return self.fetch(key, expiration_time, True)
@@ -228,12 +248,16 @@ class NearCache:
             self.generation += 1
             for key in keys:
                 self.entries.pop(key, None)
+                self.spares.pop(key, None)
 
-    def clear(self, enabled: bool) -> None:
-        """Forget everything; serve from now on only if ``enabled``."""
+    def clear(self, enabled: bool, keep_spares: bool = False) -> None:
+        """Forget everything; serve from now on only if ``enabled``. With
+        ``keep_spares`` (the channel is lost), what was held is kept for
+        the fail-safe (:meth:`spare`)."""
         with self._lock:
             self.generation += 1
-            self.entries.clear()
+            self.spares = {**self.spares, **self.entries} if keep_spares else {}
+            self.entries = {}
             self.enabled = enabled
 
     def __len__(self) -> int:

@@ -454,3 +454,44 @@ def test_memoised_functions_take_the_settings(make_caches: Make, where: dict[str
     creator.error = RuntimeError("down")
     assert one("x") == "v1:x" and many("y", "z") == ["v1:y", "v1:z"]
     assert asyncio.run(aone("ax")) == "v1:ax" and asyncio.run(amany("ay")) == ["v1:ay"]
+
+
+# -- Redis down as well -----------------------------------------------------------------------
+
+
+def own_env(server: Any, prefix: str, **variables: str) -> dict[str, str]:
+    return {"USE_REDIS": "true", "REDIS_URI": server.url, "REDIS_KEY_PREFIX": prefix,
+            "REDIS_RETRY_MAX_ATTEMPTS": "1", "REDIS_CONNECT_TIMEOUT": "200", "LIBRECACHE_SOCKET_TIMEOUT": "0.5",
+            **variables}
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_redis_down_and_a_failing_creator_raise_its_error(make_caches: Make, own_server: Any, prefix: str,
+                                                          door: str) -> None:
+    region = region_of(make_caches, own_env(own_server, prefix))
+    creator = Creator()
+    call(door, region, "k", creator, fail_safe=60)
+    own_server.stop()
+    creator.error = RuntimeError("the database is down too")
+    with pytest.raises(RuntimeError, match="too"):
+        call(door, region, "k", creator, fail_safe=60)
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_redis_down_and_a_failing_creator_serve_this_process_s_near_copy(make_caches: Make, own_server: Any,
+                                                                         prefix: str, door: str) -> None:
+    from tests.test_nearcache import subscribed
+
+    caches = make_caches({**own_env(own_server, prefix, LIBRECACHE_NEAR_CACHE_NAMESPACES=NS),
+                          "LIBRECACHE_NAMESPACE_GRACE": f"{NS}={GRACE}"})
+    region = caches.region(NS)
+    subscribed(caches)
+    creator = Creator()
+    call(door, region, "k", creator, fail_safe=60)
+    call(door, region, "k", creator, fail_safe=60)  # a near hit: the copy is held
+    own_server.stop()
+    wait_until(lambda: not region.near_cache.enabled, 10)  # the channel is lost: no near hit any more
+    creator.error = RuntimeError("the database is down too")
+    assert call(door, region, "k", creator, fail_safe=60) == "v1"
+    with pytest.raises(RuntimeError):  # without a fail-safe, the error
+        call(door, region, "k", creator)

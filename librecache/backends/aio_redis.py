@@ -368,6 +368,11 @@ class AsyncRedisStore(AsyncJobs):
             return judged(self.region, found, timeout, policy, key)
         return stored_hit(self, key, await self._stored(key), timeout, policy)
 
+    async def spare(self, key: str) -> Any:
+        """:meth:`RedisPort.spare <librecache.engine.ports.RedisPort.spare>`."""
+        near = self.near
+        return NO_VALUE if near is None else near.spare(key)
+
     async def read(self, key: str) -> Found:
         if self.connection.is_pending(key):
             return Found(NO_VALUE, ANY)

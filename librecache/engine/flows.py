@@ -234,6 +234,14 @@ class Wait(NamedTuple):
     seconds: float | None
 
 
+class Spare(NamedTuple):
+    """What this process still holds of ``key`` (its near cache's copy,
+    served or kept since the channel was lost) -> a :class:`CachedValue`
+    or ``NO_VALUE``, for the fail-safe when nothing was read."""
+
+    key: str
+
+
 class Detach(NamedTuple):
     """Give ``outcome`` to the caller now (raise it, when it is an
     exception); the door runs the rest of the flow in the background, where
@@ -252,7 +260,7 @@ class Note(NamedTuple):
 OPS: dict[type, str] = {
     Read: "read", ReadMany: "read_many", Queue: "queue", Dequeue: "dequeue", TryLock: "try_lock",
     BreakLock: "break_lock", Sleep: "sleep", Create: "create", Store: "store", StoreMany: "store_many",
-    Release: "release", HandOff: "hand_off", Start: "start", Wait: "wait", Note: "note",
+    Release: "release", HandOff: "hand_off", Start: "start", Wait: "wait", Note: "note", Spare: "spare",
 }
 
 
@@ -486,6 +494,8 @@ def _create(call: Call, lease: Any, spared: Any = NO_VALUE, timed: bool = True) 
             else:
                 created = yield Create(call.creator, call.args, call.kwargs)
         except Exception:
+            if spared is NO_VALUE and policy.fail_safe:  # nothing read (Redis away?): this process's copy
+                spared = spare(call.region, (yield Spare(call.key)), call.expiration, policy, call.key)
             if spared is NO_VALUE:
                 raise
             if detached:  # the caller was served already: a failure in the background

@@ -155,6 +155,12 @@ class _SyncPort(SyncJobs):
 
     region: Any
     backend: Any
+    #: The namespace's near cache, if any.
+    near: Any = None
+
+    def spare(self, key: str) -> Any:
+        near = self.near
+        return NO_VALUE if near is None else near.spare(key)
 
     def queue(self, key: str, wait: bool, deadline: float | None) -> Any:
         return self.backend.locks.acquire(key, wait, deadline)
@@ -371,6 +377,9 @@ class AsyncLocalPort(AsyncJobs):
 
     async def try_lock(self, key: str, seen: Any) -> LockReply:
         return self.sync.try_lock(key, seen)  # type: ignore[no-any-return]
+
+    async def spare(self, key: str) -> Any:
+        return self.sync.spare(key)
 
     async def break_lock(self, key: str, holder: Any) -> None:
         self.sync.break_lock(key, holder)
