@@ -19,7 +19,7 @@ def child_environment(env: Mapping[str, str]) -> dict[str, str]:
     with the repository on the path: what a child process under test gets."""
     base = {key: value for key, value in os.environ.items()
             if not key.startswith(("REDIS_", "USE_REDIS", "LIBRECACHE_", "FORCED_IN_MEMORY"))}
-    return {**base, **env, "PYTHONPATH": str(ROOT)}
+    return {**base, **env, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
 
 
 def start(role: str, env: Mapping[str, str]) -> subprocess.Popen[str]:
@@ -46,7 +46,14 @@ def reports_of(workers: list[subprocess.Popen[str]], timeout: float = 30) -> lis
     then end well within ``timeout`` seconds (its pipes are closed)."""
     reports = [read_line(worker) for worker in workers]
     for worker in workers:
-        assert worker.wait(timeout) == 0
+        try:
+            worker.wait(timeout)
+        except subprocess.TimeoutExpired:  # where it hangs: its threads' stacks (PYTHONFAULTHANDLER)
+            worker.send_signal(signal.SIGABRT)
+            worker.wait(10)
+            assert worker.stderr is not None
+            raise AssertionError(f"a worker did not end: {worker.stderr.read()[-6000:]}") from None
+        assert worker.returncode == 0
         for pipe in (worker.stdin, worker.stdout, worker.stderr):
             assert pipe is not None
             pipe.close()
