@@ -496,3 +496,47 @@ def test_an_unknown_librecache_variable_is_a_warning_naming_the_closest(tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CacheConfig.from_env({"LIBRECACHE_STRICT": "true"})  # known: nothing said
+
+
+# -- when the database is sick: fail-safe, time-outs, eager refresh, jitter ----------------------------
+
+
+@pytest.mark.parametrize(("environ", "variable", "words"), [
+    ({"LIBRECACHE_FAIL_SAFE": "ROLES=3600"}, "LIBRECACHE_FAIL_SAFE", "ROLES has no TTL"),
+    ({"LIBRECACHE_FAIL_SAFE": "APP_CONFIG=60", "LIBRECACHE_FORMATS": "APP_CONFIG=keyv",
+      "LIBRECACHE_NAMESPACE_TTLS": "APP_CONFIG=60"}, "LIBRECACHE_FAIL_SAFE", "keyv format"),
+    ({"LIBRECACHE_FAIL_SAFE": "FLOWS=-1"}, "LIBRECACHE_FAIL_SAFE", "0 or more"),
+    ({"LIBRECACHE_FAIL_SAFE": "NOPE=60"}, "LIBRECACHE_FAIL_SAFE", "NOPE"),
+    ({"LIBRECACHE_FAIL_SAFE_THROTTLE": "FLOWS=5"}, "LIBRECACHE_FAIL_SAFE_THROTTLE", "no fail-safe"),
+    ({"LIBRECACHE_FAIL_SAFE": "FLOWS=60", "LIBRECACHE_FAIL_SAFE_THROTTLE": "FLOWS=0"},
+     "LIBRECACHE_FAIL_SAFE_THROTTLE", "greater than 0"),
+    ({"LIBRECACHE_SOFT_TIMEOUT": "FLOWS=soon"}, "LIBRECACHE_SOFT_TIMEOUT", "milliseconds"),
+    ({"LIBRECACHE_HARD_TIMEOUT": "FLOWS=0"}, "LIBRECACHE_HARD_TIMEOUT", "greater than 0"),
+    ({"LIBRECACHE_SOFT_TIMEOUT": "FLOWS=500", "LIBRECACHE_HARD_TIMEOUT": "FLOWS=200"},
+     "LIBRECACHE_SOFT_TIMEOUT", "not shorter"),
+    ({"LIBRECACHE_EAGER_REFRESH": "FLOWS=1"}, "LIBRECACHE_EAGER_REFRESH", "between 0 and 1"),
+    ({"LIBRECACHE_EAGER_REFRESH": "FLOWS=0"}, "LIBRECACHE_EAGER_REFRESH", "between 0 and 1"),
+    ({"LIBRECACHE_EAGER_REFRESH": "ROLES=0.5"}, "LIBRECACHE_EAGER_REFRESH", "no TTL"),
+    ({"LIBRECACHE_TTL_JITTER": "ROLES=30"}, "LIBRECACHE_TTL_JITTER", "no TTL"),
+    ({"LIBRECACHE_TTL_JITTER": "FLOWS"}, "LIBRECACHE_TTL_JITTER", "NAMESPACE=seconds"),
+])
+def test_bad_resilience_settings_fail_at_startup_naming_the_variable(environ: dict[str, str], variable: str,
+                                                                   words: str) -> None:
+    with pytest.raises(ConfigurationError, match=words) as raised:
+        CacheConfig.from_env(environ)
+    assert raised.value.variable == variable and variable in str(raised.value)
+
+
+def test_the_resilience_settings_make_each_namespace_s_policy() -> None:
+    from librecache.engine.policy import Policy
+
+    config = CacheConfig.from_env({
+        "LIBRECACHE_NAMESPACE_TTLS": "FLOWS=100", "LIBRECACHE_FAIL_SAFE": "FLOWS=3600",
+        "LIBRECACHE_FAIL_SAFE_THROTTLE": "FLOWS=5", "LIBRECACHE_SOFT_TIMEOUT": "FLOWS=200",
+        "LIBRECACHE_HARD_TIMEOUT": "FLOWS=2000", "LIBRECACHE_EAGER_REFRESH": "FLOWS=0.8",
+        "LIBRECACHE_TTL_JITTER": "FLOWS=30"})
+    assert config.policy("FLOWS") == Policy(grace=10.0, fail_safe=3600.0, fail_safe_throttle=5.0, soft_timeout=0.2,
+                                            hard_timeout=2.0, eager_refresh=0.8, ttl_jitter=30.0)
+    assert config.storage_expiry("FLOWS") == 100 + 3600 + 30  # kept for the fail-safe, and the longest jitter
+    assert config.storage_expiry("MESSAGES") == 60 + 6  # TTL and grace, as before
+    assert config.policy("ROLES") == Policy()
