@@ -201,7 +201,7 @@ def memoize_async(region: Any, key_generator: Callable[..., str], user_func: Cal
     async def cached(*args: Any, **kwargs: Any) -> Any:
         timeout = expiration_time() if expiration_is_callable else expiration_time
         return await aget_or_create(region, key_of(args, kwargs), user_func, timeout, should_cache_fn, (args, kwargs),
-                                    policy_now())
+                                    None if policy_now is None else policy_now())
 
     async def refresh(*args: Any, **kwargs: Any) -> Any:
         value = await user_func(*args, **kwargs)
@@ -239,7 +239,8 @@ def memoize_multi_async(region: Any, key_generator: Callable[..., Sequence[str]]
             async def create(*keys_to_create: str) -> Any:
                 return await user_func(*[lookup[key] for key in keys_to_create])
 
-            return await aget_or_create_multi(region, keys, create, timeout, should_cache_fn, policy_now())
+            return await aget_or_create_multi(region, keys, create, timeout, should_cache_fn,
+                                              None if policy_now is None else policy_now())
 
         async def create_from_dict(*keys_to_create: str) -> list[Any]:
             values = await user_func(*[lookup[key] for key in keys_to_create])
@@ -248,7 +249,8 @@ def memoize_multi_async(region: Any, key_generator: Callable[..., Sequence[str]]
         def cache_if(value: Any) -> bool:
             return value is not NO_VALUE and (not should_cache_fn or bool(should_cache_fn(value)))
 
-        values = await aget_or_create_multi(region, keys, create_from_dict, timeout, cache_if, policy_now())
+        values = await aget_or_create_multi(region, keys, create_from_dict, timeout, cache_if,
+                                            None if policy_now is None else policy_now())
         return {arg: value for arg, value in zip(args, values, strict=True) if value is not NO_VALUE}
 
     async def invalidate(*args: Any) -> None:

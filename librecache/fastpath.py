@@ -83,11 +83,14 @@ def policy_of(region: Any, settings: dict[str, Any] | None) -> Policy:
     return region.policy if not settings else region.policy.for_call(**settings)  # type: ignore[no-any-return]
 
 
-def policies(region: Any, settings: dict[str, Any] | None) -> Callable[[], Policy]:
+def policies(region: Any, settings: dict[str, Any] | None) -> Callable[[], Policy] | None:
     """:func:`policy_of` for every call of one memoised function: checked
     now (a bad setting raises at decoration), remembered per namespace
-    policy (a ``configure()`` may change it)."""
-    PLAIN.for_call(**(settings or {}))
+    policy (a ``configure()`` may change it); ``None`` without settings
+    (the namespace's policy is the call's: ``region.policy``)."""
+    if not settings:
+        return None
+    PLAIN.for_call(**settings)
     memo: list[Any] = [None, PLAIN]
 
     def policy() -> Policy:
@@ -137,7 +140,7 @@ def memoize(
     @functools.wraps(user_func)  # name, docstring, __wrapped__ (inspect.signature follows it)
     def cached(*args: Any, **kwargs: Any) -> Any:
         timeout = expiration_time() if expiration_is_callable else expiration_time
-        policy = policy_now()
+        policy = region.policy if policy_now is None else policy_now()
         if kwargs or len(args) != count:
             return get_or_create(region, key_of(args, kwargs), user_func, timeout, should_cache_fn, (args, kwargs),
                                  policy)
