@@ -62,6 +62,19 @@ RAW_UNBOUNDED = "redis.asyncio, socket_timeout=None"
 VALUE = {"role": "admin", "permissions": ["read", "write", "share"], "n": 42, "pad": "x" * 40}
 
 
+def cashews_on(url: str) -> Any:
+    """A cashews cache on the Redis at ``url``, or ``None`` (said) when
+    cashews is not installed."""
+    try:
+        from cashews import Cache
+    except ImportError:
+        print("cashews is not installed (pip install -e '.[bench]'): its row is skipped")
+        return None
+    cache = Cache()
+    cache.setup(url, client_side=False)
+    return cache
+
+
 async def rate(operation: Callable[[], Awaitable[Any]], seconds: float) -> float:
     """Awaited operations per second over one round of ``seconds``."""
     count = 0
@@ -99,15 +112,8 @@ async def hits(url: str, seconds: float, rounds: int) -> dict[str, Any]:
         RAW: raw_hit,
         RAW_UNBOUNDED: unbounded_hit,
     }
-    cashews_cache: Any = None
-    try:
-        from cashews import Cache
-    except ImportError:
-        print("cashews is not installed (pip install -e '.[bench]'): its row is skipped")
-    else:
-        cashews_cache = Cache()
-        cashews_cache.setup(url, client_side=False)
-
+    cashews_cache = cashews_on(url)
+    if cashews_cache is not None:
         @cashews_cache(ttl="1h")
         async def cashews_load(key: str) -> dict[str, Any]:
             return VALUE

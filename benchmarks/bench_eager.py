@@ -44,6 +44,7 @@ from typing import Any
 from dogpile.cache import make_region
 
 import librecache
+from benchmarks.bench_async import cashews_on
 from tests.servers import ServerFarm
 
 RESULTS = Path(__file__).parent / "results"
@@ -159,15 +160,8 @@ async def async_rows(url: str, seconds: float) -> dict[str, dict[str, float]]:
 
     functions: dict[str, Callable[[str], Awaitable[Any]]] = {
         "plain hit": never_expires, "librecache, eager refresh": eager, "librecache, no eager refresh": plain}
-    cashews_cache: Any = None
-    try:
-        from cashews import Cache
-    except ImportError:
-        print("cashews is not installed (pip install -e '.[bench]'): its row is skipped")
-    else:
-        cashews_cache = Cache()
-        cashews_cache.setup(url, client_side=False)
-
+    cashews_cache = cashews_on(url)
+    if cashews_cache is not None:
         @cashews_cache.early(ttl=TTL, early_ttl=TTL * 0.2)
         async def cashews_early(key: str) -> dict[str, Any]:
             return await create()

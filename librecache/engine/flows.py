@@ -473,32 +473,19 @@ def _create(call: Call, lease: Any, spared: Any = NO_VALUE, timed: bool = True) 
     :class:`CachedValue`) serves it instead, and stores it again as fresh
     for the throttle (:func:`~librecache.engine.judge.throttled`)."""
     policy = call.policy
-    detached = False
+    detached = [False]
     try:
         started = time.time()  # the value's creation time: see judge.made
         clock = time.perf_counter()
         try:
-            if timed and policy.timed:
-                job = yield Start(call.creator, call.args, call.kwargs)
-                deadline, why = _deadline(call, spared)
-                done, created = yield Wait(job, None if deadline is None else max(0.0, deadline - time.monotonic()))
-                if not done:
-                    yield Note(why or HARD)
-                    detached = True
-                    if why is SOFT:
-                        yield Note("stale_served")
-                        yield Detach(Outcome(SPARED, spared.payload))
-                    else:
-                        yield Detach(CreationTimeout(call.region.name, call.orig_key, policy.hard_timeout))
-                    done, created = yield Wait(job, None)
-            else:
-                created = yield Create(call.creator, call.args, call.kwargs)
+            created = yield from _created(call, call.args, call.kwargs, timed, spared,
+                                          lambda: Outcome(SPARED, spared.payload), call.orig_key, detached)
         except Exception:
             if spared is NO_VALUE and policy.fail_safe:  # nothing read (Redis away?): this process's copy
                 spared = spare(call.region, (yield Spare(call.key)), call.expiration, policy, call.key)
             if spared is NO_VALUE:
                 raise
-            if detached:  # the caller was served already: a failure in the background
+            if detached[0]:  # the caller was served already: a failure in the background
                 yield Note("background_failures")
             else:
                 yield Note("stale_served")
@@ -516,6 +503,30 @@ def _create(call: Call, lease: Any, spared: Any = NO_VALUE, timed: bool = True) 
     finally:
         if lease is not None:
             yield Release(call.key, lease)
+
+
+def _created(call: Call, args: Sequence[Any], kwargs: dict[str, Any], timed: bool, spared: Any,
+             stale: Callable[[], Any], key: Any, detached: list[bool]) -> Generator[Any, Any, Any]:
+    """The creator's value: run in the caller's turn, or (with a time-out,
+    and ``timed``) beside it. At the soft time-out (when ``spared`` is a
+    value to spare) the caller gets ``stale()``, at the hard one
+    :class:`~librecache.CreationTimeout` for ``key``; the rest of the flow
+    then goes on in the background (``detached[0]`` is set)."""
+    if not (timed and call.policy.timed):
+        return (yield Create(call.creator, args, kwargs))
+    job = yield Start(call.creator, args, kwargs)
+    deadline, why = _deadline(call, spared)
+    done, created = yield Wait(job, None if deadline is None else max(0.0, deadline - time.monotonic()))
+    if not done:
+        yield Note(why or HARD)
+        detached[0] = True
+        if why is SOFT:
+            yield Note("stale_served")
+            yield Detach(stale())
+        else:
+            yield Detach(CreationTimeout(call.region.name, key, call.policy.hard_timeout))
+        done, created = yield Wait(job, None)
+    return created
 
 
 def refresh(call: Call, found: Found, payload: Any) -> Generator[Any, Any, Outcome]:
@@ -666,29 +677,18 @@ def _create_many(call: Call, to_create: list[Any], leases: dict[Any, list[Any]],
     ``served`` makes the caller's outcome from them. Returns the values and
     the creator's seconds (``None``: the stale values were served)."""
     policy, region = call.policy, call.region
-    detached = False
+    detached = [False]
     started = time.time()
     clock = time.perf_counter()
     try:
-        if timed and policy.timed:
-            job = yield Start(call.creator, tuple(to_create), {})
-            deadline, why = _deadline(call, next(iter(spares.values())) if spares else NO_VALUE)
-            done, created = yield Wait(job, None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if not done:
-                yield Note(why or HARD)
-                detached = True
-                if why is SOFT:
-                    yield Note("stale_served")
-                    yield Detach(served([spares[key].payload for key in to_create]))
-                else:
-                    yield Detach(CreationTimeout(region.name, tuple(to_create), policy.hard_timeout))
-                done, created = yield Wait(job, None)
-        else:
-            created = yield Create(call.creator, tuple(to_create), {})
+        created = yield from _created(call, tuple(to_create), {}, timed,
+                                      next(iter(spares.values())) if spares else NO_VALUE,
+                                      lambda: served([spares[key].payload for key in to_create]), tuple(to_create),
+                                      detached)
     except Exception:
         if not spares:
             raise
-        yield Note("background_failures" if detached else "stale_served")
+        yield Note("background_failures" if detached[0] else "stale_served")
         until = time.time() + policy.fail_safe_throttle
         stores = []
         for key in to_create:
