@@ -266,11 +266,16 @@ def main() -> None:
     from tests.servers import ServerFarm
 
     cases = [case.strip() for case in args.cases.split(",") if case.strip()]
+    topologies = [topology.strip() for topology in args.topologies.split(",") if topology.strip()]
+    unknown = [case for case in cases if case not in ROWS] + [t for t in topologies if t not in ("single", "cluster")]
+    if unknown:
+        parser.error(f"unknown case or topology: {', '.join(unknown)} (cases: {', '.join(ROWS)}; "
+                     "topologies: single, cluster)")
     farm = ServerFarm()
     figures: dict[str, dict[str, float]] = {}
     try:
         envs: dict[str, dict[str, str]] = {}
-        for topology in args.topologies.split(","):
+        for topology in topologies:
             prefix = f"instr{uuid.uuid4().hex[:6]}"
             if topology == "single":
                 envs["single"] = {"USE_REDIS": "true", "REDIS_URI": farm.server().url, "REDIS_KEY_PREFIX": prefix}

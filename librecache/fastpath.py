@@ -152,7 +152,7 @@ def memoize(
         found = NO_VALUE
         if near is not None and near.enabled:  # where the port's hit looks first, a call sooner
             expires = region.expiration_time if timeout is None else timeout
-            found = near.fetch(keys[1], expires if policy is PLAIN else near_expiry(expires, policy))
+            found = near.fetch(keys[1], expires if policy.plain_hit else near_expiry(expires, policy))
         if found is NO_VALUE:
             ports = region.ports  # sync_port(region), without the call when it is current
             port = ports[1] if ports is not None and ports[0] is region.backend else sync_port(region)

@@ -358,7 +358,7 @@ class AsyncRedisStore(AsyncJobs):
         near = self.near
         if near is not None and near.enabled:
             expires = self.region.expiration_time if timeout is None else timeout
-            payload = near.fetch(key, expires if policy is PLAIN else near_expiry(expires, policy))
+            payload = near.fetch(key, expires if policy.plain_hit else near_expiry(expires, policy))
             if payload is not NO_VALUE:
                 return payload
             generation = near.generation

@@ -434,6 +434,8 @@ def _deadline(call: Call, spared: Any) -> tuple[float | None, str | None]:
     or (``None``) the call's budget, whichever comes first."""
     policy = call.policy
     deadline, why = call.deadline, None
+    if not policy.timed:
+        return deadline, why
     for seconds, reason in ((policy.soft_timeout if spared is not NO_VALUE else None, SOFT),
                             (policy.hard_timeout, HARD)):
         if seconds is not None and (deadline is None or call.started + seconds < deadline):
@@ -478,8 +480,11 @@ def _create(call: Call, lease: Any, spared: Any = NO_VALUE, timed: bool = True) 
         started = time.time()  # the value's creation time: see judge.made
         clock = time.perf_counter()
         try:
-            created = yield from _created(call, call.args, call.kwargs, timed, spared,
-                                          lambda: Outcome(SPARED, spared.payload), call.orig_key, detached)
+            if timed and policy.timed:
+                created = yield from _created(call, call.args, call.kwargs, spared,
+                                              lambda: Outcome(SPARED, spared.payload), call.orig_key, detached)
+            else:
+                created = yield Create(call.creator, call.args, call.kwargs)
         except Exception:
             if spared is NO_VALUE and policy.fail_safe:  # nothing read (Redis away?): this process's copy
                 spared = spare(call.region, (yield Spare(call.key)), call.expiration, policy, call.key)
@@ -505,15 +510,13 @@ def _create(call: Call, lease: Any, spared: Any = NO_VALUE, timed: bool = True) 
             yield Release(call.key, lease)
 
 
-def _created(call: Call, args: Sequence[Any], kwargs: dict[str, Any], timed: bool, spared: Any,
+def _created(call: Call, args: Sequence[Any], kwargs: dict[str, Any], spared: Any,
              stale: Callable[[], Any], key: Any, detached: list[bool]) -> Generator[Any, Any, Any]:
-    """The creator's value: run in the caller's turn, or (with a time-out,
-    and ``timed``) beside it. At the soft time-out (when ``spared`` is a
-    value to spare) the caller gets ``stale()``, at the hard one
+    """The creator's value, run beside the caller (the call's policy has a
+    time-out). At the soft time-out (when ``spared`` is a value to spare)
+    the caller gets ``stale()``, at the hard one
     :class:`~librecache.CreationTimeout` for ``key``; the rest of the flow
     then goes on in the background (``detached[0]`` is set)."""
-    if not (timed and call.policy.timed):
-        return (yield Create(call.creator, args, kwargs))
     job = yield Start(call.creator, args, kwargs)
     deadline, why = _deadline(call, spared)
     done, created = yield Wait(job, None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -681,10 +684,13 @@ def _create_many(call: Call, to_create: list[Any], leases: dict[Any, list[Any]],
     started = time.time()
     clock = time.perf_counter()
     try:
-        created = yield from _created(call, tuple(to_create), {}, timed,
-                                      next(iter(spares.values())) if spares else NO_VALUE,
-                                      lambda: served([spares[key].payload for key in to_create]), tuple(to_create),
-                                      detached)
+        if timed and policy.timed:
+            created = yield from _created(call, tuple(to_create), {},
+                                          next(iter(spares.values())) if spares else NO_VALUE,
+                                          lambda: served([spares[key].payload for key in to_create]),
+                                          tuple(to_create), detached)
+        else:
+            created = yield Create(call.creator, tuple(to_create), {})
     except Exception:
         if not spares:
             raise

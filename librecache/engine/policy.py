@@ -56,6 +56,20 @@ class Policy:
     hard_timeout: float | None = None
     eager_refresh: float | None = None
     ttl_jitter: float = 0.0
+    #: Whether a creator runs under a time-out (soft or hard).
+    timed: bool = attrs.field(init=False, eq=False, repr=False)
+    #: Whether a fresh value is judged as dogpile judges it: no jitter
+    #: lengthens its TTL, no eager refresh shortens it (the hit paths'
+    #: shortcut; the grace and the fail-safe only matter past the TTL).
+    plain_hit: bool = attrs.field(init=False, eq=False, repr=False)
+
+    @timed.default
+    def _timed(self) -> bool:
+        return self.soft_timeout is not None or self.hard_timeout is not None
+
+    @plain_hit.default
+    def _plain_hit(self) -> bool:
+        return self.eager_refresh is None and not self.ttl_jitter
 
     def __attrs_post_init__(self) -> None:
         for name in ("grace", "fail_safe", "ttl_jitter"):
@@ -89,11 +103,6 @@ class Policy:
     def kept(self) -> float:
         """Seconds past the TTL a value is kept: the larger of the grace and the fail-safe."""
         return max(self.grace, self.fail_safe)
-
-    @property
-    def timed(self) -> bool:
-        """Whether a creator runs under a time-out (soft or hard)."""
-        return self.soft_timeout is not None or self.hard_timeout is not None
 
 
 #: No fail-safe, no time-out, no eager refresh, no jitter.

@@ -47,6 +47,9 @@ def judged(region: Any, found: Found, timeout: float | None, policy: Policy = PL
     ``expiration_time`` argument) and ``policy``, and not due for an eager
     refresh, else ``found``, for a flow to go on from."""
     expiration = expiration_of(region, timeout)
+    if policy.plain_hit:  # a fresh value is fresh whatever else the policy says
+        kind, payload = verdict(region, found.value, expiration)
+        return payload if kind is FRESH else found
     kind, payload = verdict(region, found.value, expiration, policy, key)
     if kind is not FRESH or (policy.eager_refresh is not None
                              and refresh_due(found.value, expiration, policy, key)):
@@ -111,7 +114,7 @@ def stored_hit(port: Any, key: str, stored: bytes | None, timeout: float | None,
             created = usual_time(header)
         if created is not None:  # else another form, which JSON may read or refuse: parsed below
             expires = region.expiration_time if timeout is None else timeout
-            if policy is not PLAIN and expires is not None and expires != -1:
+            if not policy.plain_hit and expires is not None and expires != -1:
                 if policy.ttl_jitter:
                     expires += jitter(key, created, policy.ttl_jitter)
                 if policy.eager_refresh is not None:
@@ -225,7 +228,7 @@ class RedisPort(_SyncPort):
         near = self.near
         if near is not None and near.enabled:
             expires = self.region.expiration_time if timeout is None else timeout
-            payload = near.fetch(key, expires if policy is PLAIN else near_expiry(expires, policy))
+            payload = near.fetch(key, expires if policy.plain_hit else near_expiry(expires, policy))
             if payload is not NO_VALUE:
                 return payload
             generation = near.generation
