@@ -28,6 +28,7 @@ import inspect
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -56,6 +57,8 @@ class Background:
 
     def _renew(self) -> None:
         self._lock = threading.Lock()
+        #: Notified when a job of the pool has ended (its future's callbacks too).
+        self._ended = threading.Condition(self._lock)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._workers = 0
         self._idle = 0
@@ -100,6 +103,7 @@ class Background:
                 with self._lock:
                     self._futures.discard(future)
                     self._idle += 1
+                    self._ended.notify_all()
 
     def close(self, timeout: float) -> None:
         """Wait at most ``timeout`` seconds for the pool's work, then take no
@@ -107,11 +111,12 @@ class Background:
         idle. A creator still running is left to finish (a thread cannot be
         stopped): its threads are daemons, so it does not hold up the
         process's exit."""
+        deadline = time.monotonic() + timeout
         with self._lock:
-            pending = list(self._futures)
-        if pending and timeout > 0:
-            concurrent.futures.wait(pending, timeout)
-        with self._lock:
+            # a job ends when its callbacks have run: the rest of a flow
+            # that waited for it (its store) runs there
+            while self._futures and self._ended.wait(max(0.0, deadline - time.monotonic())):
+                pass
             self.closed = True
             for _ in range(self._workers):
                 self._queue.put(None)

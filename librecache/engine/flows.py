@@ -327,8 +327,9 @@ class Call:
         self.deadline = deadline
         self.runner = runner
         self.policy = policy
-        #: When the call began (:func:`time.monotonic`): its time-outs count from here.
-        self.started = time.monotonic()
+        #: When the call began (:func:`time.monotonic`): its time-outs count
+        #: from here (0.0 for a call without time-outs).
+        self.started = time.monotonic() if policy.timed else 0.0
 
 
 Flow = Generator[Any, Any, Any]
@@ -384,9 +385,9 @@ def get_or_create(call: Call, found: Found | None = None) -> Generator[Any, Any,
         if policy.eager_refresh is not None and refresh_due(found.value, call.expiration, policy, call.key):
             return (yield from refresh(call, found, payload))
         return Outcome(HIT, payload)
-    spared = spare(region, found.value, call.expiration, policy, call.key)
+    spared = spare(region, found.value, call.expiration, policy, call.key) if policy.fail_safe else NO_VALUE
     wait = kind is ABSENT
-    deadline, why = _deadline(call, spared)
+    deadline, why = _deadline(call, spared) if policy.timed else (call.deadline, None)
     handle = yield Queue(call.key, wait, deadline)
     if handle is None:
         if not wait:  # another caller of this process recreates it
