@@ -363,6 +363,22 @@ def test_a_readonly_reply_sends_the_next_attempt_to_the_sentinels(
 
 
 @pytest.mark.slow
+def test_event_loops_end_promptly_however_many_there_are(make_caches: Make, sentinel_env: dict[str, str]) -> None:
+    """Each ``asyncio.run`` cancels the tasks its loop left; none of ours may
+    outlive that (a task following the sentinels' channel once could: its
+    cancellation was swallowed by the pub/sub read, and the loop's exit
+    waited for ever). 60 loops, each given 10 s to end."""
+    import threading
+
+    region = make_caches(sentinel_env).region("ROLES")
+    for n in range(60):
+        loop = threading.Thread(target=lambda n=n: asyncio.run(region.aset("k", n)), daemon=True)
+        loop.start()
+        loop.join(10)
+        assert not loop.is_alive(), f"event loop {n} did not end"
+    assert region.get("k") == 59
+
+
 def test_streams_follow_a_failover(redis_sentinel: RedisSentinelFarm, sentinel_env: dict[str, str],
                                    prefix: str) -> None:
     """Appends made just after the sentinels name the new master reach it

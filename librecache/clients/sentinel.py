@@ -3,8 +3,8 @@ following their ``+switch-master`` announcements (sync and asyncio)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +26,8 @@ from ..replies import text
 from .options import client_options
 from .retries import AsyncFailFastRetry, Closing, FailFastRetry
 
-__all__ = ["AsyncSentinelPool", "SentinelWatch", "async_sentinel_client", "sentinel_options", "sentinel_pool"]
+__all__ = ["MOVES", "AsyncSentinelPool", "SentinelWatch", "async_sentinel_client", "sentinel_options",
+           "sentinel_pool"]
 
 log = logging.getLogger(__name__)
 limited = RateLimitedLog(log, interval=30.0)
@@ -81,6 +82,11 @@ def sentinel_pool(config: CacheConfig, closing: Closing | None = None) -> Sentin
                                   db=config.redis_uris[0].db, **client_options(config, closing))
 
 
+#: Master moves seen by this process's :class:`SentinelWatch` objects, by
+#: service name: the asyncio pools ask the sentinels again when it changes.
+MOVES: dict[str, int] = {}
+
+
 class SentinelWatch:
     """Follows the sentinels' ``+switch-master`` announcements, so that a
     failover is acted on at once.
@@ -115,6 +121,7 @@ class SentinelWatch:
             limited.warning("sentinel", "no sentinel names the master: %s", exc)
             return
         if before is not None and address != before:
+            MOVES[self.pool.service_name] = MOVES.get(self.pool.service_name, 0) + 1
             log.warning("Sentinel moved the master %s from %s:%s to %s:%s", self.pool.service_name,
                         *before, *address)
             for hook in self._on_switch:
@@ -174,56 +181,59 @@ class AsyncSentinelSSLConnection(_AsyncAskSentinelsOnReconnect, AsyncSentinelMan
 
 
 class AsyncSentinelPool(AsyncSentinelConnectionPool):
-    """The asyncio pool of the master the sentinels name, following their
-    ``+switch-master`` announcements like :class:`SentinelWatch`: a task of
-    the event loop that uses the pool (started by the first connection,
-    cancelled when the client is closed) asks the sentinels again on each
-    announcement, which drops the idle connections; busy ones (a blocked
-    ``XREAD``) are dropped when released."""
+    """The asyncio pool of the master the sentinels name, kept on the
+    current master without a task of its own: taking a connection asks the
+    sentinels again when a :class:`SentinelWatch` of this process saw the
+    master move (:data:`MOVES`; :func:`watch_for_async` starts one) or
+    :attr:`SentinelWatch.RECHECK` seconds have passed, which drops the idle
+    connections when it moved; busy ones (a blocked ``XREAD``) are dropped
+    when released. (A task following the sentinels' channel, one per event
+    loop, could not always be cancelled when its loop ended: redis-py's
+    asyncio pub/sub read swallows a cancellation, and ``asyncio.run`` then
+    waits for the task for ever.)"""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._watch: asyncio.Task[None] | None = None
+        self._checked = time.monotonic()
+        self._moves = MOVES.get(self.service_name, 0)
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        if self._watch is None or self._watch.done():
-            self._watch = asyncio.get_running_loop().create_task(self._follow())
+        moves = MOVES.get(self.service_name, 0)
+        now = time.monotonic()
+        if moves != self._moves or now - self._checked > SentinelWatch.RECHECK:
+            self._moves, self._checked = moves, now
+            try:
+                await self.get_master_address()  # drops the idle connections when it moved
+            except (redis.RedisError, OSError) as exc:
+                limited.warning("sentinel", "no sentinel names the master: %s", exc)
         return await super().get_connection(*args, **kwargs)
 
-    async def disconnect(self, inuse_connections: bool = True) -> None:
-        watch = self._watch
-        if inuse_connections and watch is not None and watch is not asyncio.current_task():
-            self._watch = None
-            watch.cancel()
-        await super().disconnect(inuse_connections)
 
-    async def _follow(self) -> None:
-        while True:
-            for sentinel in list(self.sentinel_manager.sentinels):
-                pubsub = sentinel.pubsub()
-                try:
-                    await pubsub.subscribe("+switch-master")
-                    checked = 0.0
-                    while True:
-                        message = await pubsub.get_message(timeout=0.5)
-                        if _announces(message, self.service_name) or \
-                                time.monotonic() - checked > SentinelWatch.RECHECK:
-                            checked = time.monotonic()
-                            try:
-                                await self.get_master_address()
-                            except (redis.RedisError, OSError) as exc:
-                                limited.warning("sentinel", "no sentinel names the master: %s", exc)
-                except (redis.RedisError, OSError):
-                    continue  # the next sentinel
-                finally:
-                    await pubsub.aclose()
-            await asyncio.sleep(1.0)
+#: The watchers :func:`watch_for_async` started: (pid, watch) by master
+#: name and sentinel addresses.
+_ASYNC_WATCHES: dict[tuple[str, tuple[tuple[str, int], ...]], tuple[int, SentinelWatch]] = {}
+_ASYNC_WATCHES_LOCK = threading.Lock()
+
+
+def watch_for_async(config: CacheConfig) -> None:
+    """Follow the sentinels' announcements for the asyncio pools of this
+    process: one :class:`SentinelWatch` thread (a daemon) per master and
+    set of sentinels, started once per process (again in a forked child),
+    whose moves (:data:`MOVES`) the pools act on."""
+    assert config.sentinel_master is not None
+    identity = (config.sentinel_master, tuple((uri.host, uri.port) for uri in config.redis_uris))
+    with _ASYNC_WATCHES_LOCK:
+        known = _ASYNC_WATCHES.get(identity)
+        if known is not None and known[0] == os.getpid():
+            return
+        _ASYNC_WATCHES[identity] = (os.getpid(), SentinelWatch(sentinel_pool(config), []))
 
 
 def async_sentinel_client(config: CacheConfig, options: dict[str, Any], max_connections: int) -> AsyncRedis:
     """An asyncio client of the master the sentinels name (``options``: the
-    data nodes' client options)."""
+    data nodes' client options), its moves followed (:func:`watch_for_async`)."""
     assert config.sentinel_master is not None
+    watch_for_async(config)
     sentinel_kwargs = sentinel_options(config)
     sentinel_kwargs["retry"] = AsyncFailFastRetry(NoBackoff(), 0)
     manager = AsyncSentinel([(uri.host, uri.port) for uri in config.redis_uris], sentinel_kwargs=sentinel_kwargs)
