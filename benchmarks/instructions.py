@@ -28,6 +28,8 @@ Cases, on a single Redis and on the cluster (the memory cases once):
   and async, against dogpile's redis backend;
 - ``multi``: ``get_multi`` of 100 keys, per key, against raw ``MGET`` + unpickle;
 - ``near``: a near-cache hit;
+- ``tagged``: the ``hit`` case's function with two tags on its values (one
+  from its argument), against the untagged hit (docs/tags.rst);
 - ``memory``: a memoised hit and miss in a memory namespace, against
   dogpile's memory backend.
 """
@@ -64,11 +66,14 @@ SIGNING_KEY = "instructions-benchmark-key-0123456789abcdef"
 # --------------------------------------------------------------------------
 
 
-def _memoised(region: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
+def _memoised(region: Any, tagged: bool = False) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """A memoised function's hit and miss (``tagged``: its values carry
+    two tags, one from its argument)."""
     run = uuid.uuid4().hex[:8]
     fresh = (f"{run}-{n}" for n in itertools.count())
+    settings = {"tags": lambda key: [f"user:{key}", "org:7"]} if tagged else {}
 
-    @region.cache_on_arguments()
+    @region.cache_on_arguments(**settings)
     def load(key: Any) -> dict[str, Any]:
         return VALUE
 
@@ -156,7 +161,10 @@ def operation(case: str, topology: str, env: dict[str, str]) -> tuple[Callable[[
     if case.startswith("async"):
         hit, miss = _amemoised(region)
         return (miss if case.endswith("miss") else hit), True
-    hit, miss = _memoised(region)
+    if case == "tagged hit":
+        assert caches.invalidations is not None and caches.invalidations.wait_subscribed(10)
+        caches.invalidate_tags("user:other")  # a record that is not the hit's
+    hit, miss = _memoised(region, tagged=case.startswith("tagged"))
     return (miss if case.endswith("miss") else hit), False
 
 
@@ -203,6 +211,7 @@ def child(cases: list[str], topology: str, env: dict[str, str]) -> None:
 ROWS = {
     "hit": [("raw GET + unpickle", "raw", 1), ("librecache hit", "hit", 1),
             ("librecache hit, signed", "signed hit", 1), ("dogpile redis hit", "dogpile hit", 1)],
+    "tagged": [("librecache hit", "hit", 1), ("librecache hit, tagged", "tagged hit", 1)],
     "ahit": [("raw asyncio GET + unpickle", "araw", 1), ("librecache async hit", "async hit", 1)],
     "miss": [("librecache miss+store", "miss", 1), ("librecache async miss+store", "async miss", 1),
              ("dogpile redis miss+store", "dogpile miss", 1)],
@@ -214,6 +223,7 @@ ROWS = {
 #: (ratio, row, baseline row).
 RATIOS = [
     ("hit / raw GET + unpickle", "librecache hit", "raw GET + unpickle"),
+    ("tagged hit / hit", "librecache hit, tagged", "librecache hit"),
     ("signed hit / raw GET + unpickle", "librecache hit, signed", "raw GET + unpickle"),
     ("dogpile hit / raw GET + unpickle", "dogpile redis hit", "raw GET + unpickle"),
     ("async hit / raw asyncio GET + unpickle", "librecache async hit", "raw asyncio GET + unpickle"),
@@ -285,7 +295,8 @@ def main() -> None:
             envs["memory"] = {}
         with tempfile.TemporaryDirectory(prefix="librecache-callgrind-") as temporary:
             for topology, env in envs.items():
-                rows = [row for case in cases if (case == "memory") == (topology == "memory") for row in ROWS[case]]
+                rows = list(dict.fromkeys(row for case in cases if (case == "memory") == (topology == "memory")
+                                          for row in ROWS[case]))  # each row once (cases share some)
                 counts = measured([child_case for _, child_case, _ in rows], topology, env, Path(temporary))
                 figures[topology] = {name: count / divisor for (name, _, divisor), count in zip(rows, counts,
                                                                                               strict=True)}

@@ -13,7 +13,16 @@ from .errors import (
     UnknownVariableWarning,
 )
 from .namespaces import CacheKeys
-from .registry import Caches, LibreRegion, configure, get_caches, get_region, redis_client
+from .registry import (
+    Caches,
+    LibreRegion,
+    ainvalidate_tags,
+    configure,
+    get_caches,
+    get_region,
+    invalidate_tags,
+    redis_client,
+)
 
 __all__ = [
     "CacheConfig",
@@ -26,9 +35,11 @@ __all__ = [
     "SerializationError",
     "UnknownNamespaceError",
     "UnknownVariableWarning",
+    "ainvalidate_tags",
     "configure",
     "get_caches",
     "get_region",
+    "invalidate_tags",
     "redis_client",
 ]
 

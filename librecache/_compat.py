@@ -72,7 +72,8 @@ T = TypeVar("T")
 #:   calls of :mod:`librecache.aio` judge a ``get`` and make a value
 #:   (metadata) with dogpile's own functions, so both doors of a region
 #:   behave and write alike; dogpile has no async API to call instead (its
-#:   issues #199/#200). The stored bytes are made as dogpile's
+#:   issues #199/#200). ``_unexpired_value_fn`` is also a hook: a ``get``
+#:   of a value whose tag was invalidated is a miss (:mod:`librecache.tags`). The stored bytes are made as dogpile's
 #:   ``_serialized_cached_value`` makes them, from
 #:   ``_serialize_cached_value_elements`` (:meth:`RegionHooks.serialized`).
 DOGPILE_REGION_PRIVATES: tuple[str, ...] = (
@@ -123,6 +124,9 @@ class RegionHooks(CacheRegion):
     def _serialize_cached_value_elements(self, payload: Any, metadata: Any) -> bytes:
         return self.serialize_elements(payload, metadata)
 
+    def _unexpired_value_fn(self, expiration_time: Any, ignore_expiration: bool) -> Callable[[Any], Any]:
+        return self.unexpired_value_fn(expiration_time, ignore_expiration)
+
     # -- the public methods, dogpile's behaviour by default ------------------
 
     def read_cached(self, key: Any) -> Any:
@@ -166,7 +170,7 @@ class RegionHooks(CacheRegion):
     def unexpired_value_fn(self, expiration_time: Any, ignore_expiration: bool) -> Callable[[Any], Any]:
         """dogpile's judgement of a ``get``: a function of a ``CachedValue``
         that returns it, or ``NO_VALUE`` when expired or invalidated."""
-        return self._unexpired_value_fn(expiration_time, ignore_expiration)  # type: ignore[no-any-return]
+        return CacheRegion._unexpired_value_fn(self, expiration_time, ignore_expiration)  # type: ignore[no-any-return]
 
     def set_key_mangler(self, mangler: Callable[[Any], str] | None) -> None:
         """Mangle keys with ``mangler``, kept by dogpile's

@@ -40,6 +40,7 @@ from .engine.flows import Call, Found
 from .engine.judge import expiration_of, judged_multi
 from .engine.policy import Policy
 from .fastpath import companions, key_function, mangled_many, mangled_map, multi_call, policies
+from .tags import CallTags, Tags, bound_tags, resolved_tags
 
 __all__ = [
     "adelete",
@@ -100,17 +101,18 @@ async def aget_multi(region: Any, keys: Iterable[Any], expiration_time: float | 
     return values
 
 
-async def aset(region: Any, key: Any, value: Any) -> None:
-    """:meth:`~dogpile.cache.region.CacheRegion.set`, awaitable."""
-    await async_port(region).set(_mangled(region, key), region.new_value(value))
+async def aset(region: Any, key: Any, value: Any, tags: tuple[str, ...] = ()) -> None:
+    """:meth:`~dogpile.cache.region.CacheRegion.set`, awaitable; the entry
+    carries ``tags`` (checked)."""
+    await async_port(region).set(_mangled(region, key), region.new_value(value, region.tagged_metadata(tags)))
 
 
-async def aset_multi(region: Any, mapping: Mapping[Any, Any]) -> None:
+async def aset_multi(region: Any, mapping: Mapping[Any, Any], tags: tuple[str, ...] = ()) -> None:
     """:meth:`~dogpile.cache.region.CacheRegion.set_multi`, awaitable (one
-    pipeline; per node on a cluster)."""
+    pipeline; per node on a cluster); every entry carries ``tags`` (checked)."""
     if not mapping:
         return
-    metadata = region.new_metadata()
+    metadata = region.tagged_metadata(tags)
     await async_port(region).set_multi(
         {_mangled(region, key): region.new_value(value, metadata) for key, value in mapping.items()}
     )
@@ -130,12 +132,12 @@ async def adelete_multi(region: Any, keys: Iterable[Any]) -> None:
 async def aget_or_create(region: Any, key: Any, creator: Callable[..., Any], expiration_time: float | None = None,
                          should_cache_fn: Callable[[Any], bool] | None = None,
                          creator_args: tuple[Sequence[Any], Mapping[str, Any]] | None = None,
-                         policy: Policy | None = None) -> Any:
+                         policy: Policy | None = None, tags: CallTags = ()) -> Any:
     """:meth:`~dogpile.cache.region.CacheRegion.get_or_create`, awaitable;
     ``creator`` may be a plain function or a coroutine function. The same
     flow as the sync call (:func:`librecache.engine.flows.get_or_create`):
     the same commands, locks and rules. ``policy``: the call's, the
-    namespace's if ``None``."""
+    namespace's if ``None``; ``tags``: as :class:`~librecache.engine.flows.Call`'s."""
     mangled = _mangled(region, key)
     port = async_port(region)
     if policy is None:
@@ -148,16 +150,16 @@ async def aget_or_create(region: Any, key: Any, creator: Callable[..., Any], exp
         return found
     args, kwargs = creator_args if creator_args else ((), {})
     return await _created(region, port, mangled, key, creator, args, dict(kwargs), expiration_time, should_cache_fn,
-                          found, policy)
+                          found, policy, tags)
 
 
 async def _created(region: Any, port: Any, mangled: str, key: Any, creator: Callable[..., Any], args: Sequence[Any],
                    kwargs: dict[str, Any], expiration_time: float | None, should_cache_fn: Any, found: Found,
-                   policy: Policy) -> Any:
+                   policy: Policy, tags: CallTags = ()) -> Any:
     """:func:`librecache.fastpath.created`, awaited."""
     budget = port.budget
     call = Call(region, mangled, key, creator, args, kwargs, expiration_of(region, expiration_time),
-                should_cache_fn, None if budget is None else time.monotonic() + budget, None, policy)
+                should_cache_fn, None if budget is None else time.monotonic() + budget, None, policy, tags)
     outcome = await arun(flows.get_or_create(call, found), port)
     count(region.counters, outcome)
     return outcome.value
@@ -166,7 +168,7 @@ async def _created(region: Any, port: Any, mangled: str, key: Any, creator: Call
 async def aget_or_create_multi(region: Any, keys: Iterable[Any], creator: Callable[..., Any],
                                expiration_time: float | None = None,
                                should_cache_fn: Callable[[Any], bool] | None = None,
-                               policy: Policy | None = None) -> list[Any]:
+                               policy: Policy | None = None, tags: CallTags = ()) -> list[Any]:
     """:meth:`~dogpile.cache.region.CacheRegion.get_or_create_multi`,
     awaitable: one read for every key, one creator call (sync or async)
     for the keys to create, one round trip to store what it returned."""
@@ -174,7 +176,7 @@ async def aget_or_create_multi(region: Any, keys: Iterable[Any], creator: Callab
     port = async_port(region)
     if port.marks_due():
         await port.marks()
-    call = multi_call(region, port, creator, expiration_time, should_cache_fn, policy)
+    call = multi_call(region, port, creator, expiration_time, should_cache_fn, policy, tags)
     outcome = await arun(flows.get_or_create_multi(call, keys, mangled_map(region, keys)), port)
     count_multi(region.counters, outcome, len(keys))
     return outcome.values
@@ -187,7 +189,7 @@ async def aget_or_create_multi(region: Any, keys: Iterable[Any], creator: Callab
 
 def memoize_async(region: Any, key_generator: Callable[..., str], user_func: Callable[..., Any],
                   expiration_time: Any, should_cache_fn: Any,
-                  settings: dict[str, Any] | None = None) -> Callable[..., Any]:
+                  settings: dict[str, Any] | None = None, tags: Tags = None) -> Callable[..., Any]:
     """What ``cache_on_arguments`` returns for an ``async def``: an
     ``async def`` keyed exactly as the sync wrapper
     (:func:`librecache.fastpath.memoize`), with dogpile's companions made
@@ -201,18 +203,18 @@ def memoize_async(region: Any, key_generator: Callable[..., str], user_func: Cal
     async def cached(*args: Any, **kwargs: Any) -> Any:
         timeout = expiration_time() if expiration_is_callable else expiration_time
         return await aget_or_create(region, key_of(args, kwargs), user_func, timeout, should_cache_fn, (args, kwargs),
-                                    None if policy_now is None else policy_now())
+                                    None if policy_now is None else policy_now(), bound_tags(tags, args, kwargs))
 
     async def refresh(*args: Any, **kwargs: Any) -> Any:
         value = await user_func(*args, **kwargs)
-        await aset(region, key_of(args, kwargs), value)
+        await aset(region, key_of(args, kwargs), value, region.tags_for_writing(resolved_tags(tags, args, kwargs)))
         return value
 
     async def invalidate(*args: Any, **kwargs: Any) -> None:
         await adelete(region, key_of(args, kwargs))
 
     async def set_(value: Any, *args: Any, **kwargs: Any) -> None:
-        await aset(region, key_of(args, kwargs), value)
+        await aset(region, key_of(args, kwargs), value, region.tags_for_writing(resolved_tags(tags, args, kwargs)))
 
     async def get(*args: Any, **kwargs: Any) -> Any:
         return await aget(region, key_of(args, kwargs))
@@ -222,7 +224,7 @@ def memoize_async(region: Any, key_generator: Callable[..., str], user_func: Cal
 
 def memoize_multi_async(region: Any, key_generator: Callable[..., Sequence[str]], user_func: Callable[..., Any],
                         expiration_time: Any, should_cache_fn: Any, asdict: bool,
-                        settings: dict[str, Any] | None = None) -> Callable[..., Any]:
+                        settings: dict[str, Any] | None = None, tags: Tags = None) -> Callable[..., Any]:
     """What ``cache_multi_on_arguments`` returns for an ``async def``:
     dogpile's behaviour (one argument per key; a list, or with ``asdict`` a
     mapping), awaitable, with awaitable companions."""
@@ -240,7 +242,8 @@ def memoize_multi_async(region: Any, key_generator: Callable[..., Sequence[str]]
                 return await user_func(*[lookup[key] for key in keys_to_create])
 
             return await aget_or_create_multi(region, keys, create, timeout, should_cache_fn,
-                                              None if policy_now is None else policy_now())
+                                              None if policy_now is None else policy_now(),
+                                              bound_tags(tags, args, kwargs))
 
         async def create_from_dict(*keys_to_create: str) -> list[Any]:
             values = await user_func(*[lookup[key] for key in keys_to_create])
@@ -250,15 +253,20 @@ def memoize_multi_async(region: Any, key_generator: Callable[..., Sequence[str]]
             return value is not NO_VALUE and (not should_cache_fn or bool(should_cache_fn(value)))
 
         values = await aget_or_create_multi(region, keys, create_from_dict, timeout, cache_if,
-                                            None if policy_now is None else policy_now())
+                                            None if policy_now is None else policy_now(),
+                                            bound_tags(tags, args, kwargs))
         return {arg: value for arg, value in zip(args, values, strict=True) if value is not NO_VALUE}
 
     async def invalidate(*args: Any) -> None:
         await adelete_multi(region, key_generator(*args))
 
+    def tags_of(arguments: Sequence[Any]) -> tuple[str, ...]:
+        return region.tags_for_writing(resolved_tags(tags, arguments)) if tags is not None else ()
+
     async def set_(mapping: Mapping[Any, Any]) -> None:
         arguments = list(mapping)
-        await aset_multi(region, dict(zip(key_generator(*arguments), (mapping[a] for a in arguments), strict=True)))
+        await aset_multi(region, dict(zip(key_generator(*arguments), (mapping[a] for a in arguments), strict=True)),
+                         tags_of(arguments))
 
     async def get(*args: Any) -> list[Any]:
         return await aget_multi(region, key_generator(*args))
@@ -267,9 +275,9 @@ def memoize_multi_async(region: Any, key_generator: Callable[..., Sequence[str]]
         keys = key_generator(*args)
         values = await user_func(*args)
         if asdict:
-            await aset_multi(region, dict(zip(keys, [values[arg] for arg in args], strict=True)))
+            await aset_multi(region, dict(zip(keys, [values[arg] for arg in args], strict=True)), tags_of(args))
         else:
-            await aset_multi(region, dict(zip(keys, values, strict=True)))
+            await aset_multi(region, dict(zip(keys, values, strict=True)), tags_of(args))
         return values
 
     return companions(cached, user_func, set_, invalidate, get, refresh)

@@ -291,6 +291,21 @@ def cmd_clear(config: CacheConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_invalidate(config: CacheConfig, args: argparse.Namespace) -> int:
+    if not config.use_redis:
+        print("librecache: no Redis (USE_REDIS): each process keeps its own tags; nothing invalidated",
+              file=sys.stderr)
+        return 0
+    try:
+        with Caches(config) as caches:
+            count = caches.invalidate_tags(*args.tag)
+    except (TypeError, ValueError) as exc:
+        print(f"librecache: {exc}", file=sys.stderr)
+        return 2
+    print(f"{count} tag{'' if count == 1 else 's'} invalidated: {', '.join(sorted(set(args.tag)))}")
+    return 0
+
+
 def cmd_stats(config: CacheConfig, args: argparse.Namespace) -> int:
     rows: list[tuple[str, ...]] = [("NAMESPACE", "BACKEND", "KEYS", "MEMORY")]
     data: list[dict[str, Any]] = []
@@ -351,10 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "Caches.stats() or librecache.metrics.PrometheusCollector.",
     )
     stats.add_argument("--json", action="store_true", help="print JSON for machines")
+    invalidate = commands.add_parser(
+        "invalidate", parents=[common], help="invalidate every entry carrying a tag (--tag, repeatable)",
+        description="Every entry that carries one of the tags is a miss from now on, in every namespace and "
+                    "process sharing this Redis and prefix (a few commands, whatever the number of entries).",
+    )
+    invalidate.add_argument("--tag", action="append", required=True, metavar="TAG", help="a tag; repeat for more")
     return parser
 
 
-COMMANDS = {"config": cmd_config, "check": cmd_check, "keys": cmd_keys, "clear": cmd_clear, "stats": cmd_stats}
+COMMANDS = {"config": cmd_config, "check": cmd_check, "keys": cmd_keys, "clear": cmd_clear, "stats": cmd_stats,
+            "invalidate": cmd_invalidate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,6 +25,9 @@ from .parsing import Declared, declared_names
 from .uris import RedisURI
 from .variables import VARIABLES, Variable, read
 
+#: Seconds a tag's invalidation is remembered at least (LIBRECACHE_TAG_RETENTION's floor by default).
+DEFAULT_TAG_RETENTION = 86400.0
+
 __all__ = ["VARIABLES", "CacheConfig", "Variable"]
 
 
@@ -75,6 +78,7 @@ class CacheConfig:
     memory_max_entries: int = 10000
     lock_timeout: float = 30.0
     redis_retention: float = 604800.0
+    tag_retention: float | None = None
     socket_timeout: float = 5.0
     stream_finished_ttl: float = 300.0
     stream_idle_ttl: float = 1200.0
@@ -122,6 +126,7 @@ class CacheConfig:
             raise ConfigurationError("REDIS_CA requires REDIS_URI to use rediss://", "REDIS_CA")
         self._check_sentinel()
         self._check_resilience()
+        self._check_tags()
         if self.cluster and any(uri.db for uri in self.redis_uris):
             raise ConfigurationError(
                 "REDIS_URI: a cluster has only database 0; remove the /<db> path", "REDIS_URI"
@@ -199,6 +204,39 @@ class CacheConfig:
                 raise ConfigurationError(
                     f"LIBRECACHE_SOFT_TIMEOUT: {namespace.value}={soft * 1000:g} is not shorter than its "
                     f"LIBRECACHE_HARD_TIMEOUT ({hard[namespace] * 1000:g})", "LIBRECACHE_SOFT_TIMEOUT")
+
+    def _check_tags(self) -> None:
+        """A tag's record must outlive every entry that may carry the tag."""
+        given = self.tag_retention
+        if given is None:
+            return
+        variable = "LIBRECACHE_TAG_RETENTION"
+        if given <= 0:
+            raise ConfigurationError(f"{variable}: must be greater than 0", variable)
+        longest = self.longest_storage()
+        if longest is not None and given < longest[1]:
+            raise ConfigurationError(
+                f"{variable}: {given:g} s is shorter than the storage lifetime of {longest[0].value} "
+                f"({longest[1]:g} s: TTL plus grace or fail-safe, plus jitter), so an invalidated tag "
+                f"could be forgotten while entries carrying it are still served; give at least {longest[1]:g}",
+                variable)
+
+    def longest_storage(self) -> tuple[AnyNamespace, float] | None:
+        """The namespace with a TTL whose entries are stored longest, and
+        that lifetime (:meth:`storage_expiry`); ``None`` if none has a TTL."""
+        lifetimes = [(namespace, self.storage_expiry(namespace)) for namespace in self.namespaces]
+        known = [(namespace, seconds) for namespace, seconds in lifetimes if seconds is not None]
+        return max(known, key=lambda pair: pair[1]) if known else None
+
+    @property
+    def tag_retention_seconds(self) -> float:
+        """How long a tag's invalidation is remembered (:mod:`librecache.tags`):
+        LIBRECACHE_TAG_RETENTION, by default the longest storage lifetime of
+        a namespace with a TTL, and at least a day."""
+        if self.tag_retention is not None:
+            return self.tag_retention
+        longest = self.longest_storage()
+        return max(DEFAULT_TAG_RETENTION, longest[1] if longest is not None else 0.0)
 
     def _check_sentinel(self) -> None:
         """Sentinel seeds come with a master name and without cluster mode;

@@ -33,6 +33,7 @@ from .engine.flows import Call, Found
 from .engine.judge import expiration_of, judged_multi, reads_bytes
 from .engine.policy import PLAIN, Policy
 from .engine.ports import near_expiry
+from .tags import CallTags, Tags, bound_tags, resolved_tags
 
 __all__ = ["companions", "get_multi", "get_or_create", "get_or_create_multi", "key_function", "mangled_many",
            "memoize", "policies", "policy_of", "with_settings"]
@@ -109,10 +110,13 @@ def memoize(
     expiration_time: Any,
     should_cache_fn: Any,
     settings: dict[str, Any] | None = None,
+    tags: Tags = None,
 ) -> Callable[..., Any]:
     """The wrapper ``cache_on_arguments`` returns, with dogpile's attributes
     (``set``, ``get``, ``invalidate``, ``refresh``, ``original``);
-    ``settings``: the call settings it was given (:func:`policy_of`)."""
+    ``settings``: the call settings it was given (:func:`policy_of`);
+    ``tags``: its values' tags, or a function of its arguments returning
+    them (:mod:`librecache.tags`)."""
     expiration_is_callable = callable(expiration_time)
     policy_now = policies(region, settings)
     count = _positional_count(user_func)
@@ -143,7 +147,7 @@ def memoize(
         policy = region.policy if policy_now is None else policy_now()
         if kwargs or len(args) != count:
             return get_or_create(region, key_of(args, kwargs), user_func, timeout, should_cache_fn, (args, kwargs),
-                                 policy)
+                                 policy, bound_tags(tags, args, kwargs))
         text = type(args[0]) is str if single else all(type(arg) is str for arg in args)
         keys = memo.get(args) if text and region.key_mangler is memo_of[0] else None
         if keys is None:
@@ -159,7 +163,7 @@ def memoize(
             found = port.hit(keys[1], timeout, policy)
             if type(found) is Found:
                 return created(region, port, keys[1], keys[0], user_func, args, kwargs, timeout, should_cache_fn,
-                               found, policy)
+                               found, policy, bound_tags(tags, args, kwargs))
         stats = region.counters
         if stats is not None:
             stats.hits += 1
@@ -167,14 +171,14 @@ def memoize(
 
     def refresh(*args: Any, **kwargs: Any) -> Any:
         value = user_func(*args, **kwargs)
-        region.set(key_of(args, kwargs), value)
+        region.set(key_of(args, kwargs), value, tags=resolved_tags(tags, args, kwargs) if tags else None)
         return value
 
     def invalidate(*args: Any, **kwargs: Any) -> None:
         region.delete(key_of(args, kwargs))
 
     def set_(value: Any, *args: Any, **kwargs: Any) -> None:
-        region.set(key_of(args, kwargs), value)
+        region.set(key_of(args, kwargs), value, tags=resolved_tags(tags, args, kwargs) if tags else None)
 
     def get(*args: Any, **kwargs: Any) -> Any:
         return region.get(key_of(args, kwargs))
@@ -185,10 +189,11 @@ def memoize(
 def get_or_create(region: Any, key: Any, creator: Callable[..., Any], expiration_time: float | None = None,
                   should_cache_fn: Callable[[Any], bool] | None = None,
                   creator_args: tuple[Sequence[Any], Mapping[str, Any]] | None = None,
-                  policy: Policy | None = None) -> Any:
+                  policy: Policy | None = None, tags: CallTags = ()) -> Any:
     """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create` of
     ``region``, by the engine (:func:`librecache.engine.flows.get_or_create`);
-    ``policy``: the call's (:func:`policy_of`), the namespace's if ``None``."""
+    ``policy``: the call's (:func:`policy_of`), the namespace's if ``None``;
+    ``tags``: as :class:`~librecache.engine.flows.Call`'s."""
     mangler = region.key_mangler
     mangled = mangler(key) if mangler is not None else key
     port = sync_port(region)
@@ -202,18 +207,18 @@ def get_or_create(region: Any, key: Any, creator: Callable[..., Any], expiration
         return found
     args, kwargs = creator_args if creator_args else ((), {})
     return created(region, port, mangled, key, creator, args, dict(kwargs), expiration_time, should_cache_fn, found,
-                   policy)
+                   policy, tags)
 
 
 def created(region: Any, port: Any, mangled: str, key: Any, creator: Callable[..., Any], args: Sequence[Any],
             kwargs: dict[str, Any], expiration_time: float | None, should_cache_fn: Any, found: Found,
-            policy: Policy) -> Any:
+            policy: Policy, tags: CallTags = ()) -> Any:
     """The rest of a get-or-create call whose direct path found no fresh
     value: the engine's flow, from what was read (``found``), counted."""
     budget = port.budget
     call = Call(region, mangled, key, creator, args, kwargs, expiration_of(region, expiration_time),
                 should_cache_fn, None if budget is None else time.monotonic() + budget,
-                region.async_creation_runner, policy)
+                region.async_creation_runner, policy, tags)
     outcome = run(flows.get_or_create(call, found), port)
     count(region.counters, outcome)
     return outcome.value
@@ -221,46 +226,72 @@ def created(region: Any, port: Any, mangled: str, key: Any, creator: Callable[..
 
 def get_or_create_multi(region: Any, keys: Any, creator: Callable[..., Any], expiration_time: float | None = None,
                         should_cache_fn: Callable[[Any], bool] | None = None,
-                        policy: Policy | None = None) -> list[Any]:
+                        policy: Policy | None = None, tags: CallTags = ()) -> list[Any]:
     """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create_multi`
     of ``region``, by the engine (:func:`librecache.engine.flows.get_or_create_multi`)."""
     keys = list(keys)
     port = sync_port(region)
-    call = multi_call(region, port, creator, expiration_time, should_cache_fn, policy)
+    call = multi_call(region, port, creator, expiration_time, should_cache_fn, policy, tags)
     outcome = run(flows.get_or_create_multi(call, keys, mangled_map(region, keys)), port)
     count_multi(region.counters, outcome, len(keys))
     return outcome.values
 
 
 def multi_call(region: Any, port: Any, creator: Callable[..., Any], expiration_time: float | None,
-               should_cache_fn: Any, policy: Policy | None = None) -> Call:
+               should_cache_fn: Any, policy: Policy | None = None, tags: CallTags = ()) -> Call:
     """The :class:`~librecache.engine.flows.Call` of a multi-key flow (both
     doors); ``policy``: the call's, the namespace's if ``None``."""
     budget = port.budget
     return Call(region, "", None, creator, (), {}, expiration_of(region, expiration_time), should_cache_fn,
                 None if budget is None else time.monotonic() + budget, None,
-                region.policy if policy is None else policy)
+                region.policy if policy is None else policy, tags)
 
 
-#: The settings of the memoised multi-key function running in this context
-#: (dogpile's ``cache_multi_on_arguments`` calls ``get_or_create_multi``
-#: without them: :func:`with_settings` passes them through here).
-MULTI_SETTINGS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("multi_settings",
-                                                                                       default=None)
+#: The settings and tags of the memoised multi-key function running in
+#: this context (dogpile's ``cache_multi_on_arguments`` calls
+#: ``get_or_create_multi`` without them: :func:`with_settings` passes them
+#: through here).
+MULTI_SETTINGS: contextvars.ContextVar[tuple[dict[str, Any], CallTags] | None] = \
+    contextvars.ContextVar("multi_settings", default=None)
 
 
-def with_settings(decorated: Callable[..., Any], settings: dict[str, Any]) -> Callable[..., Any]:
+def with_settings(decorated: Callable[..., Any], settings: dict[str, Any], tags: Tags = None) -> Callable[..., Any]:
     """``decorated`` (dogpile's memoised multi-key function), whose calls
-    of ``get_or_create_multi`` get ``settings``; its companions kept."""
+    of ``get_or_create_multi`` get ``settings`` and ``tags`` (a function's
+    bound to the call's arguments); its companions kept."""
     @functools.wraps(decorated)
     def cached(*args: Any, **kwargs: Any) -> Any:
-        token = MULTI_SETTINGS.set(settings)
+        token = MULTI_SETTINGS.set((settings, bound_tags(tags, args, kwargs)))
         try:
             return decorated(*args, **kwargs)
         finally:
             MULTI_SETTINGS.reset(token)
 
     return cached
+
+
+def tagged_multi_companions(region: Any, decorated: Any, key_generator: Callable[..., Sequence[str]],
+                            user_func: Callable[..., Any], asdict: bool, tags: Tags) -> None:
+    """dogpile's ``set`` and ``refresh`` of a memoised multi-key function
+    (``decorated``), whose entries carry ``tags`` (a function's called with
+    the arguments the values are for)."""
+    def tags_of(arguments: Sequence[Any]) -> tuple[str, ...]:
+        return region.tags_for_writing(resolved_tags(tags, arguments))  # type: ignore[no-any-return]
+
+    def set_(mapping: Mapping[Any, Any]) -> None:
+        arguments = list(mapping)
+        region.set_multi(dict(zip(key_generator(*arguments), (mapping[a] for a in arguments), strict=True)),
+                         tags=tags_of(arguments))
+
+    def refresh(*args: Any) -> Any:
+        keys = key_generator(*args)
+        values = user_func(*args)
+        stored = [values[arg] for arg in args] if asdict else values
+        region.set_multi(dict(zip(keys, stored, strict=True)), tags=tags_of(args))
+        return values
+
+    decorated.set = set_
+    decorated.refresh = refresh
 
 
 def mangled_map(region: Any, keys: list[Any]) -> dict[Any, str]:

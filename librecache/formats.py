@@ -45,6 +45,7 @@ from dogpile.cache.api import NO_VALUE, CachedValue
 from dogpile.cache.region import value_version
 
 from .errors import SerializationError
+from .tags import TAG_FIELD, stored_tags
 
 __all__ = ["FORMAT_NAMES", "JsonFormat", "KeyvFormat", "format_for"]
 
@@ -163,6 +164,8 @@ class JsonFormat:
         envelope["v"] = metadata.get("v", value_version)
         if "fs" in metadata:  # served by the fail-safe: fresh until then (librecache.engine.judge.throttled)
             envelope["fs"] = float(metadata["fs"])
+        if TAG_FIELD in metadata:  # its tags (librecache.tags)
+            envelope[TAG_FIELD] = list(metadata[TAG_FIELD])
         text = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         try:
             return text.encode("utf-8")
@@ -216,6 +219,8 @@ class JsonFormat:
         metadata = {"ct": created, "v": version}
         if _is_number(envelope.get("fs")):
             metadata["fs"] = float(envelope["fs"])
+        if TAG_FIELD in envelope:
+            metadata[TAG_FIELD] = stored_tags(envelope[TAG_FIELD])
         return CachedValue(value, metadata)  # type: ignore[call-arg]
 
     def normalize(self, payload: Any) -> Any:

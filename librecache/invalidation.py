@@ -8,10 +8,15 @@ same name. Each registry keeps the marks in memory, so checking a value
 (which dogpile does on every read) costs no round trip: a listener thread
 applies announcements as they arrive, and reloads the hash whenever it
 (re)subscribes, so an announcement missed while disconnected is not lost.
+
+Tags' invalidations (:mod:`librecache.tags`) travel the same way: the
+sorted set and channel ``{prefix}::librecache:tags``, kept in the bus's
+:class:`~librecache.tags.TagBook`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -28,6 +33,7 @@ from .logs import RateLimitedLog
 from .namespaces import AnyNamespace
 from .nearcache import NearCache, decode_drop, encode_drop
 from .replies import text
+from .tags import TagBook
 
 __all__ = ["InvalidationBus", "SharedInvalidation"]
 
@@ -112,6 +118,10 @@ class InvalidationBus:
         self._connection = connection
         self.key = self.channel = keyspace.internal("invalidations")
         self.near_channel = keyspace.internal("near")
+        self.tags_key = self.tags_channel = keyspace.internal("tags")
+        #: The tags' invalidation times, live while the listener is subscribed.
+        self.tag_book = TagBook(connection.config.tag_retention_seconds)
+        self._pending_tags: dict[str, float] = {}
         #: This registry's name on the near-cache channel (its own messages are skipped).
         self.origin = uuid.uuid4().hex
         self.near_caches: dict[str, NearCache] = {}
@@ -154,6 +164,7 @@ class InvalidationBus:
         self._ping_sent = False
         self.loaded = False
         self._retry_at = 0.0
+        self.tag_book.lost()  # until the child's own listener has read the record
         self._mark()
 
     def strategy(self, namespace: AnyNamespace) -> SharedInvalidation:
@@ -169,7 +180,7 @@ class InvalidationBus:
         while this bus is subscribed."""
         near = self.near_caches.get(namespace.value)
         if near is None:
-            near = self.near_caches[namespace.value] = NearCache(namespace.value, max_entries)
+            near = self.near_caches[namespace.value] = NearCache(namespace.value, max_entries, self.tag_book)
             self._mark(namespace.value)
         return near
 
@@ -295,8 +306,77 @@ class InvalidationBus:
                 del self._pending[field]
 
     def _announce_pending(self) -> None:
-        if self._pending and self._connection.client is not None:
-            self._announce(self._connection.client)
+        client = self._connection.client
+        if self._pending and client is not None:
+            self._announce(client)
+        if self._pending_tags and client is not None:
+            self.announce_tags(client)
+
+    # -- tags ---------------------------------------------------------------
+
+    def invalidate_tags(self, tags: tuple[str, ...]) -> None:
+        """Invalidate ``tags`` here at once, and record them to announce
+        (:meth:`announce_tags`; pending while Redis is away, announced when
+        it is back)."""
+        stamp = time.time()
+        self.tag_book.invalidated(tags, stamp)
+        for tag in tags:
+            self._pending_tags[tag] = stamp
+
+    def pending_tags(self) -> dict[str, float]:
+        """The tags invalidated here and not announced yet (tag -> time)."""
+        return dict(self._pending_tags)
+
+    def tag_commands(self, pending: dict[str, float]) -> tuple[list[tuple[str, tuple[Any, ...], dict[str, Any]]],
+                                                                tuple[str, str]]:
+        """What announces ``pending`` (tag -> time): the stored record's
+        commands (the times raised, records past the retention dropped, the
+        set's own expiry renewed), and the message to publish, as
+        ``(method name, arguments, keywords)`` of redis-py's clients, sync or async."""
+        retention = self.tag_book.retention
+        horizon = time.time() - retention
+        stores: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+            ("zadd", (self.tags_key, pending), {"gt": True}),
+            ("zremrangebyscore", (self.tags_key, "-inf", f"({horizon!r}"), {}),
+            ("expire", (self.tags_key, max(1, math.ceil(retention))), {}),
+        ]
+        return stores, (self.tags_channel, json.dumps({"tags": pending}))
+
+    def announce_tags(self, client: Any) -> None:
+        """Store and publish the pending tags (sync client). Published even
+        when the store failed, as :meth:`_announce` does."""
+        pending = self.pending_tags()
+        if not pending:
+            return
+        stores, message = self.tag_commands(pending)
+        try:
+            for method, arguments, keywords in stores:
+                getattr(client, method)(*arguments, **keywords)
+        finally:
+            client.publish(*message)
+        self.tags_announced(pending)
+
+    def tags_announced(self, pending: dict[str, float]) -> None:
+        """``pending`` reached Redis: no longer pending, unless invalidated again meanwhile."""
+        for tag, stamp in pending.items():
+            if self._pending_tags.get(tag) == stamp:
+                del self._pending_tags[tag]
+
+    def _load_tags(self, client: Any) -> None:
+        """Read the stored record into the book, which is live from then on."""
+        horizon = time.time() - self.tag_book.retention
+        stored = client.zrangebyscore(self.tags_key, horizon, "+inf", withscores=True)
+        self.tag_book.load((text(tag), float(stamp)) for tag, stamp in stored)
+
+    def _tag_message(self, data: Any) -> None:
+        try:
+            announced = json.loads(text(data))["tags"]
+            items = [(str(tag), float(stamp)) for tag, stamp in announced.items()]
+        except Exception:  # not ours: ignored, as a foreign near-cache message is
+            limited.warning("tag-message", "ignoring a malformed message on %s", self.tags_channel)
+            return
+        for tag, stamp in items:
+            self.tag_book.invalidated((tag,), stamp)
 
     def load(self, force: bool = False) -> None:
         """Read the stored marks, once (again when ``force``). While Redis
@@ -346,7 +426,8 @@ class InvalidationBus:
                 if client is None:
                     raise ConnectionError("Redis is not reachable")
                 pubsub = self._pubsub = client.pubsub()
-                pubsub.subscribe(self.channel, self.near_channel)
+                # the tags' record is read first, then the marks (subscribed from then on), then near copies serve
+                pubsub.subscribe(self.tags_channel, self.channel, self.near_channel)
                 last_heard = time.monotonic()
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.2)
@@ -359,7 +440,11 @@ class InvalidationBus:
                     last_heard = time.monotonic()
                     self._ping_sent = False
                     channel = text(message.get("channel"))
-                    if message["type"] == "subscribe" and channel == self.near_channel:
+                    if message["type"] == "subscribe" and channel == self.tags_channel:
+                        self._load_tags(client)
+                    elif message["type"] == "message" and channel == self.tags_channel:
+                        self._tag_message(message["data"])
+                    elif message["type"] == "subscribe" and channel == self.near_channel:
                         self._near_serving(True)
                     elif message["type"] == "subscribe":
                         self.load(force=True)
@@ -372,6 +457,7 @@ class InvalidationBus:
                         self._note(field, float(stamp))
             except Exception as exc:
                 self._near_serving(False)  # a lost channel must never mean stale reads
+                self.tag_book.lost()
                 self._subscribed.clear()
                 if not self._stop.is_set():
                     limited.warning("listen", "invalidation channel lost (%s); reconnecting", exc)
@@ -380,6 +466,7 @@ class InvalidationBus:
             finally:
                 if self._stop.is_set():
                     self._near_serving(False)
+                    self.tag_book.lost()
                 if pubsub is not None:
                     self._pubsub = None
                     try:

@@ -42,12 +42,22 @@ def _registry(caches: Caches | None) -> Caches:
     return get_caches()
 
 
+def _namespaces(report: dict[str, Any]) -> dict[str, Any]:
+    """The per-namespace counters of :meth:`Caches.stats() <librecache.Caches.stats>`
+    (without its registry-wide entries: ``redis``, ``tag_invalidations``)."""
+    return {name: counts for name, counts in report.items() if name not in REGISTRY_WIDE}
+
+
+#: The entries of :meth:`Caches.stats() <librecache.Caches.stats>` that are not a namespace's.
+REGISTRY_WIDE = ("redis", "tag_invalidations")
+
+
 class PrometheusCollector:
     """A :mod:`prometheus_client` custom collector of a registry's counters:
     ``librecache_{counter}_total`` (label ``namespace``) for each of
     :data:`COUNTERS`, the histogram ``librecache_creation_seconds`` (label
-    ``namespace``) and the gauge ``librecache_redis_up`` (1 or 0; absent
-    when Redis is off).
+    ``namespace``), the counter ``librecache_tag_invalidations_total`` and
+    the gauge ``librecache_redis_up`` (1 or 0; absent when Redis is off).
 
     :param caches: the registry; ``None``: the process default registry
         as it is at each scrape, so a :func:`~librecache.configure` that
@@ -65,8 +75,9 @@ class PrometheusCollector:
     def collect(self) -> Iterator[Any]:
         core = self._metrics
         caches = _registry(self._caches)
-        stats = caches.stats()
-        health = stats.pop("redis", None)
+        report = caches.stats()
+        health = report["redis"]
+        stats = _namespaces(report)
         for counter in COUNTERS:
             family = core.CounterMetricFamily(
                 f"librecache_{counter}", f"librecache {counter.replace('_', ' ')} per namespace",
@@ -85,6 +96,10 @@ class PrometheusCollector:
                        for bound, count in seconds["buckets"].items()]
             histogram.add_metric([namespace], buckets, seconds["sum"])
         yield histogram
+        invalidations = core.CounterMetricFamily("librecache_tag_invalidations",
+                                                 "Calls of invalidate_tags made by this process")
+        invalidations.add_metric([], report["tag_invalidations"])
+        yield invalidations
         if health is not None:
             yield core.GaugeMetricFamily("librecache_redis_up", "1 while Redis is reachable",
                                          value=1 if health["up"] else 0)
@@ -103,8 +118,8 @@ def instrument(caches: Caches | None = None, meter_provider: Any = None) -> list
     """Register observable counters of a registry's counters with
     OpenTelemetry: ``librecache_{counter}_total`` for each of
     :data:`COUNTERS` (attribute ``namespace``), ``librecache_creation_seconds_sum``
-    and ``librecache_creation_seconds_count``, and the observable gauge
-    ``librecache_redis_up``.
+    and ``librecache_creation_seconds_count``, ``librecache_tag_invalidations_total``,
+    and the observable gauge ``librecache_redis_up``.
 
     :param caches: the registry; ``None``: the process default registry as
         it is at each collection.
@@ -119,8 +134,7 @@ def instrument(caches: Caches | None = None, meter_provider: Any = None) -> list
 
     def observe(read: Callable[[dict[str, Any]], float]) -> Callable[[Any], list[Any]]:
         def callback(_options: Any) -> list[Any]:
-            stats = _registry(caches).stats()
-            stats.pop("redis", None)
+            stats = _namespaces(_registry(caches).stats())
             return [metrics_api.Observation(read(counts), {"namespace": namespace})
                     for namespace, counts in stats.items()]
         return callback
@@ -139,6 +153,13 @@ def instrument(caches: Caches | None = None, meter_provider: Any = None) -> list
     instruments.append(meter.create_observable_counter(
         "librecache_creation_seconds_count", [observe(lambda counts: counts["creation_seconds"]["count"])],
         description="Values created"))
+
+    def tag_invalidations(_options: Any) -> list[Any]:
+        return [metrics_api.Observation(_registry(caches).stats()["tag_invalidations"])]
+
+    instruments.append(meter.create_observable_counter(
+        "librecache_tag_invalidations_total", [tag_invalidations],
+        description="Calls of invalidate_tags made by this process"))
 
     def redis_up(_options: Any) -> list[Any]:
         health = _registry(caches).health()

@@ -46,6 +46,7 @@ from typing import Any
 from dogpile.cache.api import NO_VALUE, CachedValue
 
 from . import forks
+from .tags import TAG_FIELD, TagBook
 
 __all__ = ["NEAR_SEPARATOR", "NearCache", "copier_of"]
 
@@ -144,9 +145,10 @@ class NearCache:
 
     :param namespace: the namespace's name (for messages).
     :param max_entries: most entries kept; the oldest stored go first.
+    :param tag_book: the registry's record of the tags' invalidations.
     """
 
-    def __init__(self, namespace: str, max_entries: int) -> None:
+    def __init__(self, namespace: str, max_entries: int, tag_book: TagBook | None = None) -> None:
         self.namespace = namespace
         self.max_entries = max_entries
         #: key -> (payload or pickle, metadata, creation time, copier or None,
@@ -167,6 +169,9 @@ class NearCache:
         #: is ``t < valid_from``), infinite while the marks are not read; kept
         #: by :class:`~librecache.invalidation.InvalidationBus`.
         self.valid_from = 0.0
+        #: The tags' invalidation times (:mod:`librecache.tags`): a copy
+        #: carrying a tag invalidated after its creation is not served.
+        self.tag_book = tag_book if tag_book is not None else TagBook(float("inf"), live=True)
         self.hits = 0
         forks.register(self)
 
@@ -189,7 +194,8 @@ class NearCache:
             return NO_VALUE
         payload, metadata, created, copy, pickled = entry
         if (expiration_time is not None and expiration_time != -1 and time.time() - created > expiration_time) \
-                or created < self.valid_from:
+                or created < self.valid_from \
+                or (TAG_FIELD in metadata and not self.tag_book.valid(metadata[TAG_FIELD], created)):
             return NO_VALUE
         self.hits += 1
         if copy is not None:
@@ -206,7 +212,8 @@ class NearCache:
         if entry is None:
             return NO_VALUE
         payload, metadata, created, copy, pickled = entry
-        if created < self.valid_from:
+        if created < self.valid_from or (TAG_FIELD in metadata
+                                         and not self.tag_book.valid(metadata[TAG_FIELD], created)):
             return NO_VALUE
         if copy is not None:
             payload = copy(payload)

@@ -32,15 +32,25 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from . import aio, forks, keygen
 from . import backends as _backends  # noqa: F401  (registers the backends)
 from ._compat import DOGPILE_METADATA_DELIMITER, RegionHooks
+from .backends import aio_redis
 from .backends.aio_redis import aclose_clients, close_clients
 from .backends.routing import sync_port
 from .config import CacheConfig
 from .engine.background import Background
-from .engine.judge import parse_metadata
+from .engine.judge import parse_metadata, tagged_out
 from .engine.locks import LeasedKey
 from .engine.policy import PLAIN, Policy
 from .errors import ConfigurationError
-from .fastpath import MULTI_SETTINGS, get_multi, get_or_create, get_or_create_multi, memoize, policy_of, with_settings
+from .fastpath import (
+    MULTI_SETTINGS,
+    get_multi,
+    get_or_create,
+    get_or_create_multi,
+    memoize,
+    policy_of,
+    tagged_multi_companions,
+    with_settings,
+)
 from .formats import JsonFormat, format_for
 from .guard import CLOSE_TIMEOUT, RedisConnection
 from .health import HealthReport
@@ -53,8 +63,10 @@ from .parsing import parse_declarations
 from .prefixing import PrefixedRedis, PrefixedRedisCluster
 from .signing import EnvelopeSigner, Signer
 from .stats import NamespaceStats, snapshot
+from .tags import TAG_FIELD, TagBook, Tags, checked_tags, stored_tags
 
-__all__ = ["Caches", "LibreRegion", "configure", "get_caches", "get_region", "redis_client"]
+__all__ = ["Caches", "LibreRegion", "ainvalidate_tags", "configure", "get_caches", "get_region", "invalidate_tags",
+           "redis_client"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +114,8 @@ def wrappers_of(
 
 #: The background of a region no registry configured yet (its work runs as any other's).
 _UNOWNED = Background()
+#: The tags of a region no registry configured yet: nothing invalidated.
+_NO_TAGS = TagBook(float("inf"), live=True)
 
 
 class LibreRegion(RegionHooks):
@@ -136,6 +150,8 @@ class LibreRegion(RegionHooks):
         self.policy: Policy = PLAIN
         #: The registry's background work (:class:`~librecache.engine.background.Background`).
         self.background: Background = _UNOWNED
+        #: The tags' invalidation times this registry knows (:mod:`librecache.tags`).
+        self.tag_book: TagBook = _NO_TAGS
         super().__init__(
             name=namespace.value, key_mangler=self._mangle_on_first_use,
             function_key_generator=keygen.function_key_generator,
@@ -207,6 +223,8 @@ class LibreRegion(RegionHooks):
             metadata = parse_metadata(header)
             if not isinstance(metadata.get("ct"), (int, float)):
                 raise ValueError("no creation time in the metadata")
+            if TAG_FIELD in metadata:
+                stored_tags(metadata[TAG_FIELD])
             try:
                 return CachedValue(self.deserializer(payload), metadata)  # type: ignore[misc]
             except CantDeserializeException:
@@ -272,6 +290,81 @@ class LibreRegion(RegionHooks):
             for key, value in mapping.items():
                 near.store(key, self.near_copy(value), generation)
 
+    # -- tags (librecache.tags) -----------------------------------------------------------
+
+    def unexpired_value_fn(self, expiration_time: Any, ignore_expiration: bool) -> Callable[[Any], Any]:
+        """dogpile's judgement of a ``get`` (both doors), and a value whose
+        tag was invalidated after its creation is a miss (unless
+        ``ignore_expiration``, which dogpile's invalidations do not cover either)."""
+        judge = super().unexpired_value_fn(expiration_time, ignore_expiration)
+        if ignore_expiration:
+            return judge
+
+        def judged(value: Any) -> Any:
+            value = judge(value)
+            if value is not NO_VALUE and TAG_FIELD in value.metadata and tagged_out(self, value.metadata):
+                return NO_VALUE
+            return value
+
+        return judged
+
+    def tags_for_writing(self, tags: Any) -> tuple[str, ...]:
+        """``tags`` checked for a write to this namespace (:func:`~librecache.tags.checked_tags`).
+
+        :raises TypeError, ValueError: a tag that is not a non-empty string,
+            or a namespace in the ``keyv`` format (LibreChat's Node
+            processes, which read it, know nothing of tags).
+        """
+        checked = checked_tags(tags)
+        form = self.value_format
+        if checked and form is not None and form.keyv:
+            raise ValueError(f"namespace {self.namespace.value} uses the keyv format (LIBRECACHE_FORMATS), read by "
+                             "LibreChat's Node processes, which know nothing of tags: its entries cannot carry tags")
+        return checked
+
+    def decorator_tags(self, tags: Tags) -> Tags:
+        """A memoised function's ``tags=``: ``None``, a function (called per
+        creation), or a sequence, checked now.
+
+        :raises TypeError, ValueError: a bad tag, named."""
+        if tags is None or callable(tags):
+            return tags
+        return self.tags_for_writing(tags)
+
+    def tagged_metadata(self, tags: tuple[str, ...]) -> dict[str, Any]:
+        """Metadata of a value written now, carrying ``tags``."""
+        metadata = self.new_metadata()
+        if tags:
+            metadata[TAG_FIELD] = list(tags)
+        return metadata  # type: ignore[no-any-return]
+
+    def set(self, key: Any, value: Any, tags: Sequence[str] | None = None) -> None:
+        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.set`; with
+        ``tags``, the entry carries them (:meth:`Caches.invalidate_tags`).
+
+        :raises TypeError, ValueError: a bad tag, named."""
+        if tags is None:
+            super().set(key, value)
+            return
+        checked = self.tags_for_writing(tags)
+        if self.key_mangler is not None:
+            key = self.key_mangler(key)
+        self.write_cached(key, self.new_value(value, self.tagged_metadata(checked)))
+
+    def set_multi(self, mapping: Mapping[Any, Any], tags: Sequence[str] | None = None) -> None:
+        """dogpile's :meth:`~dogpile.cache.region.CacheRegion.set_multi`;
+        with ``tags``, every entry carries them."""
+        if tags is None:
+            super().set_multi(mapping)
+            return
+        checked = self.tags_for_writing(tags)
+        if not mapping:
+            return
+        metadata = self.tagged_metadata(checked)
+        mangler = self.key_mangler
+        self.write_cached_many({(mangler(key) if mangler is not None else key): self.new_value(value, metadata)
+                                for key, value in mapping.items()})
+
     # -- counting (librecache.stats): each call once, as a hit or a miss ---------------
 
     def get(self, key: Any, expiration_time: float | None = None, ignore_expiration: bool = False) -> Any:
@@ -299,7 +392,8 @@ class LibreRegion(RegionHooks):
 
     def get_or_create(self, key: Any, creator: Callable[..., Any], expiration_time: float | None = None,
                       should_cache_fn: Callable[[Any], bool] | None = None,
-                      creator_args: tuple[Any, Mapping[str, Any]] | None = None, **settings: float | None) -> Any:
+                      creator_args: tuple[Any, Mapping[str, Any]] | None = None, tags: Sequence[str] | None = None,
+                      **settings: float | None) -> Any:
         """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create`,
         by the engine (:mod:`librecache.engine`), counted once: a hit, or a
         miss whose creator run is a creation (a call that waited for the
@@ -311,19 +405,24 @@ class LibreRegion(RegionHooks):
             ``soft_timeout``, ``hard_timeout`` (seconds), ``eager_refresh``
             (a fraction of the TTL) and ``ttl_jitter`` (seconds), over the
             namespace's (``docs/failsafe.rst``).
+        :param tags: tags the created value carries (``docs/tags.rst``).
         :raises CreationTimeout: the hard time-out passed.
+        :raises TypeError, ValueError: a bad tag, named.
         """
         return get_or_create(self, key, creator, expiration_time, should_cache_fn, creator_args,
-                             policy_of(self, settings))
+                             policy_of(self, settings), self.tags_for_writing(tags) if tags is not None else ())
 
     def get_or_create_multi(self, keys: Any, creator: Callable[..., Any], expiration_time: float | None = None,
-                            should_cache_fn: Callable[[Any], bool] | None = None, **settings: float | None) -> Any:
+                            should_cache_fn: Callable[[Any], bool] | None = None, tags: Sequence[str] | None = None,
+                            **settings: float | None) -> Any:
         """dogpile's :meth:`~dogpile.cache.region.CacheRegion.get_or_create_multi`,
         by the engine; each key counted as a hit or a miss, the creator run
-        as a creation. ``settings``: as :meth:`get_or_create`'s."""
-        if not settings:
-            settings = MULTI_SETTINGS.get() or {}
-        return get_or_create_multi(self, keys, creator, expiration_time, should_cache_fn, policy_of(self, settings))
+        as a creation. ``settings`` and ``tags``: as :meth:`get_or_create`'s."""
+        bound: Any = self.tags_for_writing(tags) if tags is not None else ()
+        if not settings and tags is None:
+            settings, bound = MULTI_SETTINGS.get() or ({}, ())
+        return get_or_create_multi(self, keys, creator, expiration_time, should_cache_fn, policy_of(self, settings),
+                                   bound)
 
     def cache_on_arguments(  # type: ignore[override]
         self,
@@ -332,6 +431,7 @@ class LibreRegion(RegionHooks):
         should_cache_fn: Callable[[Any], bool] | None = None,
         to_str: Callable[[Any], str] = str,
         function_key_generator: Callable[..., Any] | None = None,
+        tags: Tags = None,
         **settings: float | None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """dogpile's :meth:`~dogpile.cache.region.CacheRegion.cache_on_arguments`,
@@ -339,11 +439,15 @@ class LibreRegion(RegionHooks):
         ``refresh``, ``original``), but without binding the signature with
         :mod:`inspect` on every call (see :mod:`librecache.fastpath`).
 
+        :param tags: tags the function's values carry (``docs/tags.rst``): a
+            sequence, or a function of the same arguments returning them
+            (called when a value is created); a sequence is checked here.
         :param settings: the function's ``fail_safe``, ``soft_timeout``...
             as :meth:`get_or_create`'s; checked here.
         """
         make_keys = function_key_generator or self.function_key_generator
         PLAIN.for_call(**settings)
+        tags = self.decorator_tags(tags)
 
         def decorator(user_func: Callable[..., Any]) -> Callable[..., Any]:
             if to_str is str:
@@ -351,8 +455,9 @@ class LibreRegion(RegionHooks):
             else:
                 key_generator = make_keys(namespace, user_func, to_str)
             if inspect.iscoroutinefunction(user_func):  # an async def: awaitable, same keys (librecache.aio)
-                return aio.memoize_async(self, key_generator, user_func, expiration_time, should_cache_fn, settings)
-            return memoize(self, key_generator, user_func, expiration_time, should_cache_fn, settings)
+                return aio.memoize_async(self, key_generator, user_func, expiration_time, should_cache_fn, settings,
+                                         tags)
+            return memoize(self, key_generator, user_func, expiration_time, should_cache_fn, settings, tags)
 
         return decorator
 
@@ -364,13 +469,16 @@ class LibreRegion(RegionHooks):
         asdict: bool = False,
         to_str: Callable[[Any], str] = str,
         function_multi_key_generator: Callable[..., Any] | None = None,
+        tags: Tags = None,
         **settings: float | None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """dogpile's :meth:`~dogpile.cache.region.CacheRegion.cache_multi_on_arguments`;
         on an ``async def``, an ``async def`` with awaitable companions
-        (:mod:`librecache.aio`). ``settings``: as :meth:`get_or_create`'s,
-        checked here."""
+        (:mod:`librecache.aio`). ``settings`` and ``tags``: as
+        :meth:`cache_on_arguments`'s, checked here (one set of tags for
+        the values of one call)."""
         PLAIN.for_call(**settings)
+        tags = self.decorator_tags(tags)
         sync = super().cache_multi_on_arguments(namespace, expiration_time, should_cache_fn, asdict, to_str,
                                                 function_multi_key_generator)
         make_keys = function_multi_key_generator or self.function_multi_key_generator
@@ -378,10 +486,16 @@ class LibreRegion(RegionHooks):
         def decorator(user_func: Callable[..., Any]) -> Callable[..., Any]:
             if not inspect.iscoroutinefunction(user_func):
                 decorated = sync(user_func)
-                return with_settings(decorated, settings) if settings else decorated  # type: ignore[no-any-return]
+                if not settings and tags is None:
+                    return decorated  # type: ignore[no-any-return]
+                decorated = with_settings(decorated, settings, tags)
+                if tags is not None:
+                    tagged_multi_companions(self, decorated, make_keys(namespace, user_func, to_str=to_str), user_func,
+                                            asdict, tags)
+                return decorated
             key_generator = make_keys(namespace, user_func, to_str=to_str)
             return aio.memoize_multi_async(self, key_generator, user_func, expiration_time, should_cache_fn, asdict,
-                                           settings)
+                                           settings, tags)
 
         return decorator
 
@@ -396,13 +510,13 @@ class LibreRegion(RegionHooks):
         """:meth:`get_multi`, awaitable."""
         return await aio.aget_multi(self, keys, expiration_time, ignore_expiration)
 
-    async def aset(self, key: Any, value: Any) -> None:
-        """:meth:`~dogpile.cache.region.CacheRegion.set`, awaitable."""
-        await aio.aset(self, key, value)
+    async def aset(self, key: Any, value: Any, tags: Sequence[str] | None = None) -> None:
+        """:meth:`set`, awaitable."""
+        await aio.aset(self, key, value, self.tags_for_writing(tags) if tags is not None else ())
 
-    async def aset_multi(self, mapping: Mapping[Any, Any]) -> None:
-        """:meth:`~dogpile.cache.region.CacheRegion.set_multi`, awaitable."""
-        await aio.aset_multi(self, mapping)
+    async def aset_multi(self, mapping: Mapping[Any, Any], tags: Sequence[str] | None = None) -> None:
+        """:meth:`set_multi`, awaitable."""
+        await aio.aset_multi(self, mapping, self.tags_for_writing(tags) if tags is not None else ())
 
     async def adelete(self, key: Any) -> None:
         """:meth:`~dogpile.cache.region.CacheRegion.delete`, awaitable."""
@@ -415,19 +529,21 @@ class LibreRegion(RegionHooks):
     async def aget_or_create(self, key: Any, creator: Callable[..., Any], expiration_time: float | None = None,
                              should_cache_fn: Callable[[Any], bool] | None = None,
                              creator_args: tuple[Any, Mapping[str, Any]] | None = None,
-                             **settings: float | None) -> Any:
+                             tags: Sequence[str] | None = None, **settings: float | None) -> Any:
         """:meth:`get_or_create`, awaitable; ``creator`` may be sync or async
         (a sync creator runs on the loop, and is not timed)."""
         return await aio.aget_or_create(self, key, creator, expiration_time, should_cache_fn, creator_args,
-                                        policy_of(self, settings))
+                                        policy_of(self, settings),
+                                        self.tags_for_writing(tags) if tags is not None else ())
 
     async def aget_or_create_multi(self, keys: Any, creator: Callable[..., Any],
                                    expiration_time: float | None = None,
                                    should_cache_fn: Callable[[Any], bool] | None = None,
-                                   **settings: float | None) -> list[Any]:
+                                   tags: Sequence[str] | None = None, **settings: float | None) -> list[Any]:
         """:meth:`get_or_create_multi`, awaitable; ``creator`` may be sync or async."""
         return await aio.aget_or_create_multi(self, keys, creator, expiration_time, should_cache_fn,
-                                              policy_of(self, settings))
+                                              policy_of(self, settings),
+                                              self.tags_for_writing(tags) if tags is not None else ())
 
     def key_is_locked(self, key: Any) -> bool:
         """True while a creator holds ``key``'s creation lock, in this
@@ -473,6 +589,11 @@ class Caches:
         self.keyspace = KeySpace(self.config.key_prefix)
         self._connection = RedisConnection(self.config) if self.config.use_redis else None
         self._bus = InvalidationBus(self._connection, self.keyspace) if self._connection else None
+        #: The tags' invalidation times (:mod:`librecache.tags`): the bus's
+        #: when Redis is used, kept current by its listener; this process's own otherwise.
+        self.tag_book = self._bus.tag_book if self._bus is not None and \
+            any(self.config.uses_redis(ns) for ns in self.config.namespaces) else \
+            TagBook(self.config.tag_retention_seconds, live=True)
         keys = self.config.signing_keys
         self._signer = Signer(keys) if keys else None
         self._envelope_signer = EnvelopeSigner(keys) if keys else None
@@ -500,6 +621,8 @@ class Caches:
         if self._bus is not None and any(self.config.uses_redis(ns) for ns in namespaces):
             self._bus.start()
         self.closed = False
+        #: Calls of :meth:`invalidate_tags` made by this process.
+        self._tag_invalidations = 0
 
     def backend_arguments(self, name: CacheKeys | str) -> tuple[str, dict[str, Any]]:
         """The dogpile backend name and the arguments this registry gives the
@@ -558,6 +681,7 @@ class Caches:
         region.value_format = arguments.get("format") if not redis else self.format(namespace)
         region.policy = config.policy(namespace)
         region.background = self._background
+        region.tag_book = self.tag_book
         stats = self._stats[namespace.value]
         stats.near = near if config.metrics else None
         region.counters = stats if config.metrics else None
@@ -613,10 +737,57 @@ class Caches:
         "lock_waits": ..., "near_hits": ..., "errors": ..., "fallthroughs":
         ..., "creation_seconds": {"sum", "count", "buckets"}}}`` (see
         :mod:`librecache.metrics`), plus ``"redis"``: :meth:`health` (``None``
-        when Redis is off). All zero with LIBRECACHE_METRICS=false."""
+        when Redis is off), and ``"tag_invalidations"``: this process's
+        calls of :meth:`invalidate_tags`. All zero with LIBRECACHE_METRICS=false."""
         report: dict[str, Any] = snapshot(self._stats)
         report["redis"] = self.health()
+        report["tag_invalidations"] = self._tag_invalidations
         return report
+
+    # -- tags -------------------------------------------------------------
+
+    def invalidate_tags(self, *tags: str) -> int:
+        """Invalidate every entry that carries any of ``tags``, in every
+        namespace: a miss in this process once this returns, in every other
+        process sharing the Redis and the prefix when the announcement
+        reaches it (``docs/tags.rst``). A handful of commands, whatever the
+        number of entries; while Redis is unreachable, announced when it is
+        back. Returns the number of distinct tags.
+
+        :raises TypeError: a tag that is not a string.
+        :raises ValueError: an empty tag, or no tag at all.
+        """
+        checked = self._tags_invalidated(tags)
+        bus = self._bus
+        if bus is not None and bus.tag_book is self.tag_book:
+            connection = self._connection
+            assert connection is not None
+            connection.guard("invalidate tags", bus.announce_tags, lambda: None)
+        return len(checked)
+
+    async def ainvalidate_tags(self, *tags: str) -> int:
+        """:meth:`invalidate_tags`, awaitable (the running loop's client)."""
+        checked = self._tags_invalidated(tags)
+        bus = self._bus
+        if bus is not None and bus.tag_book is self.tag_book:
+            assert self._connection is not None
+            await aio_redis.aannounce_tags(self._connection, bus)
+        return len(checked)
+
+    def _tags_invalidated(self, tags: tuple[str, ...]) -> tuple[str, ...]:
+        """``tags`` checked and invalidated in this process (and pending for
+        the other processes, when Redis is used); counted."""
+        checked = checked_tags(tags)
+        if not checked:
+            raise ValueError("invalidate_tags() needs at least one tag")
+        bus = self._bus
+        if bus is not None and bus.tag_book is self.tag_book:
+            bus.invalidate_tags(checked)
+        else:
+            self.tag_book.invalidated(checked, time.time())
+        if self.config.metrics:
+            self._tag_invalidations += 1
+        return checked
 
     def reconnect(self) -> None:
         """Try to reach Redis now, while it is marked unavailable (a new
@@ -828,3 +999,12 @@ def redis_client() -> PrefixedRedis | PrefixedRedisCluster | None:
     Redis is off)."""
     return get_caches().redis
 
+
+def invalidate_tags(*tags: str) -> int:
+    """:meth:`Caches.invalidate_tags` of the process default registry."""
+    return get_caches().invalidate_tags(*tags)
+
+
+async def ainvalidate_tags(*tags: str) -> int:
+    """:meth:`Caches.ainvalidate_tags` of the process default registry."""
+    return await get_caches().ainvalidate_tags(*tags)

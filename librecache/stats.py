@@ -48,7 +48,11 @@ inside it):
     point;
 ``background_failures``
     background work that failed (a creator that outlasted its caller, an
-    eager refresh), logged and never raised.
+    eager refresh), logged and never raised;
+``tag_misses``
+    tagged entries read and found invalid: a tag of theirs was invalidated
+    after their creation began (:mod:`librecache.tags`), or the tags'
+    record was not live (also misses, or creations).
 
 A stampede of 8 threads on one cold key counts 1 miss, 1 creation, 7 hits
 and (when the 7 found the key empty and queued on its lock) 7 lock waits.
@@ -66,7 +70,7 @@ __all__ = ["BUCKETS", "COUNTERS", "NamespaceStats", "snapshot"]
 
 #: The counters of a namespace, in the order they are reported.
 COUNTERS = ("hits", "misses", "creations", "lock_waits", "near_hits", "errors", "fallthroughs", "stale_served",
-            "soft_timeouts", "hard_timeouts", "eager_refreshes", "background_failures")
+            "soft_timeouts", "hard_timeouts", "eager_refreshes", "background_failures", "tag_misses")
 
 #: Upper bounds (seconds) of the ``creation_seconds`` histogram buckets (Prometheus' defaults).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -91,6 +95,7 @@ class NamespaceStats:
         "near",
         "soft_timeouts",
         "stale_served",
+        "tag_misses",
     )
 
     def __init__(self, namespace: str) -> None:
@@ -112,6 +117,7 @@ class NamespaceStats:
         self.hard_timeouts = 0
         self.eager_refreshes = 0
         self.background_failures = 0
+        self.tag_misses = 0
         #: Seconds spent in creators, and creations per bucket (the last: above every bound).
         self.creation_sum = 0.0
         self.buckets = [0] * (len(BUCKETS) + 1)

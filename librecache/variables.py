@@ -215,6 +215,11 @@ VARIABLES: tuple[Variable, ...] = (
              "Server-side expiry of Redis keys of namespaces that have no TTL, so that "
              "an abandoned prefix does not stay in Redis forever; 0 = never expire.",
              "86400"),
+    Variable("LIBRECACHE_TAG_RETENTION", "tag_retention", "seconds", None,
+             "How long a tag's invalidation (Caches.invalidate_tags) is remembered. Default: the "
+             "longest storage lifetime of a namespace with a TTL (TTL plus grace or fail-safe, plus "
+             "jitter), at least 86400; a shorter value is refused. A tagged entry older than this "
+             "(in a namespace without a TTL) is a miss.", "604800", rejects=("60",)),
     Variable("LIBRECACHE_SOCKET_TIMEOUT", "socket_timeout", "seconds", "5",
              "Time allowed for one Redis command's reply.", "2"),
     Variable("LIBRECACHE_NEAR_CACHE_NAMESPACES", "near_cache", "namespaces", None,

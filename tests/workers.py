@@ -3,6 +3,7 @@ ROLE``, configured from the environment, reporting on stdout as JSON lines."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -265,8 +266,36 @@ def engine_stampede() -> None:
     caches.close()
 
 
+def tag_invalidator() -> None:
+    """Invalidate the comma-separated TAGS (sync, or with DOOR=async the
+    awaitable call), then report."""
+    caches = librecache.Caches()
+    tags = os.environ["TAGS"].split(",")
+    if os.environ.get("DOOR") == "async":
+        count = asyncio.run(caches.ainvalidate_tags(*tags))
+    else:
+        count = caches.invalidate_tags(*tags)
+    say(invalidated=count, at=time.time())
+    caches.close()
+
+
+def tag_reader() -> None:
+    """Once subscribed, read READS (comma-separated NAMESPACE/KEY pairs)
+    and report which hold a value."""
+    caches = librecache.Caches()
+    assert caches.invalidations is not None
+    assert caches.invalidations.wait_subscribed(10)
+    found = {}
+    for pair in os.environ["READS"].split(","):
+        namespace, _, key = pair.partition("/")
+        found[pair] = caches.region(namespace).get(key) is not NO_VALUE
+    say(found=found)
+    caches.close()
+
+
 if __name__ == "__main__":
     roles = {"stampede": stampede, "watch": watch, "hold_lock": hold_lock, "produce": produce,
              "near_writer": near_writer, "decorate_at_import": decorate_at_import,
-             "async_stampede": async_stampede, "async_watch": async_watch, "engine_stampede": engine_stampede}
+             "async_stampede": async_stampede, "async_watch": async_watch, "engine_stampede": engine_stampede,
+             "tag_invalidator": tag_invalidator, "tag_reader": tag_reader}
     roles[sys.argv[1]]()

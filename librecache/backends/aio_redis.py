@@ -260,6 +260,27 @@ async def aguard(connection: RedisConnection, operation: str, action: Callable[[
         return fallback()
 
 
+async def aannounce_tags(connection: RedisConnection, bus: Any) -> None:
+    """:meth:`InvalidationBus.announce_tags
+    <librecache.invalidation.InvalidationBus.announce_tags>` on the running
+    loop's client; what fails stays pending (announced when Redis is back)."""
+    pending = bus.pending_tags()
+    if not pending:
+        return
+    stores, message = bus.tag_commands(pending)
+
+    async def announce(client: Any) -> bool:
+        try:
+            for method, arguments, keywords in stores:
+                await getattr(client, method)(*arguments, **keywords)
+        finally:
+            await client.publish(*message)
+        return True
+
+    if await aguard(connection, "invalidate tags", announce, lambda: False):
+        bus.tags_announced(pending)
+
+
 async def _reset(client: Any) -> None:
     """Forget the connections (and a cluster's map) of an asyncio client."""
     manager = getattr(client, "nodes_manager", None)

@@ -308,14 +308,19 @@ class Call:
     :param runner: dogpile's ``async_creation_runner`` (sync door only).
     :param policy: the call's fail-safe, time-outs, eager refresh and
         jitter (:class:`~librecache.engine.policy.Policy`).
+    :param tags: the tags its created values carry (:mod:`librecache.tags`):
+        checked strings, or a function of no argument that returns them
+        (a memoised function's ``tags=`` callable, bound to its arguments),
+        called when a creation starts.
     """
 
     __slots__ = ("args", "creator", "deadline", "expiration", "key", "kwargs", "orig_key", "policy", "region",
-                 "runner", "should_cache", "started")
+                 "runner", "should_cache", "started", "tags")
 
     def __init__(self, region: Any, key: str, orig_key: Any, creator: Callable[..., Any], args: Sequence[Any],
                  kwargs: dict[str, Any], expiration: float | None, should_cache: Callable[[Any], bool] | None,
-                 deadline: float | None, runner: Any = None, policy: Policy = PLAIN) -> None:
+                 deadline: float | None, runner: Any = None, policy: Policy = PLAIN,
+                 tags: tuple[str, ...] | Callable[[], Any] = ()) -> None:
         self.region = region
         self.key = key
         self.orig_key = orig_key
@@ -327,6 +332,7 @@ class Call:
         self.deadline = deadline
         self.runner = runner
         self.policy = policy
+        self.tags = tags
         #: When the call began (:func:`time.monotonic`): its time-outs count
         #: from here (0.0 for a call without time-outs).
         self.started = time.monotonic() if policy.timed else 0.0
@@ -416,7 +422,8 @@ def get_or_create(call: Call, found: Found | None = None) -> Generator[Any, Any,
             return Outcome(STALE, payload)
         if reply.state is HELD and why is not None:  # a time-out passed while another process creates it
             return (yield from _gave_up(call, why, spared))
-        if reply.state is ACQUIRED and not wait and call.runner is not None:
+        if reply.state is ACQUIRED and not wait and call.runner is not None and not call.tags:
+            # (dogpile's runner stores with region.set: a tagged value is recreated here instead)
             yield HandOff(call, handle, lease)  # the runner releases both
             handle = lease = None
             return Outcome(STALE, payload)
@@ -478,6 +485,7 @@ def _create(call: Call, lease: Any, spared: Any = NO_VALUE, timed: bool = True) 
     policy = call.policy
     detached = [False]
     try:
+        tags = creation_tags(call)
         started = time.time()  # the value's creation time: see judge.made
         clock = time.perf_counter()
         try:
@@ -497,18 +505,30 @@ def _create(call: Call, lease: Any, spared: Any = NO_VALUE, timed: bool = True) 
                 yield Note("stale_served")
             if lease is not None:  # no other creator of the deployment runs it again meanwhile
                 lease, given = None, lease
-                yield Store(call.key, throttled(spared.payload, spared.metadata["ct"],
-                                                time.time() + policy.fail_safe_throttle), given)
+                yield Store(call.key, throttled(spared, time.time() + policy.fail_safe_throttle), given)
             return Outcome(SPARED, spared.payload)
         seconds = time.perf_counter() - clock
         soft_without_ttl(call.region, call.expiration)
         if lease is not None and (call.should_cache is None or call.should_cache(created)):
             lease, given = None, lease
-            yield Store(call.key, made(created, started), given)
+            yield Store(call.key, made(created, started, tags), given)
         return Outcome(CREATED, created, seconds)
     finally:
         if lease is not None:
             yield Release(call.key, lease)
+
+
+def creation_tags(call: Call) -> tuple[str, ...]:
+    """The tags of the values ``call`` creates, checked for its namespace
+    (a function's, called now: ``LibreRegion.tags_for_writing``).
+
+    :raises TypeError, ValueError: a tag that is not a non-empty string, or
+        a namespace whose entries cannot carry tags.
+    """
+    tags = call.tags
+    if not tags:
+        return ()
+    return call.region.tags_for_writing(tags() if callable(tags) else tags)  # type: ignore[no-any-return]
 
 
 def _created(call: Call, args: Sequence[Any], kwargs: dict[str, Any], spared: Any,
@@ -682,6 +702,7 @@ def _create_many(call: Call, to_create: list[Any], leases: dict[Any, list[Any]],
     the creator's seconds (``None``: the stale values were served)."""
     policy, region = call.policy, call.region
     detached = [False]
+    tags = creation_tags(call)
     started = time.time()
     clock = time.perf_counter()
     try:
@@ -702,7 +723,7 @@ def _create_many(call: Call, to_create: list[Any], leases: dict[Any, list[Any]],
             holding = leases.get(key)
             if holding is not None and holding[2] is not None:
                 spared = spares[key]
-                stores.append((mangled[key], throttled(spared.payload, spared.metadata["ct"], until), holding[2]))
+                stores.append((mangled[key], throttled(spared, until), holding[2]))
                 holding[2] = None
         if stores:
             yield StoreMany(stores)
@@ -713,7 +734,7 @@ def _create_many(call: Call, to_create: list[Any], leases: dict[Any, list[Any]],
     for key, value in zip(to_create, created, strict=True):
         holding = leases.get(key)
         if holding is not None and holding[2] is not None and (call.should_cache is None or call.should_cache(value)):
-            stores.append((mangled[key], made(value, started), holding[2]))
+            stores.append((mangled[key], made(value, started, tags), holding[2]))
             holding[2] = None
     if stores:
         yield StoreMany(stores)

@@ -4,8 +4,9 @@ dogpile.cache's rules, written once for both doors and every backend:
 
 - a value is **absent** (must be created, callers wait for its creator)
   when nothing is stored, when it was written by another version of
-  dogpile's format, or when it is older than the namespace's last hard
-  invalidation;
+  dogpile's format, when it is older than the namespace's last hard
+  invalidation, or when it carries a tag invalidated after its creation
+  began (:mod:`librecache.tags`: :func:`tagged_out`);
 - it is **stale** (one caller recreates it while the others get it) when
   it is older than the expiration time, or than the last soft
   invalidation (which needs an expiration time);
@@ -36,6 +37,7 @@ from dogpile.cache.exception import DogpileCacheException
 from dogpile.cache.region import value_version
 
 from .._compat import DOGPILE_METADATA_DELIMITER
+from ..tags import TAG_FIELD
 from .policy import PLAIN, Policy, jitter
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "FRESH",
     "SOFT_WITHOUT_TTL",
     "STALE",
+    "TAGGED_OUT",
     "USUAL_HEADER",
     "expiration_of",
     "judged_multi",
@@ -52,6 +55,7 @@ __all__ = [
     "reads_bytes",
     "refresh_due",
     "spare",
+    "tagged_out",
     "throttled",
     "usual_time",
     "verdict",
@@ -59,6 +63,10 @@ __all__ = [
 
 #: The verdicts on a value read (see the module).
 FRESH, STALE, ABSENT = "fresh", "stale", "absent"
+
+#: The payload of an ABSENT verdict on a value whose tag was invalidated
+#: (counted once: a flow that goes on from it sees nothing stored).
+TAGGED_OUT: Any = object()
 
 #: dogpile's message when soft invalidation meets a value without expiration time.
 SOFT_WITHOUT_TTL = "Non-None expiration time required for soft invalidation"
@@ -70,6 +78,20 @@ def expiration_of(region: Any, expiration_time: float | None) -> float | None:
     if expiration_time is None:
         expiration_time = region.expiration_time
     return None if expiration_time == -1 else expiration_time
+
+
+def tagged_out(region: Any, metadata: dict[str, Any], count: bool = True) -> bool:
+    """Whether the value with ``metadata`` carries a tag invalidated after
+    its creation began (or is too old for the tags' record to vouch for it:
+    :meth:`~librecache.tags.TagBook.valid`); counted as a ``tag_misses`` of
+    ``region`` when ``count``. An untagged value: ``False``, at once."""
+    tags = metadata.get(TAG_FIELD)
+    if tags is None or region.tag_book.valid(tags, metadata["ct"]):
+        return False
+    stats = region.counters
+    if count and stats is not None:
+        stats.tag_misses += 1
+    return True
 
 
 def verdict(region: Any, value: Any, expiration_time: float | None, policy: Policy = PLAIN,
@@ -97,6 +119,8 @@ def verdict(region: Any, value: Any, expiration_time: float | None, policy: Poli
     invalidator = region.region_invalidator
     if metadata["v"] != value_version or invalidator.is_hard_invalidated(created):
         return ABSENT, None
+    if TAG_FIELD in metadata and tagged_out(region, metadata):
+        return ABSENT, TAGGED_OUT
     soft = invalidator.is_soft_invalidated(created)
     if soft and expiration_time is None:
         raise DogpileCacheException(SOFT_WITHOUT_TTL)
@@ -123,7 +147,8 @@ def spare(region: Any, value: Any, expiration_time: float | None, policy: Policy
         return NO_VALUE
     metadata = value.metadata
     created = metadata["ct"]
-    if metadata["v"] != value_version or region.region_invalidator.is_hard_invalidated(created):
+    if metadata["v"] != value_version or region.region_invalidator.is_hard_invalidated(created) \
+            or tagged_out(region, metadata, count=False):
         return NO_VALUE
     expires = expiration_time + jitter(key, created, policy.ttl_jitter) if policy.ttl_jitter else expiration_time
     if time.time() - created > expires + policy.fail_safe:
@@ -131,11 +156,13 @@ def spare(region: Any, value: Any, expiration_time: float | None, policy: Policy
     return value
 
 
-def throttled(payload: Any, created: float, until: float) -> CachedValue:
-    """A value the fail-safe served, to store again: its own creation time
-    (so an invalidation after it still covers it, and the fail-safe's limit
-    still counts from its expiry) and ``fs``, the end of its throttle."""
-    return CachedValue(payload, {"ct": created, "v": value_version, "fs": until})  # type: ignore[call-arg]
+def throttled(spared: CachedValue, until: float) -> CachedValue:
+    """A value the fail-safe served (``spared``), to store again: its own
+    creation time (so an invalidation after it still covers it, and the
+    fail-safe's limit still counts from its expiry), its tags, and ``fs``,
+    the end of its throttle."""
+    metadata = {**spared.metadata, "v": value_version, "fs": until}
+    return CachedValue(spared.payload, metadata)  # type: ignore[call-arg]
 
 
 def refresh_due(value: Any, expiration_time: float | None, policy: Policy, key: str = "") -> bool:
@@ -149,9 +176,12 @@ def refresh_due(value: Any, expiration_time: float | None, policy: Policy, key: 
     return bool(time.time() - created > expires * eager)
 
 
-def made(payload: Any, started: float) -> CachedValue:
+def made(payload: Any, started: float, tags: tuple[str, ...] = ()) -> CachedValue:
     """A created value in dogpile's form, stamped with the time its creation
-    started (not ended: an invalidation made while the creator ran covers it)."""
+    started (not ended: an invalidation made while the creator ran covers
+    it), carrying ``tags`` (checked: :func:`~librecache.tags.checked_tags`)."""
+    if tags:
+        return CachedValue(payload, {"ct": started, "v": value_version, TAG_FIELD: list(tags)})  # type: ignore[call-arg]
     return CachedValue(payload, {"ct": started, "v": value_version})  # type: ignore[call-arg]
 
 
@@ -177,6 +207,32 @@ _METADATA = re.compile(rb'^\{"ct": ([0-9.e+-]+), "v": (\d+)\}$')
 #: emptied. A pure function's memo: shared by every region and thread.
 CREATION_TIMES: dict[bytes, float] = {}
 CREATION_TIMES_SIZE = 4096
+
+
+#: dogpile's header of a tagged value (:func:`tagged_time`): the time and the tags' JSON list captured.
+TAGGED_HEADER = re.compile(rb'\{"ct": (%s), "v": 2, "tg": (\[[^\]]*\])\}' % _USUAL_TIME).fullmatch
+#: :func:`tagged_time`'s memo, as :data:`CREATION_TIMES` (at most :data:`CREATION_TIMES_SIZE`).
+TAGGED_TIMES: dict[bytes, tuple[float, list[str]]] = {}
+
+
+def tagged_time(header: bytes) -> tuple[float, list[str]] | None:
+    """The creation time and tags of ``header`` when it is dogpile's usual
+    header with tags (:data:`TAGGED_HEADER`), remembered in
+    :data:`TAGGED_TIMES`; ``None`` for any other form."""
+    tagged = TAGGED_HEADER(header)
+    if tagged is None:
+        return None
+    try:
+        tags = json.loads(tagged[2])
+    except ValueError:
+        return None
+    if type(tags) is not list or not all(type(tag) is str for tag in tags):
+        return None
+    found = float(tagged[1]), tags
+    if len(TAGGED_TIMES) >= CREATION_TIMES_SIZE:
+        TAGGED_TIMES.clear()
+    TAGGED_TIMES[header] = found
+    return found
 
 
 def usual_time(header: bytes) -> float | None:
@@ -255,8 +311,9 @@ def judged_multi(region: Any, found: list[Any], raw: bool, expiration_time: floa
             if every is not None:
                 return every
             return _text_judged(region, found, oldest, now, expiration_time, is_invalidated)
-    elif expiration_time is None and is_invalidated is None:  # no value can be stale: only read them
-        return [value if value is NO_VALUE else value.payload for value in found]
+    elif expiration_time is None and is_invalidated is None and (
+            ignore_expiration or not any(value is not NO_VALUE and TAG_FIELD in value.metadata for value in found)):
+        return [value if value is NO_VALUE else value.payload for value in found]  # none can be stale: read them
     values: list[Any] = []
     append = values.append
     for value in found:
@@ -265,7 +322,9 @@ def judged_multi(region: Any, found: list[Any], raw: bool, expiration_time: floa
         elif raw:  # a threshold text cannot say (another invalidator, a time of another form): as the region reads it
             append(_judged(region, value, now, expiration_time, is_invalidated))
         else:
-            append(NO_VALUE if _stale(value.metadata["ct"], now, expiration_time, is_invalidated) else value.payload)
+            metadata = value.metadata
+            append(NO_VALUE if _stale(metadata["ct"], now, expiration_time, is_invalidated)
+                   or (TAG_FIELD in metadata and tagged_out(region, metadata)) else value.payload)
     return values
 
 
@@ -364,7 +423,8 @@ def _judged(region: Any, value: bytes, now: float, expiration_time: float | None
     """The payload of ``value`` (bytes) as the region reads it, or
     ``NO_VALUE`` when it is missing, corrupt, expired or invalidated."""
     parsed = region.parse_stored(value)
-    if parsed is NO_VALUE or _stale(parsed.metadata["ct"], now, expiration_time, is_invalidated):
+    if parsed is NO_VALUE or _stale(parsed.metadata["ct"], now, expiration_time, is_invalidated) \
+            or (TAG_FIELD in parsed.metadata and tagged_out(region, parsed.metadata)):
         return NO_VALUE
     return parsed.payload
 

@@ -35,7 +35,17 @@ from .._compat import DOGPILE_METADATA_DELIMITER
 from ..invalidation import SharedInvalidation
 from .background import AsyncJobs, SyncJobs
 from .flows import ACQUIRED, ANY, CHANGED, Call, Found, LockReply
-from .judge import CREATION_TIMES, FRESH, expiration_of, refresh_due, usual_time, verdict
+from .judge import (
+    CREATION_TIMES,
+    FRESH,
+    TAGGED_OUT,
+    TAGGED_TIMES,
+    expiration_of,
+    refresh_due,
+    tagged_time,
+    usual_time,
+    verdict,
+)
 from .locks import AsyncKeyedLocks, LeasedKey
 from .policy import PLAIN, Policy, jitter
 
@@ -49,12 +59,14 @@ def judged(region: Any, found: Found, timeout: float | None, policy: Policy = PL
     expiration = expiration_of(region, timeout)
     if policy.plain_hit:  # a fresh value is fresh whatever else the policy says
         kind, payload = verdict(region, found.value, expiration)
-        return payload if kind is FRESH else found
-    kind, payload = verdict(region, found.value, expiration, policy, key)
-    if kind is not FRESH or (policy.eager_refresh is not None
-                             and refresh_due(found.value, expiration, policy, key)):
-        return found
-    return payload
+    else:
+        kind, payload = verdict(region, found.value, expiration, policy, key)
+        if kind is FRESH and policy.eager_refresh is not None and refresh_due(found.value, expiration, policy, key):
+            return found
+    if kind is FRESH:
+        return payload
+    # a tag's invalidation: the flow goes on as from nothing stored (judged, and counted, once)
+    return found if payload is not TAGGED_OUT else Found(NO_VALUE, found.seen)
 
 
 def near_expiry(expires: float | None, policy: Policy) -> float | None:
@@ -112,6 +124,10 @@ def stored_hit(port: Any, key: str, stored: bytes | None, timeout: float | None,
         created = CREATION_TIMES.get(header)
         if created is None:
             created = usual_time(header)
+            if created is None:  # tagged? judged here while its tags are valid
+                tagged = TAGGED_TIMES.get(header) or tagged_time(header)
+                if tagged is not None and region.tag_book.valid(tagged[1], tagged[0]):
+                    created = tagged[0]
         if created is not None:  # else another form, which JSON may read or refuse: parsed below
             expires = region.expiration_time if timeout is None else timeout
             if not policy.plain_hit and expires is not None and expires != -1:
