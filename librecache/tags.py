@@ -97,6 +97,10 @@ def bound_tags(tags: Tags, args: Sequence[Any], kwargs: dict[str, Any]) -> CallT
     return tuple(tags)
 
 
+#: New records after which those past the retention are forgotten.
+PRUNE_EVERY = 4096
+
+
 class TagBook:
     """This process's record of the tags' invalidation times (see the module).
 
@@ -115,6 +119,8 @@ class TagBook:
         self.live = live
         self._always_live = live
         self._lock = threading.Lock()
+        #: Records added since the last time those past the retention were forgotten.
+        self._added = 0
 
     def valid(self, tags: Iterable[str], created: float) -> bool:
         """Whether an entry carrying ``tags``, created at ``created``, may be
@@ -132,7 +138,13 @@ class TagBook:
             times = self.times
             for tag in tags:
                 if stamp > times.get(tag, 0.0):
+                    if tag not in times:
+                        self._added += 1
                     times[tag] = stamp
+            if self._added >= PRUNE_EVERY:  # a long-lived process invalidating many tags: bounded
+                self._added = 0
+                horizon = time.time() - self.retention
+                self.times = {tag: at for tag, at in times.items() if at >= horizon}
 
     def load(self, stored: Iterable[tuple[str, float]]) -> None:
         """Take the stored record (read once subscribed): the record is

@@ -292,6 +292,16 @@ def test_the_book_judges_by_creation_time_and_retention() -> None:
     assert checked_tags(["b", "a", "b"]) == ("a", "b")
 
 
+def test_the_book_forgets_records_past_the_retention() -> None:
+    from librecache.tags import PRUNE_EVERY
+
+    book = TagBook(retention=100.0, live=True)
+    now = time.time()
+    book.invalidated([f"old{n}" for n in range(10)], now - 200)  # past the retention
+    book.invalidated([f"new{n}" for n in range(PRUNE_EVERY)], now)
+    assert len(book.times) == PRUNE_EVERY and "old0" not in book.times
+
+
 # -- other processes ----------------------------------------------------------------------------
 
 
