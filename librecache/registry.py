@@ -57,6 +57,7 @@ from .health import HealthReport
 from .invalidation import InvalidationBus
 from .keyspace import KeySpace, memory_mangler
 from .logs import RateLimitedLog
+from .memoised import Memoiser
 from .namespaces import AnyNamespace, CacheKeys, parse_namespace
 from .nearcache import NearCache
 from .parsing import parse_declarations
@@ -433,11 +434,13 @@ class LibreRegion(RegionHooks):
         function_key_generator: Callable[..., Any] | None = None,
         tags: Tags = None,
         **settings: float | None,
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    ) -> Memoiser:
         """dogpile's :meth:`~dogpile.cache.region.CacheRegion.cache_on_arguments`,
         with the same keys and attributes (``set``, ``get``, ``invalidate``,
         ``refresh``, ``original``), but without binding the signature with
-        :mod:`inspect` on every call (see :mod:`librecache.fastpath`).
+        :mod:`inspect` on every call (see :mod:`librecache.fastpath`). Type
+        checkers see the function's own parameters and return type, and
+        typed companions (:mod:`librecache.memoised`).
 
         :param tags: tags the function's values carry (``docs/tags.rst``): a
             sequence, or a function of the same arguments returning them
@@ -449,7 +452,7 @@ class LibreRegion(RegionHooks):
         PLAIN.for_call(**settings)
         tags = self.decorator_tags(tags)
 
-        def decorator(user_func: Callable[..., Any]) -> Callable[..., Any]:
+        def decorator(user_func: Callable[..., Any], /) -> Any:
             if to_str is str:
                 key_generator = make_keys(namespace, user_func)
             else:
