@@ -204,6 +204,20 @@ def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
     raw.close()
 
 
+@pytest.fixture(params=["memory", "single", "cluster", "sentinel"])
+def topology(request: pytest.FixtureRequest, prefix: str) -> dict[str, str]:
+    """The variables of a deployment on each backend: memory, a single
+    server, the cluster and Sentinel."""
+    if request.param == "memory":
+        return {}
+    if request.param == "single":
+        return dict(request.getfixturevalue("redis_env"))
+    if request.param == "cluster":
+        return dict(request.getfixturevalue("cluster_env"))
+    sentinel: RedisSentinelFarm = request.getfixturevalue("redis_sentinel")
+    return sentinel.env(prefix)
+
+
 @pytest.fixture
 def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """A plain redis-py client, to look at what librecache wrote."""

@@ -25,7 +25,6 @@ from librecache.engine.doors import run
 from librecache.engine.flows import ACQUIRED, HELD, Call, Found, LockReply
 from tests import processes
 from tests.conftest import Deployment
-from tests.servers import RedisSentinelFarm
 from tests.test_nearcache import subscribed
 from tests.test_speed import master_ports, monitored
 
@@ -201,19 +200,6 @@ def test_one_creator_runs_across_processes(make_caches: Make, deployment: Deploy
 
 
 # -- no stale set ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["memory", "single", "cluster", "sentinel"])
-def topology(request: pytest.FixtureRequest, prefix: str) -> dict[str, str]:
-    """The variables of a deployment on each backend."""
-    if request.param == "memory":
-        return {}
-    if request.param == "single":
-        return dict(request.getfixturevalue("redis_env"))
-    if request.param == "cluster":
-        return dict(request.getfixturevalue("cluster_env"))
-    sentinel: RedisSentinelFarm = request.getfixturevalue("redis_sentinel")
-    return sentinel.env(prefix)
 
 
 def invalidate(region: librecache.LibreRegion, kind: str, key: str) -> None:

@@ -27,18 +27,6 @@ ONE, TWO = "ROLES", "CONFIG_STORE"
 DOORS = ("sync", "async")
 
 
-@pytest.fixture(params=["memory", "single", "cluster", "sentinel"])
-def where(request: pytest.FixtureRequest, prefix: str) -> dict[str, str]:
-    """The variables of a deployment of each kind (its Redis, if any)."""
-    if request.param == "memory":
-        return {}
-    if request.param == "single":
-        return dict(request.getfixturevalue("redis_env"))
-    if request.param == "cluster":
-        return dict(request.getfixturevalue("cluster_env"))
-    return dict(request.getfixturevalue("redis_sentinel").env(prefix))
-
-
 def ready(caches: librecache.Caches) -> librecache.Caches:
     """``caches`` once its tags' record is live (its listener subscribed)."""
     bus = caches.invalidations
@@ -71,9 +59,9 @@ def invalidate(door: str, caches: librecache.Caches, *tags: str) -> int:
 
 
 @pytest.mark.parametrize("door", DOORS)
-def test_an_invalidated_tag_drops_its_entries_in_every_namespace(make_caches: Make, where: dict[str, str],
+def test_an_invalidated_tag_drops_its_entries_in_every_namespace(make_caches: Make, topology: dict[str, str],
                                                                   door: str) -> None:
-    caches = ready(make_caches(where))
+    caches = ready(make_caches(topology))
     one, two = caches.region(ONE), caches.region(TWO)
     write(door, one, "a", "A", ["user:42"])
     write(door, two, "b", "B", ["user:42", "org:7"])
@@ -91,8 +79,8 @@ def test_an_invalidated_tag_drops_its_entries_in_every_namespace(make_caches: Ma
 
 
 @pytest.mark.parametrize("door", DOORS)
-def test_get_or_create_and_batches_carry_their_tags(make_caches: Make, where: dict[str, str], door: str) -> None:
-    caches = ready(make_caches(where))
+def test_get_or_create_and_batches_carry_their_tags(make_caches: Make, topology: dict[str, str], door: str) -> None:
+    caches = ready(make_caches(topology))
     region = caches.region(ONE)
     runs: list[str] = []
 
@@ -132,8 +120,8 @@ def test_get_or_create_and_batches_carry_their_tags(make_caches: Make, where: di
         assert asyncio.run(batch()) == [[1, 2], [NO_VALUE, NO_VALUE]]
 
 
-def test_memoised_functions_take_their_tags_from_their_arguments(make_caches: Make, where: dict[str, str]) -> None:
-    caches = ready(make_caches(where))
+def test_memoised_functions_take_their_tags_from_their_arguments(make_caches: Make, topology: dict[str, str]) -> None:
+    caches = ready(make_caches(topology))
     region = caches.region(ONE)
     calls: list[Any] = []
 
@@ -176,10 +164,10 @@ def test_memoised_functions_take_their_tags_from_their_arguments(make_caches: Ma
 
 @pytest.mark.parametrize("door", DOORS)
 def test_a_creation_that_began_before_the_invalidation_is_never_served_after(
-        make_caches: Make, where: dict[str, str], door: str) -> None:
+        make_caches: Make, topology: dict[str, str], door: str) -> None:
     """The engine's rule: the value's creation time is when its creation
     began, so an invalidation made while the creator ran covers it."""
-    caches = ready(make_caches(where))
+    caches = ready(make_caches(topology))
     region = caches.region(ONE)
 
     def creator() -> str:
@@ -199,8 +187,8 @@ def test_a_creation_that_began_before_the_invalidation_is_never_served_after(
 
 
 def test_the_fail_safe_never_serves_an_entry_whose_tag_was_invalidated(make_caches: Make,
-                                                                       where: dict[str, str]) -> None:
-    caches = ready(make_caches(where))
+                                                                       topology: dict[str, str]) -> None:
+    caches = ready(make_caches(topology))
     region = caches.region(ONE)
     region.get_or_create("k", lambda: "old", 0.2, tags=["t"], fail_safe=60)
     wait_until(lambda: region.get("k", expiration_time=0.2) is NO_VALUE, 5)
@@ -213,8 +201,8 @@ def test_the_fail_safe_never_serves_an_entry_whose_tag_was_invalidated(make_cach
         region.get_or_create("k", failing, 0.2, tags=["t"], fail_safe=60)
 
 
-def test_json_entries_carry_their_tags(make_caches: Make, where: dict[str, str]) -> None:
-    caches = ready(make_caches(where, LIBRECACHE_FORMATS=f"{ONE}=json"))
+def test_json_entries_carry_their_tags(make_caches: Make, topology: dict[str, str]) -> None:
+    caches = ready(make_caches(topology, LIBRECACHE_FORMATS=f"{ONE}=json"))
     region = caches.region(ONE)
     region.set("k", {"a": [1, 2]}, tags=["t"])
     assert region.get("k") == {"a": [1, 2]}
