@@ -63,6 +63,23 @@ def test_hits_come_from_memory(make_caches: Make, deployment: Any) -> None:
     assert "TOOLS" not in bus.near_caches  # opt-in per namespace
 
 
+def test_an_awaited_write_drops_the_other_instances_near_copies(make_caches: Make, deployment: Any) -> None:
+    """aset and adelete announce their drops too (on a cluster through any
+    node: redis-py's asyncio cluster client has no publish() before 5.2)."""
+    import asyncio
+
+    env = {**deployment.env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "ROLES"}
+    reader, writer = make_caches(env), make_caches(env)
+    subscribed(reader)
+    region = reader.region("ROLES")
+    region.set("k", "old")
+    assert region.get("k") == "old" and region.get("k") == "old"  # the second from the near copy
+    asyncio.run(writer.region("ROLES").aset("k", "new"))
+    wait_until(lambda: region.get("k") == "new", 5)
+    asyncio.run(writer.region("ROLES").adelete("k"))
+    wait_until(lambda: region.get("k") is NO_VALUE, 5)
+
+
 @pytest.mark.slow
 def test_writes_in_another_process_reach_this_near_cache_within_milliseconds(make_caches: Make, deployment: Any) -> None:
     env = {**deployment.env, "LIBRECACHE_NEAR_CACHE_NAMESPACES": "ROLES", "KEY": "config", "COUNT": "20"}

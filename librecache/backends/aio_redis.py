@@ -260,6 +260,16 @@ async def aguard(connection: RedisConnection, operation: str, action: Callable[[
         return fallback()
 
 
+async def apublish(client: Any, channel: str, message: str) -> Any:
+    """``PUBLISH`` through an asyncio client. redis-py's asyncio
+    ``RedisCluster`` has no ``publish()`` before 5.2 (the floor is 5.1): the
+    command then goes to any node, which relays it to the whole cluster."""
+    publish = getattr(client, "publish", None)
+    if publish is not None:
+        return await publish(channel, message)
+    return await client.execute_command("PUBLISH", channel, message, target_nodes=client.get_random_node())
+
+
 async def aannounce_tags(connection: RedisConnection, bus: Any) -> None:
     """:meth:`InvalidationBus.announce_tags
     <librecache.invalidation.InvalidationBus.announce_tags>` on the running
@@ -274,7 +284,7 @@ async def aannounce_tags(connection: RedisConnection, bus: Any) -> None:
             for method, arguments, keywords in stores:
                 await getattr(client, method)(*arguments, **keywords)
         finally:
-            await client.publish(*message)
+            await apublish(client, *message)
         return True
 
     if await aguard(connection, "invalidate tags", announce, lambda: False):
@@ -599,7 +609,7 @@ class AsyncRedisStore(AsyncJobs):
             return
         near.drop(keys)
         message = bus.drop_message(self.backend.namespace, keys)
-        await aguard(self.connection, "near-cache drop", lambda c: c.publish(bus.near_channel, message),
+        await aguard(self.connection, "near-cache drop", lambda c: apublish(c, bus.near_channel, message),
                      lambda: None)
 
     # -- creation locks and leases (the flows' requests) ----------------------
