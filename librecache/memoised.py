@@ -9,7 +9,7 @@ alike. Nothing here runs: the decorators' own code is
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from dogpile.cache.api import NoValue
 
@@ -34,7 +34,7 @@ class Memoised(Protocol[P, R]):
     def set(self, value: R, /, *args: P.args, **kwargs: P.kwargs) -> None:
         """Store ``value`` as the value of these arguments."""
 
-    def get(self, *args: P.args, **kwargs: P.kwargs) -> R | Literal[NoValue.NO_VALUE]:
+    def get(self, *args: P.args, **kwargs: P.kwargs) -> R | NoValue:
         """The cached value of these arguments, or ``NO_VALUE``."""
 
     def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -56,7 +56,7 @@ class AsyncMemoised(Protocol[P, R]):
     async def set(self, value: R, /, *args: P.args, **kwargs: P.kwargs) -> None:
         """Store ``value`` as the value of these arguments."""
 
-    async def get(self, *args: P.args, **kwargs: P.kwargs) -> R | Literal[NoValue.NO_VALUE]:
+    async def get(self, *args: P.args, **kwargs: P.kwargs) -> R | NoValue:
         """The cached value of these arguments, or ``NO_VALUE``."""
 
     async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:

@@ -4,7 +4,6 @@ a lost type or an unreported wrong call fails the test."""
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
 
 from dogpile.cache.api import NoValue
 from typing_extensions import assert_type
@@ -26,7 +25,7 @@ async def profile(user_id: int) -> dict[str, int]:
 
 assert_type(permissions("admin"), list[str])
 assert_type(permissions("admin", strict=True), list[str])
-assert_type(permissions.get("admin"), list[str] | Literal[NoValue.NO_VALUE])
+assert_type(permissions.get("admin"), list[str] | NoValue)
 assert_type(permissions.refresh("admin"), list[str])
 assert_type(permissions.invalidate("admin"), None)
 assert_type(permissions.set(["read"], "admin"), None)
@@ -37,7 +36,7 @@ permissions.set("not a list", "admin")  # type: ignore[arg-type]
 
 async def main() -> None:
     assert_type(await profile(7), dict[str, int])
-    assert_type(await profile.get(7), dict[str, int] | Literal[NoValue.NO_VALUE])
+    assert_type(await profile.get(7), dict[str, int] | NoValue)
     assert_type(await profile.refresh(7), dict[str, int])
     assert_type(await profile.invalidate(7), None)
     await profile.set({"id": 7}, 7)
